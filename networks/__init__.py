@@ -1,0 +1,34 @@
+"""Networks: tf-keras builders with a normalization hook, and the BN update machinery.
+
+Importing this package makes sure Keras 2 (tf-keras) is the Keras in use (see ``backend``).
+"""
+
+from networks.backend import KerasVersionError, keras, new_graph_session, tf
+from networks.batchnorm import (
+    WiringError,
+    bn_diagnostics,
+    bn_layers,
+    check_wiring,
+    collect_updates,
+    collection_updates,
+    minimize_with_updates,
+    training_call,
+    with_updates,
+)
+from networks.builders import (
+    NORM_KINDS,
+    Norm,
+    critic,
+    deterministic_actor,
+    gaussian_actor,
+    mlp,
+    q_network,
+    squashed_gaussian,
+)
+
+__all__ = [
+    "KerasVersionError", "keras", "new_graph_session", "tf", "WiringError", "bn_diagnostics",
+    "bn_layers", "check_wiring", "collect_updates", "collection_updates", "minimize_with_updates", "training_call",
+    "with_updates", "NORM_KINDS", "Norm", "critic", "deterministic_actor", "gaussian_actor", "mlp",
+    "q_network", "squashed_gaussian",
+]

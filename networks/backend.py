@@ -1,0 +1,87 @@
+"""The one place that guarantees bnrl runs on Keras 2 (``tf-keras``) in TensorFlow graph mode.
+
+Keras 3 layers cannot run in a ``tf.compat.v1.Session`` and have no ``get_updates_for``, so every
+bnrl module imports ``keras`` from here instead of using ``tf.keras``. Importing this module has a
+single side effect: it sets ``TF_USE_LEGACY_KERAS=1`` if the user has not chosen, so that *their*
+``tf.keras`` also resolves to Keras 2 when they touch it after importing bnrl (TensorFlow resolves
+``tf.keras`` lazily, on first attribute access, so this works even after ``import tensorflow``).
+
+Graph mode is not switched on globally (that would be a side effect on the user's program): every
+bnrl graph is built inside an explicit ``tf.Graph().as_default()``, where tf-keras uses its v1
+layers, whose update ops ``get_updates_for`` can return.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+
+try:
+    import tf_keras as keras  # noqa: E402
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    raise ImportError(
+        "bnrl needs Keras 2 (the 'tf-keras' package) matching TensorFlow "
+        f"{tf.__version__}: pip install 'tf-keras~={tf.__version__.rsplit('.', 1)[0]}.0'"
+    ) from exc
+
+
+class KerasVersionError(RuntimeError):
+    """Raised when a model or layer comes from Keras 3 instead of Keras 2 (tf-keras)."""
+
+
+def _check_versions() -> None:
+    if not keras.__version__.startswith("2."):
+        raise KerasVersionError(
+            f"tf_keras {keras.__version__} is not Keras 2; install tf-keras 2.x matching "
+            f"TensorFlow {tf.__version__}"
+        )
+    tf_minor = tuple(tf.__version__.split(".")[:2])
+    keras_minor = tuple(keras.__version__.split(".")[:2])
+    if tf_minor != keras_minor:
+        raise KerasVersionError(
+            f"tf-keras {keras.__version__} does not match TensorFlow {tf.__version__}; "
+            f"install tf-keras~={'.'.join(tf_minor)}.0"
+        )
+
+
+_check_versions()
+
+
+def require_keras2(obj, what: str = "model") -> None:
+    """Fail with a clear message when ``obj`` is a Keras 3 object.
+
+    Args:
+      obj: a model or layer passed in by the user.
+      what: how to name it in the message.
+    """
+    if isinstance(obj, keras.layers.Layer):
+        return
+    module = type(obj).__module__
+    if module.startswith("keras"):
+        raise KerasVersionError(
+            f"the {what} is a Keras 3 object ({type(obj).__name__}); bnrl needs Keras 2: set "
+            "TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported, or build it with "
+            "'import tf_keras as keras'"
+        )
+    raise TypeError(f"expected a tf-keras {what}, got {type(obj).__name__}")
+
+
+def new_graph_session(
+    graph: tf.Graph, intra_op_threads: int = 0, inter_op_threads: int = 0
+) -> tf.compat.v1.Session:
+    """A v1 Session on ``graph`` with explicit thread pools (0 lets TensorFlow choose).
+
+    Args:
+      graph: the graph the session runs.
+      intra_op_threads: threads inside one op (matmul); benchmarks give each worker its share.
+      inter_op_threads: ops run side by side; 2 was worth about 45% on SAC updates on 2 cores.
+    """
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=intra_op_threads,
+        inter_op_parallelism_threads=inter_op_threads,
+        allow_soft_placement=True,
+    )
+    return tf.compat.v1.Session(graph=graph, config=config)

@@ -1,0 +1,276 @@
+"""Q-network, critic and actor builders: tf-keras functional models on one MLP body.
+
+Every network goes through ``mlp`` and its ``Norm`` hook (SB3's pattern), so BN, Batch Renorm and
+LayerNorm work the same way at every place they can go: on the state input and after each hidden
+Dense. Layers are named so that diagnostics read well: ``q0_dense1``, ``q0_bn1``, ``pi_bn_in``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from networks.backend import keras, tf
+
+NORM_KINDS = ("none", "batch", "batch_renorm", "layer")
+
+# CrossQ (Bhatt et al. 2024) clips Batch Renorm's corrections like this.
+CROSSQ_RENORM_CLIPPING = {"rmax": 3.0, "rmin": 1.0 / 3.0, "dmax": 5.0}
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Which normalization a network uses and where.
+
+    Momentum follows the Keras convention ``moving = moving * momentum + batch * (1 - momentum)``;
+    PyTorch's ``momentum=0.01`` is Keras' 0.99 (PyTorch 0.1 is Keras 0.9).
+    """
+
+    kind: str = "none"
+    """One of ``none``, ``batch``, ``batch_renorm`` (Keras ``renorm=True``), ``layer``."""
+    momentum: float = 0.99
+    """Keras-convention EMA momentum of BN moving statistics (Keras default 0.99)."""
+    epsilon: float = 1e-3
+    """Added to the variance before the square root (Keras default 1e-3)."""
+    input_norm: bool = False
+    """Also normalize the state input (DDPG paper, CrossQ)."""
+    position: str = "pre_activation"
+    """``pre_activation``: Dense -> Norm -> ReLU (Ioffe & Szegedy, DDPG); ``post_activation``:
+    Dense -> ReLU -> Norm (CrossQ's critic)."""
+    renorm_clipping: dict = field(default_factory=lambda: dict(CROSSQ_RENORM_CLIPPING))
+    """Batch Renorm's r/d clipping; CrossQ's rmax 3, rmin 1/3, dmax 5 by default."""
+
+    def __post_init__(self):
+        if self.kind not in NORM_KINDS:
+            raise ValueError(f"unknown normalization '{self.kind}': use one of {', '.join(NORM_KINDS)}")
+        if self.position not in ("pre_activation", "post_activation"):
+            raise ValueError(
+                f"unknown norm position '{self.position}': use pre_activation or post_activation"
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"norm momentum must be in [0, 1), got {self.momentum}")
+
+    @property
+    def is_batch(self) -> bool:
+        return self.kind in ("batch", "batch_renorm")
+
+    def layer(self, name: str) -> keras.layers.Layer | None:
+        """A new normalization layer, or None for ``none``."""
+        if self.kind == "none":
+            return None
+        if self.kind == "layer":
+            return keras.layers.LayerNormalization(epsilon=self.epsilon, name=name)
+        renorm = self.kind == "batch_renorm"
+        return keras.layers.BatchNormalization(
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            renorm=renorm,
+            renorm_clipping=dict(self.renorm_clipping) if renorm else None,
+            renorm_momentum=self.momentum,
+            name=name,
+        )
+
+    @property
+    def tag(self) -> str:
+        """Short layer-name part: ``bn`` for both BN kinds, ``ln`` for LayerNorm."""
+        return "ln" if self.kind == "layer" else "bn"
+
+
+def _normalize(x, norm: Norm, prefix: str, suffix: str, training):
+    layer = norm.layer(f"{prefix}_{norm.tag}{suffix}")
+    if layer is None:
+        return x
+    if isinstance(layer, keras.layers.BatchNormalization):
+        # training=None means "learning phase", which is inference in graph mode; the training
+        # flag is a model input so that each call states its mode explicitly.
+        return layer(x, training=training)
+    return layer(x)
+
+
+def mlp(
+    x,
+    hidden: Sequence[int],
+    norm: Norm,
+    prefix: str,
+    training=None,
+    activation: str = "relu",
+    extra_input=None,
+    extra_at: int = 0,
+    norm_layers: int | None = None,
+):
+    """The shared MLP body: [input norm] -> (Dense -> Norm -> act) x len(hidden).
+
+    Args:
+      x: input tensor.
+      hidden: widths of the hidden layers.
+      norm: normalization settings.
+      prefix: layer-name prefix (``q0``, ``pi``).
+      training: the BN mode for this call (bool or a boolean tensor).
+      activation: hidden activation.
+      extra_input: a tensor concatenated in before hidden layer ``extra_at`` (the critic's action).
+      extra_at: index of the hidden layer that first sees ``extra_input``.
+      norm_layers: normalize only the first this-many hidden layers (DDPG: those before the
+        action); None means all.
+    """
+    if norm.input_norm:
+        x = _normalize(x, norm, prefix, "_in", training)
+    for i, units in enumerate(hidden):
+        if extra_input is not None and i == extra_at:
+            x = keras.layers.Concatenate(name=f"{prefix}_join")([x, extra_input])
+        x = keras.layers.Dense(units, name=f"{prefix}_dense{i}")(x)
+        normalized = norm_layers is None or i < norm_layers
+        if normalized and norm.position == "pre_activation":
+            x = _normalize(x, norm, prefix, str(i), training)
+        x = keras.layers.Activation(activation, name=f"{prefix}_act{i}")(x)
+        if normalized and norm.position == "post_activation":
+            x = _normalize(x, norm, prefix, str(i), training)
+    if extra_input is not None and extra_at >= len(hidden):
+        x = keras.layers.Concatenate(name=f"{prefix}_join")([x, extra_input])
+    return x
+
+
+def _model(inputs, body, name: str) -> keras.Model:
+    """Build ``body`` on Keras Inputs with ``training=None``.
+
+    Functional models forward the ``training`` flag of each later call to layers built with
+    ``training=None``, so ``model(x, training=True)`` reaches every BN layer (pinned by tests).
+    """
+    outputs = body(inputs, None)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def q_network(
+    obs_dim: int,
+    n_actions: int,
+    hidden: Sequence[int] = (64, 64),
+    norm: Norm = Norm(),
+    dueling: bool = False,
+    name: str = "q_network",
+) -> keras.Model:
+    """obs -> one Q-value per discrete action (DQN), optionally with a dueling head.
+
+    Args:
+      obs_dim: observation size.
+      n_actions: number of discrete actions.
+      hidden: hidden widths.
+      norm: normalization settings.
+      dueling: Q = V + A - mean(A) (Wang et al. 2016).
+      name: model name.
+    """
+    obs = keras.Input((obs_dim,), name="obs")
+
+    def body(x, training):
+        h = mlp(x, hidden, norm, "q", training)
+        if not dueling:
+            return keras.layers.Dense(n_actions, name="q_out")(h)
+        value = keras.layers.Dense(1, name="q_value")(h)
+        adv = keras.layers.Dense(n_actions, name="q_advantage")(h)
+        return keras.layers.Lambda(
+            lambda va: va[0] + va[1] - tf.reduce_mean(va[1], axis=1, keepdims=True),
+            name="q_dueling",
+        )([value, adv])
+
+    return _model(obs, body, name)
+
+
+def critic(
+    obs_dim: int,
+    act_dim: int,
+    hidden: Sequence[int] = (256, 256),
+    norm: Norm = Norm(),
+    action_at: int = 0,
+    n_critics: int = 1,
+    norm_after_action: bool = True,
+    name: str = "critic",
+) -> keras.Model:
+    """(obs, action) -> Q-values of shape ``[batch, n_critics]`` (twin critics for TD3/SAC).
+
+    Args:
+      obs_dim: observation size.
+      act_dim: action size.
+      hidden: hidden widths of each critic.
+      norm: normalization settings (``input_norm`` puts it on the state input).
+      action_at: hidden layer index where the action joins: 0 = with the state at the input,
+        1 = at the second hidden layer (DDPG paper).
+      n_critics: independent Q-heads, each its own MLP.
+      norm_after_action: False normalizes only the layers before the action joins (DDPG paper).
+      name: model name.
+    """
+    if not 0 <= action_at <= len(hidden):
+        raise ValueError(f"action_at must be in [0, {len(hidden)}], got {action_at}")
+    obs = keras.Input((obs_dim,), name="obs")
+    act = keras.Input((act_dim,), name="action")
+    norm_layers = None if norm_after_action else action_at
+
+    def body(inputs, training):
+        s, a = inputs
+        heads = []
+        for k in range(n_critics):
+            h = mlp(s, hidden, norm, f"q{k}", training, extra_input=a, extra_at=action_at,
+                    norm_layers=norm_layers)
+            heads.append(keras.layers.Dense(1, name=f"q{k}_out")(h))
+        return heads[0] if n_critics == 1 else keras.layers.Concatenate(name="q_all")(heads)
+
+    return _model([obs, act], body, name)
+
+
+def deterministic_actor(
+    obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), norm: Norm = Norm(),
+    name: str = "actor",
+) -> keras.Model:
+    """obs -> action in [-1, 1] (tanh), for DDPG and TD3."""
+    obs = keras.Input((obs_dim,), name="obs")
+
+    def body(x, training):
+        h = mlp(x, hidden, norm, "pi", training)
+        return keras.layers.Dense(act_dim, activation="tanh", name="pi_out")(h)
+
+    return _model(obs, body, name)
+
+
+def gaussian_actor(
+    obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), norm: Norm = Norm(),
+    name: str = "actor",
+) -> keras.Model:
+    """obs -> ``[mean, log_std]`` of a Gaussian to be tanh-squashed (SAC, CrossQ).
+
+    ``log_std`` is bounded smoothly to [-5, 2] (CleanRL/SpinningUp) so that early, large
+    pre-activations cannot make the policy degenerate.
+    """
+    obs = keras.Input((obs_dim,), name="obs")
+
+    def body(x, training):
+        h = mlp(x, hidden, norm, "pi", training)
+        mean = keras.layers.Dense(act_dim, name="pi_mean")(h)
+        raw = keras.layers.Dense(act_dim, activation="tanh", name="pi_log_std")(h)
+        log_std = keras.layers.Lambda(lambda t: LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN)
+                                      * (t + 1.0), name="pi_log_std_scale")(raw)
+        return keras.layers.Concatenate(name="pi_dist")([mean, log_std])
+
+    return _model(obs, body, name)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def squashed_gaussian(dist: tf.Tensor, noise: tf.Tensor | None = None):
+    """Sample ``tanh(mean + std * noise)`` and its log-probability (SAC, Haarnoja et al. 2018).
+
+    Args:
+      dist: ``[mean, log_std]`` from ``gaussian_actor``.
+      noise: standard normal noise of the mean's shape; drawn in-graph when None.
+
+    Returns:
+      ``(action, log_prob, deterministic_action)``, log_prob of shape ``[batch]``.
+    """
+    mean, log_std = tf.split(dist, 2, axis=-1)
+    std = tf.exp(log_std)
+    if noise is None:
+        noise = tf.random.normal(tf.shape(mean))
+    pre = mean + std * noise
+    action = tf.tanh(pre)
+    gauss = -0.5 * tf.square(noise) - log_std - 0.5 * tf.math.log(2.0 * 3.141592653589793)
+    # log(1 - tanh(x)^2) written stably as 2 * (log 2 - x - softplus(-2x)).
+    correction = 2.0 * (tf.math.log(2.0) - pre - tf.nn.softplus(-2.0 * pre))
+    log_prob = tf.reduce_sum(gauss - correction, axis=-1)
+    return action, log_prob, tf.tanh(mean)
