@@ -1,0 +1,230 @@
+"""Robust statistics for comparing a handful of RL runs per variant.
+
+RL benchmarks typically have 3-10 seeds per configuration, so point estimates
+alone are misleading. Following Agarwal et al. 2021, "Deep Reinforcement
+Learning at the Edge of the Statistical Precipice" (NeurIPS; the `rliable`
+library), we report the interquartile mean (IQM) with bootstrap confidence
+intervals and the probability of improvement instead of plain means and
+standard deviations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.stats
+
+ArrayLike = Sequence[float] | np.ndarray
+
+# The significance level is fixed across the package so every CI in a report
+# means the same thing.
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000
+
+
+def iqm(x: ArrayLike, axis: int | None = None) -> float | np.ndarray:
+    """Interquartile mean: the mean of the middle 50% of the values.
+
+    Agarwal et al. 2021 recommend the IQM over the mean (sensitive to one
+    outlier seed) and the median (statistically inefficient with few runs).
+    Like rliable, we use ``scipy.stats.trim_mean`` with 25% cut from each end.
+
+    Args:
+        x: Sample of scores (e.g. one final return per seed).
+        axis: Axis along which to reduce; ``None`` flattens. Accepting ``axis``
+            lets ``scipy.stats.bootstrap`` call this function vectorized.
+
+    Returns:
+        The IQM as a float when ``axis`` is None, else an array.
+    """
+    result = scipy.stats.trim_mean(np.asarray(x, dtype=float), 0.25, axis=axis)
+    return float(result) if axis is None else result
+
+
+def bootstrap_ci(
+    x: ArrayLike,
+    statistic: Callable[..., Any] = iqm,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of ``statistic(x)``.
+
+    We use ``method='percentile'`` rather than scipy's default BCa: with the
+    3-10 runs typical of RL, BCa's jackknife acceleration estimate is itself
+    noisy and returns NaN on degenerate samples (e.g. all seeds hit the same
+    capped return), whereas the percentile interval is always defined. rliable
+    also uses percentile intervals. The price is some under-coverage at very
+    small n (roughly 90% actual coverage of a nominal 95% CI at n=10).
+
+    Args:
+        x: One-dimensional sample.
+        statistic: Function of a sample; if it accepts an ``axis`` keyword it
+            is evaluated vectorized over all resamples at once.
+        confidence: Confidence level of the interval.
+        n_resamples: Number of bootstrap resamples.
+        seed: Seed of the resampling generator, so reports are reproducible.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` for fewer than 2 values, where a
+        bootstrap cannot express any uncertainty.
+    """
+    data = np.asarray(x, dtype=float).ravel()
+    if data.size < 2:
+        return float("nan"), float("nan")
+    res = scipy.stats.bootstrap(
+        (data,),
+        statistic,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _prob_improvement(x: np.ndarray, y: np.ndarray, axis: int = -1) -> Any:
+    """P(X > Y) + 0.5 P(X = Y), vectorized over resamples along ``axis``."""
+    u = scipy.stats.mannwhitneyu(x, y, axis=axis).statistic
+    return u / (x.shape[axis] * y.shape[axis])
+
+
+def probability_of_improvement(
+    x: ArrayLike,
+    y: ArrayLike,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Probability that a run of X scores higher than a run of Y.
+
+    This is rliable's per-task probability of improvement (Agarwal et al. 2021,
+    Sec. 4.3): ``P(X > Y) + 0.5 P(X = Y)`` over all ``n*m`` pairs of runs, which
+    equals the Mann-Whitney U statistic of X divided by ``n*m``. Unlike a
+    difference of means it says nothing about the size of the gain, only how
+    often X wins, so one outlier seed cannot dominate it.
+
+    Args:
+        x: Scores of the candidate (one per seed).
+        y: Scores of the baseline (one per seed).
+        confidence: Confidence level of the interval.
+        n_resamples: Number of bootstrap resamples.
+        seed: Seed of the resampling generator.
+
+    Returns:
+        ``(p, low, high)``: the estimate and its percentile-bootstrap CI, with
+        X and Y resampled independently (the runs are not paired). ``p`` is
+        NaN if either sample is empty; the CI is NaN if either has < 2 values.
+    """
+    xs = np.asarray(x, dtype=float).ravel()
+    ys = np.asarray(y, dtype=float).ravel()
+    nan = float("nan")
+    if xs.size == 0 or ys.size == 0:
+        return nan, nan, nan
+    p = float(_prob_improvement(xs, ys))
+    if xs.size < 2 or ys.size < 2:
+        return p, nan, nan
+    res = scipy.stats.bootstrap(
+        (xs, ys),
+        _prob_improvement,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        paired=False,
+        rng=np.random.default_rng(seed),
+    )
+    return p, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def area_under_curve(steps: ArrayLike, returns: ArrayLike) -> float:
+    """Trapezoid area under a learning curve, divided by its step span.
+
+    Normalizing by the span turns the area into the mean return over training,
+    which is comparable across runs of different lengths and rewards learning
+    fast, not only ending high.
+
+    Args:
+        steps: Environment steps of the evaluations (increasing).
+        returns: Mean evaluation return at each of those steps.
+
+    Returns:
+        The step-weighted mean return; NaN for fewer than 2 points or a zero
+        step span.
+    """
+    s = np.asarray(steps, dtype=float)
+    r = np.asarray(returns, dtype=float)
+    if s.size < 2 or s[-1] == s[0]:
+        return float("nan")
+    return float(np.trapezoid(r, s) / (s[-1] - s[0]))
+
+
+def steps_to_threshold(
+    steps: ArrayLike, returns: ArrayLike, threshold: float
+) -> float | None:
+    """First evaluation step at which the return reaches ``threshold``.
+
+    Args:
+        steps: Environment steps of the evaluations (increasing).
+        returns: Mean evaluation return at each of those steps.
+        threshold: Return regarded as "solved".
+
+    Returns:
+        The step as a float, or None if the threshold is never reached.
+    """
+    s = np.asarray(steps, dtype=float)
+    hits = np.flatnonzero(np.asarray(returns, dtype=float) >= threshold)
+    return float(s[hits[0]]) if hits.size else None
+
+
+def verdict(
+    p_improve: float,
+    low: float,
+    high: float,
+    name_a: str = "batch",
+    name_b: str = "none",
+    n_a: int | None = None,
+    n_b: int | None = None,
+) -> str:
+    """One-line reading of a probability of improvement and its CI.
+
+    The decision rule is whether the CI excludes 0.5 (a coin flip), i.e. the
+    interval estimate rather than a p-value, as Agarwal et al. 2021 advocate.
+
+    Args:
+        p_improve: Estimated P(A beats B).
+        low: Lower end of its confidence interval.
+        high: Upper end of its confidence interval.
+        name_a: Name of the candidate variant.
+        name_b: Name of the baseline variant.
+        n_a: Number of runs of A, used to flag thin evidence (< 3 seeds).
+        n_b: Number of runs of B, same purpose.
+
+    Returns:
+        A single line of text.
+    """
+    ci = f"95% CI [{low:.2f}, {high:.2f}]"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        line = (
+            f"cannot compare {name_a} and {name_b}: too few runs for a confidence"
+            f" interval (P={p_improve:.2f})"
+        )
+    elif low > 0.5:
+        line = f"{name_a} improves on {name_b} (P={p_improve:.2f}, {ci})"
+    elif high < 0.5:
+        line = f"{name_a} is worse than {name_b} (P={p_improve:.2f}, {ci})"
+    else:
+        line = (
+            f"no significant difference between {name_a} and {name_b}"
+            f" (P={p_improve:.2f}, {ci} includes 0.5); more seeds would narrow it"
+        )
+    counts = [n for n in (n_a, n_b) if n is not None]
+    if counts and min(counts) < 3:
+        # With 1-2 seeds the bootstrap sees almost no variability and its CI
+        # is far too narrow; say so instead of letting the CI look decisive.
+        line += (
+            f"; evidence too thin ({n_a if n_a is not None else '?'} vs"
+            f" {n_b if n_b is not None else '?'} seeds, fewer than 3 per variant)"
+        )
+    return line

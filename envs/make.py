@@ -1,0 +1,326 @@
+"""Build gymnasium environments in the form every bnrl agent expects.
+
+The agents assume three things about an environment, and `make_env` guarantees
+them (or fails early with a one-line `EnvError`):
+
+* observations are a 1-D float32 vector;
+* continuous actions live in [-1, 1] (the actor's tanh range), whatever the
+  environment's own bounds are; discrete actions are indices 0..n-1;
+* `terminated` and `truncated` stay separate, because a time-limit truncation
+  must still bootstrap from the next state while a true termination must not.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Final
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import error as gym_error
+from gymnasium import spaces
+from gymnasium.wrappers import RescaleAction, TransformAction, TransformObservation
+
+__all__ = ["AGENT_ACTION_SPACES", "EnvError", "check_agent_env", "make_env"]
+
+#: The action-space kind each agent supports: "discrete" (`spaces.Discrete`) or "box".
+AGENT_ACTION_SPACES: Final[dict[str, str]] = {
+    "dqn": "discrete",
+    "ddpg": "box",
+    "td3": "box",
+    "sac": "box",
+    "crossq": "box",
+}
+
+_KIND_NAMES: Final[dict[str, str]] = {
+    "discrete": "a discrete (Discrete)",
+    "box": "a continuous (Box)",
+}
+
+_UNKNOWN_ID_HINT: Final[str] = (
+    "use a gymnasium id such as Pendulum-v1 or CartPole-v1, or 'module:EnvId' for your own"
+)
+
+
+class EnvError(ValueError):
+    """A user-facing problem with an environment, described in one line.
+
+    Subclasses ValueError so callers that only know about bad arguments still catch it.
+    """
+
+
+def _one_line(text: str) -> str:
+    # gymnasium messages and numpy array reprs can span lines; CLI errors should not.
+    return " ".join(str(text).split())
+
+
+def _is_int(value: object) -> bool:
+    # numbers.Integral covers numpy ints; bool is excluded because True is not a count.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _env_name(env: gym.Env) -> str:
+    spec = env.unwrapped.spec
+    return spec.id if spec is not None else type(env.unwrapped).__name__
+
+
+def _agents_for(kind: str) -> str:
+    names = [name for name, k in AGENT_ACTION_SPACES.items() if k == kind]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _check_agent_name(agent: str) -> str:
+    kind = AGENT_ACTION_SPACES.get(agent)
+    if kind is None:
+        raise EnvError(f"unknown agent {agent!r}: use one of {', '.join(AGENT_ACTION_SPACES)}")
+    return kind
+
+
+def check_agent_env(agent: str, env: gym.Env) -> None:
+    """Check that `agent` can act in `env`'s action space.
+
+    Args:
+        agent: An agent name, one of the keys of `AGENT_ACTION_SPACES`.
+        env: Any gymnasium environment (wrapped or not).
+
+    Raises:
+        EnvError: If the agent is unknown or needs another kind of action space.
+    """
+    kind = _check_agent_name(agent)
+    space = env.action_space
+    if isinstance(space, spaces.Discrete if kind == "discrete" else spaces.Box):
+        return
+    if isinstance(space, spaces.Discrete):
+        hint = f"use {_agents_for('discrete')} for discrete actions"
+    elif isinstance(space, spaces.Box):
+        hint = f"use {_agents_for('box')} for continuous actions"
+    else:
+        hint = "bnrl agents support only Discrete or Box action spaces"
+    raise EnvError(
+        f"agent {agent!r} needs {_KIND_NAMES[kind]} action space but {_env_name(env)} "
+        f"has {_one_line(str(space))}; {hint}"
+    )
+
+
+def _check_spaces(env: gym.Env) -> None:
+    """Reject observation/action spaces the agents cannot handle."""
+    name = _env_name(env)
+    obs_space = env.observation_space
+    if not (isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1):
+        raise EnvError(
+            f"{name} has observation space {_one_line(str(obs_space))}; "
+            "bnrl accepts only 1-D Box (vector) observations"
+        )
+
+    act_space = env.action_space
+    if isinstance(act_space, spaces.Discrete):
+        # Agents emit argmax indices 0..n-1; a shifted start would silently be off by `start`.
+        if int(act_space.start) != 0:
+            raise EnvError(
+                f"{name} has action space {act_space}; bnrl accepts Discrete action spaces "
+                "that start at 0"
+            )
+        return
+    if isinstance(act_space, spaces.Box):
+        ok = (
+            len(act_space.shape) == 1
+            and np.issubdtype(act_space.dtype, np.floating)
+            and bool(np.all(np.isfinite(act_space.low)))
+            and bool(np.all(np.isfinite(act_space.high)))
+            and bool(np.all(act_space.low < act_space.high))
+        )
+        if not ok:
+            raise EnvError(
+                f"{name} has action space {_one_line(str(act_space))}; bnrl accepts 1-D float Box "
+                "action spaces with finite bounds (low < high) or Discrete action spaces"
+            )
+        return
+    raise EnvError(
+        f"{name} has action space {_one_line(str(act_space))}; "
+        "bnrl accepts only Discrete or 1-D Box action spaces"
+    )
+
+
+def _missing_dependency(env_id: str, exc: Exception) -> EnvError:
+    text = _one_line(str(exc))
+    for extra, label in (("box2d", "Box2D"), ("mujoco", "MuJoCo")):
+        if extra in text.lower():
+            return EnvError(
+                f"environment {env_id!r} needs {label}, which is not installed: "
+                f"pip install 'bnrl[{extra}]'"
+            )
+    return EnvError(f"environment {env_id!r} needs a package that is not installed: {text}")
+
+
+def _import_failure(env_id: str, exc: ImportError) -> EnvError:
+    module = env_id.split(":", 1)[0] if ":" in env_id else None
+    # gymnasium re-raises a failed 'module:' import as a new exception; the original,
+    # which knows the missing module's name, is its cause.
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+    missing = getattr(cause, "name", None)
+    if module is not None and missing is not None and (
+        module == missing or module.startswith(missing + ".")
+    ):
+        return EnvError(
+            f"cannot import module {module!r} named in {env_id!r}: the part before ':' must be "
+            "an importable Python module that registers the environment"
+        )
+    where = f"importing module {module!r}" if module is not None else "making the environment"
+    return EnvError(f"{where} for {env_id!r} failed: {_one_line(str(cause))}")
+
+
+def _make_raw(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """`gymnasium.make` with its many error types translated into one-line EnvErrors."""
+    module, _, name = env_id.rpartition(":")
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym_error.DependencyNotInstalled as e:
+        raise _missing_dependency(env_id, e) from e
+    except (gym_error.NamespaceNotFound, gym_error.NameNotFound) as e:
+        if module:
+            raise EnvError(
+                f"unknown environment {env_id!r}: importing {module!r} did not register "
+                f"{name!r}; call gymnasium.register(id={name!r}, entry_point=...) in that module"
+            ) from e
+        raise EnvError(f"unknown environment {env_id!r}: {_UNKNOWN_ID_HINT}") from e
+    except (gym_error.VersionNotFound, gym_error.DeprecatedEnv) as e:
+        raise EnvError(f"unknown version of environment {env_id!r}: {_one_line(str(e))}") from e
+    except gym_error.Error as e:
+        raise EnvError(f"cannot make environment {env_id!r}: {_one_line(str(e))}") from e
+    except ImportError as e:
+        raise _import_failure(env_id, e) from e
+
+
+class _SeedFirstReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Use `seed` for the first `reset()` so a seeded env is reproducible without the caller
+    having to remember `reset(seed=...)`; later resets continue the env's own RNG stream."""
+
+    def __init__(self, env: gym.Env, seed: int) -> None:
+        """Wrap `env`.
+
+        Args:
+            env: The environment to wrap.
+            seed: Seed passed to the first `reset()` call that does not give its own.
+        """
+        gym.utils.RecordConstructorArgs.__init__(self, seed=seed)
+        gym.Wrapper.__init__(self, env)
+        self._pending_seed: int | None = seed
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset, injecting the construction seed if this is the first reset."""
+        if seed is None:
+            seed = self._pending_seed
+        # An explicit first seed also consumes the pending one: re-seeding later would
+        # restart the episode stream and repeat start states.
+        self._pending_seed = None
+        return super().reset(seed=seed, options=options)
+
+
+def _float32_observations(env: gym.Env) -> gym.Env:
+    """Cast observations and their space to float32, the dtype of the TF graph's inputs."""
+    box = env.observation_space
+    assert isinstance(box, spaces.Box)
+    # Not DtypeObservation: it builds the float32 Box from float64 bounds, which makes
+    # gymnasium warn about lost precision on every make. Casting the bounds ourselves is
+    # the same result, silently (huge float64 bounds become +-inf, which is what they mean).
+    with np.errstate(over="ignore"):
+        low, high = box.low.astype(np.float32), box.high.astype(np.float32)
+    space = spaces.Box(low, high, dtype=np.float32)
+    # Cast every observation, even when the space already says float32: some envs
+    # return float64 arrays anyway.
+    return TransformObservation(
+        env, func=lambda obs: np.asarray(obs, dtype=np.float32), observation_space=space
+    )
+
+
+def _unit_box_actions(env: gym.Env) -> gym.Env:
+    """Expose actions in [-1, 1]: clip first, then rescale linearly to the env's bounds."""
+    box = env.action_space
+    assert isinstance(box, spaces.Box)
+    # Bounds in the box's own dtype: float64 bounds would make gymnasium warn about lost precision.
+    low, high = -np.ones(box.shape, box.dtype), np.ones(box.shape, box.dtype)
+    rescaled = RescaleAction(env, min_action=low, max_action=high)
+    unit = spaces.Box(low, high, dtype=box.dtype)
+    # Not gymnasium's ClipAction: since 1.0 it advertises an unbounded (-inf, inf) action
+    # space, so `action_space.sample()` (used for warm-up exploration) would draw from a
+    # normal distribution and agents could not read the [-1, 1] bounds from the space.
+    return TransformAction(
+        rescaled,
+        func=lambda a: np.clip(np.asarray(a, dtype=box.dtype), -1.0, 1.0),
+        action_space=unit,
+    )
+
+
+def make_env(
+    env_id: str,
+    seed: int | None = None,
+    *,
+    agent: str | None = None,
+    max_episode_steps: int | None = None,
+    render_mode: str | None = None,
+) -> gym.Env:
+    """Make a gymnasium environment wrapped for bnrl agents.
+
+    The returned env has float32 1-D observations; a Box action space is exposed as
+    [-1, 1] (clipped, then rescaled linearly to the env's bounds); a Discrete action
+    space is unchanged. gymnasium's TimeLimit is kept, so running out of time is
+    reported as `truncated=True`, never as `terminated`.
+
+    Args:
+        env_id: A registered gymnasium id (e.g. "Pendulum-v1"), or "module:EnvId" to
+            import `module` first so that it can register its own environment.
+        seed: If given, seeds the action and observation spaces and the first `reset()`
+            that does not pass its own seed, so equal seeds give equal trajectories
+            under equal actions.
+        agent: If given, an agent name from `AGENT_ACTION_SPACES`; the env's action
+            space must be of the kind that agent supports.
+        max_episode_steps: Overrides the registered episode-length limit when given.
+        render_mode: Passed to `gymnasium.make` when given.
+
+    Returns:
+        The wrapped environment.
+
+    Raises:
+        EnvError: If the id, agent, seed or limits are invalid, a dependency is missing,
+            or the env's spaces are not supported. The message is a single line.
+    """
+    if not isinstance(env_id, str) or not env_id or env_id.count(":") > 1:
+        raise EnvError(f"invalid environment id {env_id!r}: {_UNKNOWN_ID_HINT}")
+    if agent is not None:
+        _check_agent_name(agent)  # fail before paying for the env's construction
+    if seed is not None:
+        if not _is_int(seed) or seed < 0:
+            raise EnvError(f"invalid seed {seed!r}: use a non-negative int or None")
+        seed = int(seed)  # numpy ints are fine as input, but keep the recorded seed plain
+    if max_episode_steps is not None:
+        if not _is_int(max_episode_steps) or max_episode_steps <= 0:
+            raise EnvError(
+                f"invalid max_episode_steps {max_episode_steps!r}: use a positive int or None"
+            )
+        max_episode_steps = int(max_episode_steps)
+
+    kwargs: dict[str, Any] = {"max_episode_steps": max_episode_steps}
+    # Only forward render_mode when asked: custom envs need not accept the keyword.
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    env = _make_raw(env_id, kwargs)
+
+    try:
+        if agent is not None:
+            check_agent_env(agent, env)
+        _check_spaces(env)
+    except EnvError:
+        env.close()
+        raise
+
+    env = _float32_observations(env)
+    if isinstance(env.action_space, spaces.Box):
+        env = _unit_box_actions(env)
+
+    if seed is not None:
+        env = _SeedFirstReset(env, seed)
+        env.action_space.seed(seed)
+        env.observation_space.seed(seed)
+    return env
