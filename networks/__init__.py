@@ -16,6 +16,7 @@ from networks.batchnorm import (
     with_updates,
 )
 from networks.builders import (
+    CROSSQ_RENORM_CLIPPING,
     NORM_KINDS,
     Norm,
     critic,
@@ -29,6 +30,6 @@ from networks.builders import (
 __all__ = [
     "KerasVersionError", "keras", "new_graph_session", "tf", "WiringError", "bn_diagnostics",
     "bn_layers", "check_wiring", "collect_updates", "collection_updates", "minimize_with_updates", "training_call",
-    "with_updates", "NORM_KINDS", "Norm", "critic", "deterministic_actor", "gaussian_actor", "mlp",
+    "with_updates", "CROSSQ_RENORM_CLIPPING", "NORM_KINDS", "Norm", "critic", "deterministic_actor", "gaussian_actor", "mlp",
     "q_network", "squashed_gaussian",
 ]
