@@ -348,8 +348,10 @@ class Agent:
         temporary directory and renames it).
         """
         os.makedirs(directory, exist_ok=True)
-        self.saver.save(self.sess, os.path.join(directory, "model"), write_meta_graph=False,
-                        write_state=False)
+        # The v1 Saver picks eager or graph mode from the calling context.
+        with self.graph.as_default():
+            self.saver.save(self.sess, os.path.join(directory, "model"), write_meta_graph=False,
+                            write_state=False)
         state = {"agent": self.name, "env_steps": self.env_steps,
                  "rng": self.rng.bit_generator.state,
                  "config": dataclasses.asdict(self.config)}
@@ -364,7 +366,8 @@ class Agent:
             state = json.load(f)
         if state.get("agent") != self.name:
             raise ValueError(f"checkpoint is for agent '{state.get('agent')}', not '{self.name}'")
-        self.saver.restore(self.sess, os.path.join(directory, "model"))
+        with self.graph.as_default():
+            self.saver.restore(self.sess, os.path.join(directory, "model"))
         self.env_steps = int(state["env_steps"])
         self.rng.bit_generator.state = state["rng"]
         replay = os.path.join(directory, "replay.npz")

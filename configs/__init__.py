@@ -1,0 +1,1 @@
+"""Per-environment YAML presets (``<env_id>.yaml``), picked automatically by env id."""

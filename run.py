@@ -1,0 +1,218 @@
+"""bnrl command line: train, evaluate, benchmark BN vs no-BN critics, report.
+
+    python run.py train --agent sac --env Pendulum-v1 --critic-norm batch --steps 20000
+    python run.py evaluate --run runs/sac-Pendulum-v1-batch-s0 --episodes 10
+    python run.py benchmark            # the quick BN vs no-BN benchmark (about 5 minutes)
+    python run.py report bench_out/quick
+
+Bad input exits with code 2 and one line on stderr; heavy imports happen after parsing so that
+``--help`` and input errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+AGENTS = ("dqn", "ddpg", "td3", "sac", "crossq")
+NORMS = ("none", "batch", "batch_renorm", "layer")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _setting(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"cannot parse the value in '{text}'") from None
+
+
+TRAIN_EPILOG = """\
+agents: dqn (Discrete actions), ddpg, td3, sac, crossq (Box actions).
+norms:  none, batch (BatchNormalization), batch_renorm (Batch Renorm, CrossQ clipping), layer.
+Presets in configs/<ENV_ID>.yaml are applied first; --config FILE (YAML with `train:` and
+`agent:` sections) overrides them; flags and --set override both. Agent settings (--set KEY=VALUE):
+  all agents: gamma batch_size buffer_size learning_starts train_freq gradient_steps hidden
+              critic_norm critic_input_norm bn_momentum bn_epsilon target_bn tau
+              intra_op_threads inter_op_threads
+  dqn:    learning_rate target_update_interval exploration_steps exploration_initial_eps
+          exploration_final_eps max_grad_norm double_q dueling
+  td3/ddpg: learning_rate actor_learning_rate actor_hidden actor_norm actor_input_norm n_critics
+          policy_delay target_policy_noise target_noise_clip action_noise action_noise_std
+          ou_theta action_at norm_after_action critic_l2
+  sac:    learning_rate actor_hidden actor_norm n_critics init_alpha autotune_alpha target_entropy
+  crossq: the sac settings and adam_beta1 policy_delay renorm_warmup
+examples:
+  python run.py train --agent sac --env Pendulum-v1 --critic-norm batch --steps 20000
+  python run.py train --agent dqn --env CartPole-v1 --set hidden=[128,128] --logdir runs/dqn
+  python run.py train --logdir runs/dqn --resume --agent dqn --env CartPole-v1
+The run directory gets config.yaml, TensorBoard events (tensorboard --logdir DIR), metrics.csv,
+checkpoints/ and summary.json.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bnrl", description="Off-policy RL with Batch Normalization that "
+                     "actually updates: train, evaluate, benchmark BN vs no-BN critics.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train one agent on one environment",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=TRAIN_EPILOG)
+    train.add_argument("--agent", choices=AGENTS, default="sac", help="algorithm (default sac)")
+    train.add_argument("--env", default="Pendulum-v1",
+                       help="gymnasium id or module:EnvId (default Pendulum-v1)")
+    train.add_argument("--steps", type=_positive_int, help="env steps (default: preset or 20000)")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    train.add_argument("--logdir", help="run directory (default runs/AGENT-ENV-NORM-sSEED)")
+    train.add_argument("--critic-norm", choices=NORMS,
+                       help="normalization of the critic / Q-network (default none)")
+    train.add_argument("--actor-norm", choices=NORMS,
+                       help="normalization of the actor (actor-critic agents; default none)")
+    train.add_argument("--config", help="YAML file with `train:` and `agent:` sections")
+    train.add_argument("--set", dest="settings", action="append", type=_setting, default=[],
+                       metavar="KEY=VALUE", help="agent setting, repeatable (see below)")
+    train.add_argument("--eval-every", type=_positive_int, help="env steps between evaluations")
+    train.add_argument("--eval-episodes", type=_positive_int, help="episodes per evaluation")
+    train.add_argument("--checkpoint-every", type=_positive_int,
+                       help="env steps between checkpoints")
+    train.add_argument("--log-every", type=_positive_int,
+                       help="gradient steps between TensorBoard scalar logs (default 250)")
+    train.add_argument("--max-episode-steps", type=_positive_int,
+                       help="override the env's time limit")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --logdir from its latest checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate the latest checkpoint of a run")
+    evaluate.add_argument("--run", required=True, help="run directory written by train")
+    evaluate.add_argument("--episodes", type=_positive_int, default=10,
+                          help="episodes (default 10)")
+    evaluate.add_argument("--seed", type=_non_negative_int, help="env seed (default: run seed)")
+    evaluate.add_argument("--render-video", action="store_true",
+                          help="also write the first episode as RUN/eval.gif")
+
+    from compare.cli import add_benchmark_commands
+
+    add_benchmark_commands(sub, _positive_int, AGENTS, NORMS)
+    return parser
+
+
+def _quiet_tensorflow() -> None:
+    # Before TensorFlow is imported: 3 hides the C++ INFO/WARNING/ERROR lines (CUDA probing on
+    # CPU machines) that are not errors of the run; Python-level errors still raise.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="gymnasium")
+    # TensorFlow's CUDA probing prints through absl before its log level applies; hide the C
+    # stderr for the import only (no other output happens then).
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import networks  # noqa: F401 - imports TensorFlow and tf-keras
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def cmd_train(args) -> int:
+    from training import resolve, train
+
+    if args.actor_norm is not None and args.agent == "dqn":
+        raise_user("dqn has no actor: use --critic-norm for its Q-network")
+    agent_overrides = dict(args.settings)
+    agent_overrides.update(critic_norm=args.critic_norm, actor_norm=args.actor_norm)
+    train_overrides = dict(steps=args.steps, seed=args.seed, eval_every=args.eval_every,
+                           eval_episodes=args.eval_episodes,
+                           checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                           max_episode_steps=args.max_episode_steps)
+    config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
+    norm = config.agent_config_object().critic_norm
+    logdir = args.logdir or os.path.join(
+        "runs", f"{args.agent}-{args.env.replace(':', '_').replace('/', '_')}-{norm}-s{args.seed}")
+    summary = train(config, logdir, resume=args.resume, progress="none" if args.quiet else "auto")
+    if not args.quiet:
+        final = summary["final_return"]
+        print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f}s, final eval return "
+              f"{final:.1f}, {summary['updates_per_second']:.0f} updates/s; run dir {logdir}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from training import evaluate_run
+
+    mean, std, video = evaluate_run(args.run, args.episodes, args.render_video, args.seed)
+    print(f"mean return {mean:.2f} +- {std:.2f} over {args.episodes} episodes")
+    if video is not None:
+        print(f"video: {video}")
+    return 0
+
+
+def raise_user(message: str):
+    from training.errors import UserError
+
+    raise UserError(message)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_tensorflow()
+    from training.errors import NonFiniteLoss, UserError
+
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate}
+    from compare.cli import COMMANDS
+
+    commands.update(COMMANDS)
+    try:
+        return commands[args.command](args)
+    except UserError as exc:
+        print(f"bnrl: error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as exc:
+        print(f"bnrl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bnrl: interrupted; continue the run with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""TensorBoard scalars and ``metrics.csv``, written without touching the agent's graph.
+
+Events are written with TensorBoard's own ``EventFileWriter`` (no TensorFlow ops, no second
+``sess.run``). On resume a ``SessionLog.START`` event at the resumed step makes TensorBoard drop
+the events a killed run wrote after its last checkpoint, so the step axis stays continuous.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class ScalarLogger:
+    """Scalars to TensorBoard (``run_dir``) and eval returns to ``run_dir/metrics.csv``.
+
+    Args:
+      run_dir: the run directory.
+      resume_step: when resuming, the checkpoint step: later events and CSV rows are dropped.
+    """
+
+    def __init__(self, run_dir, resume_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self._writer = EventFileWriter(str(self.run_dir), flush_secs=10)
+        self._csv = self.run_dir / "metrics.csv"
+        self.eval_rows: list[tuple[int, float, float]] = []
+        if resume_step is not None:
+            self._writer.add_event(event_pb2.Event(
+                wall_time=time.time(), step=resume_step,
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+            self.eval_rows = [r for r in self._read_csv() if r[0] <= resume_step]
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        summary = summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def eval_return(self, step: int, mean: float, std: float) -> None:
+        self.scalars({"eval/mean_return": mean, "eval/std_return": std}, step)
+        self.eval_rows.append((step, mean, std))
+        tmp = self._csv.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "eval_mean_return", "eval_std_return"])
+            writer.writerows(self.eval_rows)
+        os.replace(tmp, self._csv)
+
+    def _read_csv(self) -> list[tuple[int, float, float]]:
+        if not self._csv.exists():
+            return []
+        with open(self._csv, newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        return [(int(r[0]), float(r[1]), float(r[2])) for r in rows if len(r) == 3]
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
