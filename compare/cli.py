@@ -74,6 +74,7 @@ def cmd_benchmark(args) -> int:
     if args.config and not Path(args.config).is_file():
         raise UserError(f"config file not found: {args.config}")
     _check_envs(agents, envs)
+    _check_configs(agents, envs, variants, args.config, steps, args.eval_every)
     workers = args.workers or os.cpu_count() or 1
     specs = plan(out, agents, envs, variants, seeds, steps, args.config, args.extend, workers,
                  args.eval_every)
@@ -107,6 +108,18 @@ def _check_envs(agents, envs) -> None:
                 make_env(env_id, 0, agent=agent).close()
             except EnvError as exc:
                 raise UserError(str(exc)) from None
+
+
+def _check_configs(agents, envs, variants, config_file, steps, eval_every) -> None:
+    """Resolve every run's settings as its worker will, so that a --config key an agent does
+    not accept fails now with one line instead of as one failed run per grid cell."""
+    from training import resolve
+
+    for agent in agents:
+        for env_id in envs:
+            for variant in variants:
+                resolve(agent, env_id, config_file, {"steps": steps, "eval_every": eval_every},
+                        {"critic_norm": variant})
 
 
 def cmd_report(args) -> int:

@@ -41,9 +41,10 @@ class RunSpec:
         return f"{self.agent}/{self.env}/{self.variant}/seed{self.seed}"
 
 
-def _grid_record(agents, envs, variants, seeds, steps, config_text) -> dict:
+def _grid_record(agents, envs, variants, seeds, steps, config_text, eval_every=None) -> dict:
     return {"agents": list(agents), "envs": list(envs), "variants": list(variants),
-            "seeds": int(seeds), "steps": int(steps), "config": config_text}
+            "seeds": int(seeds), "steps": int(steps), "config": config_text,
+            "eval_every": eval_every}
 
 
 def _merge_grid(old: dict, new: dict) -> dict:
@@ -65,15 +66,23 @@ def plan(out: Path, agents, envs, variants, seeds: int, steps: int, config_file=
          extend: bool = False, workers: int = 1, eval_every: int | None = None) -> list[RunSpec]:
     """Check or record ``OUT/grid.json`` and return every run of the grid."""
     config_text = Path(config_file).read_text() if config_file else None
-    grid = _grid_record(agents, envs, variants, seeds, steps, config_text)
+    grid = _grid_record(agents, envs, variants, seeds, steps, config_text, eval_every)
     grid_file = out / "grid.json"
     if grid_file.exists():
         old = json.loads(grid_file.read_text())
+        old.setdefault("eval_every", None)  # grid.json of a version that did not record it
         if old != grid:
             if not extend:
                 raise UserError(
                     f"{out} holds a different benchmark ({_describe(old)}); rerun the same "
                     "command to finish it, pass --extend to grow it, or choose another --out")
+            settings = (("config", "--config"), ("eval_every", "--eval-every"))
+            changed = [flag for key, flag in settings if old[key] != grid[key]]
+            if changed:
+                raise UserError(
+                    f"--extend cannot change {' or '.join(changed)} of the benchmark in {out}: "
+                    "its runs would not be comparable; pass the same settings or choose "
+                    "another --out")
             grid = _merge_grid(old, grid)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json(grid_file, grid)
@@ -87,7 +96,8 @@ def plan(out: Path, agents, envs, variants, seeds: int, steps: int, config_file=
 
 def _describe(grid: dict) -> str:
     return (f"agents {','.join(grid['agents'])}, envs {','.join(grid['envs'])}, variants "
-            f"{','.join(grid['variants'])}, {grid['seeds']} seeds, {grid['steps']} steps")
+            f"{','.join(grid['variants'])}, {grid['seeds']} seeds, {grid['steps']} steps"
+            + (f", --eval-every {grid['eval_every']}" if grid.get("eval_every") else ""))
 
 
 def finished(spec: RunSpec) -> dict | None:
@@ -115,6 +125,11 @@ def run_one(spec: RunSpec) -> dict:
                          {"steps": spec.steps, "seed": spec.seed, "eval_every": spec.eval_every},
                          {"critic_norm": spec.variant})
         resume = (Path(spec.run_dir) / "config.yaml").exists()
+        stale = Path(spec.run_dir) / "error.txt"
+        if not resume and stale.exists():
+            # An earlier attempt failed before the run started (e.g. making its env): its
+            # error.txt alone would make train() refuse the existing directory.
+            stale.unlink()
         summary = train(config, spec.run_dir, resume=resume, progress="none",
                         threads=spec.threads)
         record.update(_record_from_summary(summary), status="ok")

@@ -1,0 +1,449 @@
+"""End-to-end tests of ``run.py benchmark`` / ``run.py report`` (compare/grid.py, compare/cli.py).
+
+Every grid here is tiny (SAC with 32-unit nets, a few hundred env steps) so the whole module runs
+in a few minutes on 2 cores; the grid's worker processes are real (spawned) and so are the Ray
+tasks. The 4-run grid is trained once per module and shared by the tests that only read it; tests
+that change a benchmark work on their own copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import run
+from compare import grid
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CONFIG = """\
+agent: {hidden: [32, 32], actor_hidden: [32, 32], batch_size: 32, learning_starts: 50}
+train: {eval_episodes: 1, checkpoint_every: 300}
+"""
+RUN_KEYS = ("eval_steps", "eval_returns", "final_return", "auc", "wall_time_s",
+            "updates_per_second")
+FAILING_ENV = "tests._failing_env:BnrlFailing-v0"
+
+
+def _grid_args(out: Path, config: Path, *extra: str, variants: str = "none,batch",
+               seeds: int = 2, steps: int = 300, env: str = "Pendulum-v1",
+               eval_every: int = 100) -> list[str]:
+    return ["benchmark", "--agent", "sac", "--env", env, "--variants", variants,
+            "--seeds", str(seeds), "--steps", str(steps), "--eval-every", str(eval_every),
+            "--out", str(out), "--workers", "2", "--config", str(config), *extra]
+
+
+def _bench(capsys, argv: list[str]) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop whatever earlier code printed
+    rc = run.main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got: {err!r}"
+    assert lines[0].startswith("bnrl: error: "), lines[0]
+    return lines[0]
+
+
+def _runs(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["runs"]
+
+
+def _summary_mtimes(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns
+            for p in sorted((out / "runs").rglob("summary.json"))}
+
+
+def _no_workers(*args, **kwargs):
+    raise AssertionError("the grid started runs although every run was finished")
+
+
+def _pythonpath_with_repo() -> str:
+    paths = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(paths))
+
+
+@pytest.fixture(autouse=True)
+def _repo_on_pythonpath(monkeypatch):
+    """Ray workers are separate processes that do not get pytest's sys.path (``pythonpath = .``
+    in pyproject.toml), so they need PYTHONPATH to import the repo's packages and
+    tests._failing_env. (Spawned grid workers receive the parent's sys.path from
+    multiprocessing anyway; PYTHONPATH makes them independent of that too.)"""
+    monkeypatch.setenv("PYTHONPATH", _pythonpath_with_repo())
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bench_config") / "tiny.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_grid(tmp_path_factory, config_file):
+    """sac on Pendulum-v1, none vs batch, 2 seeds, 300 steps, 2 workers: trained once."""
+    out = tmp_path_factory.mktemp("bench") / "out"
+    argv = _grid_args(out, config_file)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = _pythonpath_with_repo()  # the autouse fixture is function-scoped
+    try:
+        started = time.perf_counter()
+        rc = run.main(argv)
+        elapsed = time.perf_counter() - started
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return {"out": out, "argv": argv, "rc": rc, "elapsed": elapsed,
+            "results": (out / "results.json").read_text(),
+            "report": (out / "report.md").read_text(), "mtimes": _summary_mtimes(out)}
+
+
+# --------------------------------------------------------------------------- #
+# 1. A tiny grid end to end
+# --------------------------------------------------------------------------- #
+def test_small_grid_writes_results_report_figures_and_run_dirs(small_grid, capsys):
+    out = small_grid["out"]
+    assert small_grid["rc"] == 0
+    runs = _runs(out)
+    assert [(r["agent"], r["env"], r["variant"], r["seed"]) for r in runs] == [
+        ("sac", "Pendulum-v1", v, s) for v in ("none", "batch") for s in (0, 1)]
+    for r in runs:
+        assert r["status"] == "ok" and r["error"] is None, r
+        for key in RUN_KEYS:
+            assert r.get(key) is not None, (key, r)
+        assert r["eval_steps"] == [100, 200, 300]
+        assert len(r["eval_returns"]) == 3
+        assert r["final_return"] == r["eval_returns"][-1]
+        assert r["wall_time_s"] > 0 and r["updates_per_second"] > 0
+        run_dir = Path(r["run_dir"])
+        assert run_dir == out / "runs" / "sac" / "Pendulum-v1" / r["variant"] / f"seed{r['seed']}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        # The variant really reached the agent, and the grid's step budget was trained.
+        assert summary["critic_norm"] == r["variant"] and summary["steps"] == 300
+        assert summary["seed"] == r["seed"]
+        assert not (run_dir / "error.txt").exists()
+        if r["variant"] == "batch":
+            bn = r["bn_stats"]
+            assert bn and bn["steps"] and len(bn["bn_Q_moving_mean"]) == len(bn["steps"])
+        else:
+            assert not r["bn_stats"]
+    assert json.loads((out / "grid.json").read_text()) == {
+        "agents": ["sac"], "envs": ["Pendulum-v1"], "variants": ["none", "batch"], "seeds": 2,
+        "steps": 300, "config": CONFIG, "eval_every": 100}
+
+    report = small_grid["report"]
+    assert "IQM" in report
+    assert "Runs: 4 total, 4 ok, 0 failed" in report
+    verdicts = [line for line in report.splitlines() if line.startswith("- `batch`: ")]
+    assert len(verdicts) == 1
+    assert any(word in verdicts[0] for word in
+               ("improves on none", "worse than none", "no significant difference"))
+    assert "## Failed runs\n\nNone." in report
+    for name in ("curves.png", "bn_stats.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, name
+
+    # Each run dir is an ordinary training run: `run.py evaluate` works on it.
+    for r in runs:
+        rc, stdout, _ = _bench(capsys, ["evaluate", "--run", r["run_dir"], "--episodes", "1"])
+        assert rc == 0
+        assert "mean return" in stdout
+
+
+# --------------------------------------------------------------------------- #
+# 2. Rerunning the same command skips every finished run
+# --------------------------------------------------------------------------- #
+def test_rerun_skips_finished_runs(small_grid, capsys, monkeypatch):
+    out = small_grid["out"]
+    monkeypatch.setattr(grid, "_run_local", _no_workers)
+    started = time.perf_counter()
+    rc, stdout, _ = _bench(capsys, small_grid["argv"])
+    elapsed = time.perf_counter() - started
+    assert rc == 0
+    assert "benchmark: 4 runs" in stdout and "report:" in stdout
+    assert elapsed < small_grid["elapsed"] / 4, (elapsed, small_grid["elapsed"])
+    assert _summary_mtimes(out) == small_grid["mtimes"]
+    # Same records (compared as JSON text: NaNs in BN stats are not == to themselves).
+    assert json.dumps(_runs(out), sort_keys=True) == json.dumps(
+        json.loads(small_grid["results"])["runs"], sort_keys=True)
+    assert (out / "report.md").read_text() == small_grid["report"]
+
+
+# --------------------------------------------------------------------------- #
+# 3. A different grid in the same --out: refused, or grown with --extend
+# --------------------------------------------------------------------------- #
+def test_changed_grid_is_refused_unless_extended(small_grid, config_file, capsys, monkeypatch,
+                                                 tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(small_grid["out"], out)
+    grid_json = (out / "grid.json").read_text()
+    before = _summary_mtimes(out)
+
+    for change in (dict(steps=400), dict(seeds=3), dict(variants="none,layer"),
+                   dict(eval_every=50)):
+        rc, stdout, err = _bench(capsys, _grid_args(out, config_file, **change))
+        assert rc == 2, change
+        line = _one_error_line(err)
+        assert "different benchmark" in line and "--extend" in line
+        assert "2 seeds, 300 steps, --eval-every 100" in line  # what the directory holds
+        assert stdout == ""
+    # --extend grows a grid but cannot change how its finished runs were trained or evaluated.
+    other_config = tmp_path / "other.yaml"
+    other_config.write_text(CONFIG.replace("batch_size: 32", "batch_size: 64"))
+    for config, change, flag in ((config_file, dict(eval_every=50), "--eval-every"),
+                                 (other_config, dict(seeds=3), "--config")):
+        rc, _, err = _bench(capsys, _grid_args(out, config, "--extend", **change))
+        assert rc == 2
+        assert f"--extend cannot change {flag}" in _one_error_line(err)
+    assert (out / "grid.json").read_text() == grid_json
+    assert _summary_mtimes(out) == before
+
+    rc, stdout, _ = _bench(capsys, _grid_args(out, config_file, "--extend", seeds=3))
+    assert rc == 0
+    assert "benchmark: 6 runs" in stdout
+    progress = [line for line in stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 2 and all("seed 2: final" in line for line in progress), stdout
+    after = _summary_mtimes(out)
+    assert {k: after[k] for k in before} == before  # the finished runs were not touched
+    assert sorted(set(after) - set(before)) == [
+        f"runs/sac/Pendulum-v1/{v}/seed2/summary.json" for v in ("batch", "none")]
+    runs = _runs(out)
+    assert len(runs) == 6 and all(r["status"] == "ok" for r in runs)
+    assert json.loads((out / "grid.json").read_text())["seeds"] == 3
+    assert "Runs: 6 total, 6 ok, 0 failed" in (out / "report.md").read_text()
+
+    # The extended grid is now the directory's benchmark: its plain command just skips.
+    monkeypatch.setattr(grid, "_run_local", _no_workers)
+    rc, _, _ = _bench(capsys, _grid_args(out, config_file, seeds=3))
+    assert rc == 0
+
+
+# --------------------------------------------------------------------------- #
+# 4. A failing run is reported while the others finish
+# --------------------------------------------------------------------------- #
+def test_failed_run_is_reported_and_others_finish(config_file, capsys, monkeypatch, tmp_path):
+    from tests import _failing_env
+
+    out = tmp_path / "out"
+    argv = _grid_args(out, config_file, variants="none", steps=200, env=FAILING_ENV)
+    rc, stdout, _ = _bench(capsys, argv)
+    assert rc == 1
+    assert "1 failed runs; rerun to retry them" in stdout
+    assert "FAILED: RuntimeError: simulated env crash" in stdout
+
+    ok, failed = _runs(out)
+    assert ok["seed"] == 0 and ok["status"] == "ok" and ok["error"] is None
+    assert ok["eval_steps"] == [100, 200] and ok["final_return"] is not None
+    assert failed["seed"] == _failing_env.FAILING_SEED and failed["status"] == "failed"
+    expected = f"RuntimeError: {_failing_env.MESSAGE} at step {_failing_env.FAIL_AFTER} (seed 1)"
+    assert failed["error"] == expected
+    run_dir = Path(failed["run_dir"])
+    assert run_dir == out / "runs" / "sac" / FAILING_ENV.replace(":", "_") / "none" / "seed1"
+    traceback = (run_dir / "error.txt").read_text()
+    assert traceback.startswith("Traceback") and expected in traceback
+    assert not (run_dir / "summary.json").exists()
+    assert not (Path(ok["run_dir"]) / "error.txt").exists()
+
+    report = (out / "report.md").read_text()
+    assert "Runs: 2 total, 1 ok, 1 failed" in report
+    failed_section = report.split("## Failed runs", 1)[1].split("##", 1)[0]
+    assert f"seed 1 (`{run_dir}`): {expected}" in failed_section
+
+    # A rerun retries the failed run only; here the env no longer crashes, so it now succeeds.
+    ok_mtime = (Path(ok["run_dir"]) / "summary.json").stat().st_mtime_ns
+    monkeypatch.setenv("BNRL_FAILING_ENV_OFF", "1")
+    rc, stdout, _ = _bench(capsys, argv)
+    assert rc == 0
+    progress = [line for line in stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 1 and "seed 1: final" in progress[0], stdout
+    assert "failed runs" not in stdout and "FAILED" not in stdout
+    assert (Path(ok["run_dir"]) / "summary.json").stat().st_mtime_ns == ok_mtime
+    assert [r["status"] for r in _runs(out)] == ["ok", "ok"]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 200
+    assert not (run_dir / "error.txt").exists()
+    assert "Runs: 2 total, 2 ok, 0 failed" in (out / "report.md").read_text()
+
+
+def test_retry_after_a_failure_before_the_run_started(config_file, monkeypatch, tmp_path):
+    """A run that failed before train() wrote config.yaml (e.g. its env could not be made in the
+    worker) leaves only error.txt in its directory; the retry must not trip over it."""
+    import training
+    from training.loop import prepare_run_dir
+
+    run_dir = tmp_path / "runs" / "seed0"
+    spec = grid.RunSpec("sac", "no_such_module:Nope-v0", "none", 0, 200, str(config_file),
+                        str(run_dir), 1, 100)
+    record = grid.run_one(spec)  # fails in make_env, before the run directory is prepared
+    assert record["status"] == "failed" and "cannot import module" in record["error"]
+    assert [p.name for p in run_dir.iterdir()] == ["error.txt"]
+
+    def fake_train(config, run_dir, resume=False, progress="auto", threads=None):
+        prepare_run_dir(run_dir, config, resume)  # what train() does first with the directory
+        return {"eval_steps": [100, 200], "eval_returns": [-1.0, -0.5], "final_return": -0.5,
+                "wall_time_s": 1.0, "updates_per_second": 10.0, "bn_stats": {}}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    record = grid.run_one(grid.RunSpec("sac", "Pendulum-v1", "none", 0, 200, str(config_file),
+                                       str(run_dir), 1, 100))
+    assert record["status"] == "ok", record["error"]
+    assert not (run_dir / "error.txt").exists()
+
+
+# --------------------------------------------------------------------------- #
+# 5. run.py report
+# --------------------------------------------------------------------------- #
+def test_report_regenerates_report_and_figures(small_grid, capsys, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(small_grid["out"], out)
+    for name in ("report.md", "curves.png", "bn_stats.png"):
+        (out / name).unlink()
+    rc, stdout, _ = _bench(capsys, ["report", str(out)])
+    assert rc == 0
+    assert stdout.strip() == f"report: {out / 'report.md'}"
+    # Deterministic (seeded bootstrap): the same report as the benchmark wrote.
+    assert (out / "report.md").read_text() == small_grid["report"]
+    for name in ("curves.png", "bn_stats.png"):
+        assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_report_without_results_is_one_line_error(capsys, tmp_path):
+    rc, stdout, err = _bench(capsys, ["report", str(tmp_path)])
+    assert rc == 2 and stdout == ""
+    assert "has no results.json" in _one_error_line(err)
+    assert not (tmp_path / "report.md").exists()
+
+    (tmp_path / "results.json").write_text('["not", "a", "results", "file"]')
+    rc, _, err = _bench(capsys, ["report", str(tmp_path)])
+    assert rc == 2
+    assert "is not a bnrl results file" in _one_error_line(err)
+
+
+# --------------------------------------------------------------------------- #
+# 6. Bad input fails fast, before any run starts
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(("flags", "message"), [
+    (dict(agent="sac,nosuch"), "unknown agent 'nosuch'"),
+    (dict(variants="none,bogus"), "unknown variant 'bogus'"),
+    (dict(agent="dqn"), "agent 'dqn' needs a discrete"),
+    (dict(agent="sac,dqn"), "agent 'dqn' needs a discrete"),
+    (dict(env="Pendulum-v1,NoSuchEnv-v9"), "unknown environment 'NoSuchEnv-v9'"),
+    (dict(config="missing.yaml"), "config file not found"),
+    # A --config key one agent of the grid does not take (dqn has no actor).
+    (dict(agent="dqn", env="CartPole-v1", config="tiny.yaml"),
+     "unknown config key(s) actor_hidden"),
+])
+def test_bad_input_exits_2_before_any_run(flags, message, config_file, capsys, tmp_path):
+    out = tmp_path / "out"
+    args = {"agent": "sac", "env": "Pendulum-v1", "variants": "none,batch", **flags}
+    argv = ["benchmark", "--agent", args["agent"], "--env", args["env"], "--variants",
+            args["variants"], "--seeds", "2", "--steps", "300", "--out", str(out)]
+    if "config" in args:
+        config = config_file if args["config"] == "tiny.yaml" else tmp_path / args["config"]
+        argv += ["--config", str(config)]
+    rc, stdout, err = _bench(capsys, argv)
+    assert rc == 2
+    assert message in _one_error_line(err)
+    assert stdout == ""
+    assert not out.exists()  # no grid.json, no run dirs
+
+
+# --------------------------------------------------------------------------- #
+# 7. The Ray backend
+# --------------------------------------------------------------------------- #
+@pytest.fixture
+def local_ray():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        # The raylet and its workers inherit this process's environment, so the autouse
+        # fixture's PYTHONPATH lets the Ray workers import compare.grid and the agents.
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - e.g. no shared memory or sockets in a sandbox
+        pytest.skip(f"cannot start a local Ray cluster here: {type(exc).__name__}: {exc}")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_backend_runs_the_grid(local_ray, config_file, capsys, monkeypatch, tmp_path):
+    out = tmp_path / "out"
+    monkeypatch.setattr(grid, "_run_local", _no_workers)  # every run must go through Ray
+    argv = _grid_args(out, config_file, "--backend", "ray", seeds=1, steps=200)
+    rc, stdout, _ = _bench(capsys, argv)
+    assert rc == 0, stdout
+    runs = _runs(out)
+    assert [(r["variant"], r["seed"], r["status"]) for r in runs] == [
+        ("none", 0, "ok"), ("batch", 0, "ok")]
+    for r in runs:
+        assert all(r.get(key) is not None for key in RUN_KEYS), r
+        assert json.loads((Path(r["run_dir"]) / "summary.json").read_text())["steps"] == 200
+    assert runs[1]["bn_stats"]["bn_Q_moving_mean"]
+    assert "IQM" in (out / "report.md").read_text()
+    assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    # The Ray backend skips finished runs like the local one (and does not submit tasks).
+    monkeypatch.setattr(grid, "_run_ray", _no_workers)
+    rc, _, _ = _bench(capsys, argv)
+    assert rc == 0
+
+
+# --------------------------------------------------------------------------- #
+# 8. The quick default benchmark (planned, not run)
+# --------------------------------------------------------------------------- #
+def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
+    specs = grid.plan(tmp_path / "direct", **grid.QUICK)
+    assert len(specs) == 6
+    assert {(s.agent, s.env, s.steps) for s in specs} == {("sac", "Pendulum-v1", 6000)}
+    assert [(s.variant, s.seed) for s in specs] == [
+        (v, k) for v in ("none", "batch") for k in range(3)]
+
+    # `run.py benchmark` with no arguments plans exactly that grid in bench_out/quick.
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
+        seen.update(specs=specs, out=out, backend=backend)
+        return [{**grid._base_record(s, "ok"), "eval_steps": [6000], "eval_returns": [0.0],
+                 "final_return": 0.0} for s in specs]
+
+    monkeypatch.setattr(grid, "run_grid", fake_run_grid)
+    rc, stdout, _ = _bench(capsys, ["benchmark"])
+    assert rc == 0
+    assert seen["out"] == Path("bench_out/quick") and seen["backend"] == "local"
+    assert [(s.agent, s.env, s.variant, s.seed, s.steps, s.eval_every, s.config_file)
+            for s in seen["specs"]] == [
+        ("sac", "Pendulum-v1", v, k, 6000, None, None) for v in ("none", "batch")
+        for k in range(3)]
+    assert "benchmark: 6 runs in bench_out/quick" in stdout
+    assert json.loads((tmp_path / "bench_out/quick/grid.json").read_text())["steps"] == 6000
+
+
+# --------------------------------------------------------------------------- #
+# results.json is rewritten as each run finishes (no training needed)
+# --------------------------------------------------------------------------- #
+def test_results_json_is_rewritten_after_each_run(monkeypatch, tmp_path):
+    specs = grid.plan(tmp_path, ["sac"], ["Pendulum-v1"], ["none", "batch"], 2, 300)
+    seen = []
+
+    def fake_local(todo, workers, publish):
+        assert todo == specs
+        for spec in reversed(todo):  # completion order differs from grid order
+            publish(grid._base_record(spec, error="RuntimeError: boom"), spec)
+            seen.append([(r["variant"], r["seed"]) for r in _runs(tmp_path)])
+
+    monkeypatch.setattr(grid, "_run_local", fake_local)
+    records = grid.run_grid(specs, tmp_path, workers=2)
+    # Each rewrite holds the runs finished so far, in grid order.
+    assert seen == [[("batch", 1)], [("batch", 0), ("batch", 1)],
+                    [("none", 1), ("batch", 0), ("batch", 1)],
+                    [("none", 0), ("none", 1), ("batch", 0), ("batch", 1)]]
+    assert [r["status"] for r in records] == ["failed"] * 4
