@@ -93,6 +93,7 @@ def collect_updates(model: keras.layers.Layer, inputs) -> list[tf.Operation]:
     require_keras2(model)
     flat_inputs = tf.nest.flatten(inputs)
     candidates = _flat_ops(model.get_updates_for(flat_inputs))
+    _require_assigns(candidates)
     by_variable: dict = {}
     for op in candidates:
         by_variable.setdefault(_moving_variable(op), []).append(op)
@@ -110,6 +111,14 @@ def collect_updates(model: keras.layers.Layer, inputs) -> list[tf.Operation]:
             "training=False, or build the call with training_call(model, inputs)"
         )
     return narrowed
+
+
+def _require_assigns(updates: list[tf.Operation]) -> None:
+    if any(op.type not in _ASSIGN_TYPES for op in updates):
+        raise ValueError(
+            "these BN updates come from a call with a tensor `training` flag (conditional "
+            "updates cannot be attributed to their variables): call the model with "
+            "training=True or training=False")
 
 
 def training_call(model: keras.layers.Layer, inputs, **kwargs):
@@ -206,6 +215,26 @@ def _batch_statistics(update: tf.Operation) -> set[tf.Operation]:
     return stats
 
 
+def _call_scope(update: tf.Operation) -> str:
+    """The name scope of the layer call that created ``update`` (unique per call)."""
+    parts = update.name.split("/")
+    for i, part in enumerate(parts):
+        if part.startswith(("AssignMovingAvg", "AssignNewValue")):
+            return "/".join(parts[:i])
+    return update.name.rsplit("/", 1)[0]
+
+
+def _training_calls(forward: set[tf.Operation]) -> set[str]:
+    """Call scopes whose batch moments the forward pass computes (unfused and fused BN)."""
+    scopes = set()
+    for op in forward:
+        if "/moments/" in op.name:
+            scopes.add(op.name.split("/moments/", 1)[0])
+        elif op.type.startswith("FusedBatchNorm") and op.get_attr("is_training"):
+            scopes.add(op.name.rsplit("/", 1)[0])
+    return scopes
+
+
 def check_wiring(train_op, models: Sequence, raise_error: bool = False) -> list[str]:
     """Report BN layers whose moving statistics ``train_op`` leaves stale or updates twice.
 
@@ -223,18 +252,23 @@ def check_wiring(train_op, models: Sequence, raise_error: bool = False) -> list[
     Returns:
       One human-readable line per problem; empty when the wiring is right.
     """
-    layers = [layer for model in models for layer in bn_layers(model)]
-    update_ops = {_as_op(u) for layer in layers for u in layer.updates}
+    graph = _as_op(tf.nest.flatten(train_op)[0]).graph
+    with graph.as_default():  # tf-keras reads layer.updates differently outside a graph
+        layers = [layer for model in models for layer in bn_layers(model)]
+        layer_updates = {layer: [_as_op(u) for u in layer.updates] for layer in layers}
+    update_ops = {u for ops in layer_updates.values() for u in ops}
     forward = ancestors(train_op, stop=update_ops)
     executed = ancestors(train_op)
+    training_calls = _training_calls(forward)
     problems = []
     for layer in layers:
         moving = [layer.moving_mean, layer.moving_variance]
-        trained = any(
-            _batch_statistics(u) & forward
-            for u in layer.updates
-            if _as_op(u).type in _ASSIGN_TYPES
-        )
+        # A training-mode call feeds its batch statistics to both the loss and its update ops;
+        # Batch Renorm's updates consume only renorm-path tensors, so its calls are found by
+        # the batch moments computed in the update's own call scope.
+        assigns = [u for u in layer_updates[layer] if u.type in _ASSIGN_TYPES]
+        trained = any(_batch_statistics(u) & forward or _call_scope(u) in training_calls
+                      for u in assigns)
         for variable in moving:
             writes = len(_writers(executed, variable))
             short = variable.name.split("/")[-1].split(":")[0]

@@ -105,7 +105,8 @@ def mlp(
       hidden: widths of the hidden layers.
       norm: normalization settings.
       prefix: layer-name prefix (``q0``, ``pi``).
-      training: the BN mode for this call (bool or a boolean tensor).
+      training: the BN mode for this call: a Python bool (or None while building a model whose
+        later calls pass the flag); tensor flags make BN updates conditional and unattributable.
       activation: hidden activation.
       extra_input: a tensor concatenated in before hidden layer ``extra_at`` (the critic's action).
       extra_at: index of the hidden layer that first sees ``extra_input``.
