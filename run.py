@@ -158,7 +158,10 @@ def cmd_train(args) -> int:
     if args.actor_norm is not None and args.agent == "dqn":
         raise_user("dqn has no actor: use --critic-norm for its Q-network")
     agent_overrides = dict(args.settings)
-    agent_overrides.update(critic_norm=args.critic_norm, actor_norm=args.actor_norm)
+    # The flags win over --set critic_norm=... / actor_norm=..., but only when given.
+    for key in ("critic_norm", "actor_norm"):
+        if getattr(args, key) is not None:
+            agent_overrides[key] = getattr(args, key)
     train_overrides = dict(steps=args.steps, seed=args.seed, eval_every=args.eval_every,
                            eval_episodes=args.eval_episodes,
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,

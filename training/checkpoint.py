@@ -79,5 +79,19 @@ def restore_agent(agent, path: Path) -> None:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to read is a corrupt checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} is corrupt or from another config: {first}") from None
+        raise UserError(f"checkpoint {path} is corrupt or from another config: "
+                        f"{_reason(exc)}") from None
+
+
+# Lines of a TensorFlow graph-mode error that are context, not the reason.
+_CONTEXT = ("Graph execution error", "Detected at node", "File ", "Node:", "[[",
+            "Original stack trace")
+
+
+def _reason(exc: Exception) -> str:
+    """The informative line of an exception (TF's OpError text starts with context lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if not line.startswith(_CONTEXT):
+            return line
+    return lines[0] if lines else type(exc).__name__

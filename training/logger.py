@@ -30,8 +30,10 @@ class ScalarLogger:
         self._csv = self.run_dir / "metrics.csv"
         self.eval_rows: list[tuple[int, float, float]] = []
         if resume_step is not None:
+            # TensorBoard drops the events with step >= the START step: the checkpoint's own
+            # step (its eval, its last logs) is kept, what a killed run wrote after it is not.
             self._writer.add_event(event_pb2.Event(
-                wall_time=time.time(), step=resume_step,
+                wall_time=time.time(), step=resume_step + 1,
                 session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
             self.eval_rows = [r for r in self._read_csv() if r[0] <= resume_step]
 
@@ -42,6 +44,7 @@ class ScalarLogger:
 
     def eval_return(self, step: int, mean: float, std: float) -> None:
         self.scalars({"eval/mean_return": mean, "eval/std_return": std}, step)
+        self._writer.flush()  # as durable as the metrics.csv row below
         self.eval_rows.append((step, mean, std))
         tmp = self._csv.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as f:

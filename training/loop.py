@@ -214,6 +214,7 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state["wall_time_s"] = time.time() - started
                 state["train_time_s"] = train_time
+                logger.flush()  # events up to a checkpoint survive a kill -9 after it
                 checkpoint.save(run_dir, step, agent, state, config.keep_checkpoints)
     finally:
         bar.close()
@@ -281,6 +282,10 @@ def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int |
         raise UserError(f"{run_dir} has no complete checkpoint yet")
     checkpoint.load_loop_state(ckpt)
     eval_seed = config.seed + 20_000 if seed is None else seed
+    if render_video:
+        # rgb_array frames only: no window, no sound (SDL would print errors on a headless box).
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     env = make_run_env(config, eval_seed, render_mode="rgb_array" if render_video else None)
     agent = build_agent(config, env)
     checkpoint.restore_agent(agent, ckpt)

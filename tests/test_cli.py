@@ -1,0 +1,572 @@
+"""End-to-end tests of the command line (``run.py``): what a user of ``bnrl train/evaluate`` sees.
+
+Pinned here: the exact TensorBoard scalar tags (DESIGN.md section 4), the files of a run
+directory, exit code 2 with exactly one stderr line for every kind of bad input, kill -9 and
+``--resume`` giving one continuous run (metrics.csv, summary.json and TensorBoard), ``evaluate``
+and its GIF, exit code 1 on a non-finite loss with the last good checkpoint kept, and ``--help``.
+
+Runs use tiny networks and a few hundred steps. Training runs happen in this process
+(``run.main``, TensorFlow imported once); subprocesses are used where the real stderr matters
+(bad input, NaN loss) or a process must be killed. The bad-input subprocesses run concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+sys.path.insert(0, str(REPO))
+import run  # noqa: E402
+
+# Tiny settings: every run here takes seconds.
+TINY = ["--set", "hidden=[32,32]", "--set", "batch_size=32", "--set", "learning_starts=50",
+        "--set", "buffer_size=5000"]
+TINY_AC = TINY + ["--set", "actor_hidden=[32,32]"]
+BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
+NAN_ENV = "_nan_env:BnrlNanRewardEnv-v0"
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _env() -> dict:
+    env = dict(os.environ)
+    # run.py must quiet TensorFlow's C++ logging by itself; the in-process runs of this module
+    # set this variable in os.environ, so it is removed for the subprocesses.
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)])
+    return env
+
+
+def _cli(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` in a subprocess, from the repository root."""
+    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _main(args: list[str]) -> int:
+    """``run.main(args)`` in this process; argparse's SystemExit becomes its exit code."""
+    try:
+        return run.main(args)
+    except SystemExit as exc:
+        return exc.code
+
+
+def _train_quiet(args: list[str]) -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = _main(["train", *args, "--quiet"])
+    assert code == 0, out.getvalue()
+
+
+def _scalars(run_dir: Path):
+    """The EventAccumulator of a run (it honours SessionLog.START purges, like TensorBoard)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def _raw_scalar_steps(run_dir: Path, tag: str) -> list[int]:
+    """Steps of ``tag`` in all event files, without any purge (what is on disk)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = []
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("summary"):
+                steps += [event.step for v in event.summary.value if v.tag == tag]
+    return steps
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def _csv_steps(path: Path) -> list[int]:
+    try:
+        return [int(r[0]) for r in _csv_rows(path)[1]]
+    except (OSError, IndexError, ValueError):
+        return []  # not written yet, or being replaced
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name[5:]) for p in root.iterdir()
+                  if p.name.startswith("step-") and p.name[5:].isdigit())
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _one_line(stderr: str) -> str:
+    """The single non-empty stderr line (asserts there is exactly one and no traceback)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{stderr}"
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def sac_bn_run(tmp_path_factory) -> Path:
+    """SAC on Pendulum-v1 with a batch-normalized critic, 400 steps, scalars every 20 updates."""
+    run_dir = tmp_path_factory.mktemp("sac_bn") / "run"
+    _train_quiet(["--agent", "sac", "--env", "Pendulum-v1", "--steps", "400", "--seed", "0",
+                  "--logdir", str(run_dir), "--critic-norm", "batch", "--log-every", "20",
+                  "--eval-every", "200", "--eval-episodes", "1", "--checkpoint-every", "200",
+                  *TINY_AC])
+    return run_dir
+
+
+# ------------------------------------------------------------------- 1. TensorBoard scalar tags
+def test_sac_batch_norm_critic_writes_the_exact_tags(sac_bn_run):
+    acc = _scalars(sac_bn_run)
+    tags = set(acc.Tags()["scalars"])
+    required = {"bn_Q_gamma", "bn_Q_beta", "bn_Q_moving_mean", "bn_Q_moving_variance",
+                "bn_Q_train_eval_gap", "eval/mean_return", "charts/episodic_return",
+                "losses/critic_loss", "losses/actor_loss", "charts/updates_per_second",
+                "charts/env_steps_per_second"}
+    assert required <= tags, f"missing {sorted(required - tags)}"
+    assert not any(t.startswith("bn_pi") for t in tags), "no actor BN was asked for"
+
+    per_layer = [t for t in tags if t.startswith("bn/")]
+    layers: dict[str, set[str]] = {}
+    for tag in per_layer:
+        match = re.fullmatch(r"bn/Q/([^/]+)/([^/]+)", tag)
+        assert match, f"per-layer tag {tag!r} is not bn/Q/<layer>/<variable>"
+        layers.setdefault(match.group(1), set()).add(match.group(2))
+    assert layers, "no per-layer bn/Q/<layer>/<variable> tags"
+    for layer, variables in layers.items():
+        assert variables == set(BN_VARIABLES), (layer, variables)
+
+    moving_mean = [e.value for e in acc.Scalars("bn_Q_moving_mean")]
+    assert len(moving_mean) >= 5, moving_mean
+    assert len(set(moving_mean)) > 1, f"BN moving mean never changed: {moving_mean}"
+    assert all(math.isfinite(v) for v in moving_mean)
+
+
+def test_no_normalization_writes_no_bn_tags(tmp_path):
+    run_dir = tmp_path / "run"
+    _train_quiet(["--agent", "sac", "--env", "Pendulum-v1", "--steps", "200", "--logdir",
+                  str(run_dir), "--critic-norm", "none", "--log-every", "20", "--eval-every",
+                  "200", "--eval-episodes", "1", *TINY_AC])
+    tags = _scalars(run_dir).Tags()["scalars"]
+    assert "losses/critic_loss" in tags and "eval/mean_return" in tags
+    assert [t for t in tags if t.startswith("bn")] == []
+
+
+def test_dqn_logs_q_loss_and_bn_q_tags(tmp_path):
+    run_dir = tmp_path / "run"
+    _train_quiet(["--agent", "dqn", "--env", "CartPole-v1", "--steps", "300", "--logdir",
+                  str(run_dir), "--critic-norm", "batch", "--log-every", "20", "--eval-every",
+                  "300", "--eval-episodes", "1", *TINY, "--set", "train_freq=1",
+                  "--set", "gradient_steps=1", "--set", "exploration_steps=100"])
+    tags = set(_scalars(run_dir).Tags()["scalars"])
+    required = {"losses/q_loss", "bn_Q_gamma", "bn_Q_beta", "bn_Q_moving_mean",
+                "bn_Q_moving_variance", "bn_Q_train_eval_gap", "eval/mean_return",
+                "charts/episodic_return", "charts/updates_per_second"}
+    assert required <= tags, f"missing {sorted(required - tags)}"
+    assert any(re.fullmatch(r"bn/Q/[^/]+/moving_mean", t) for t in tags), sorted(tags)
+
+
+@pytest.fixture(scope="module")
+def td3_actor_bn_run(tmp_path_factory) -> Path:
+    """TD3 with a batch-normalized actor only, scalars every 10 updates (policy_delay 2)."""
+    run_dir = tmp_path_factory.mktemp("td3_actor_bn") / "run"
+    _train_quiet(["--agent", "td3", "--env", "Pendulum-v1", "--steps", "200", "--logdir",
+                  str(run_dir), "--critic-norm", "none", "--actor-norm", "batch",
+                  "--log-every", "10", "--eval-every", "200", "--eval-episodes", "1", *TINY_AC])
+    return run_dir
+
+
+def test_actor_batch_norm_writes_bn_pi_tags(td3_actor_bn_run):
+    tags = set(_scalars(td3_actor_bn_run).Tags()["scalars"])
+    required = {f"bn_pi_{v}" for v in BN_VARIABLES} | {"losses/critic_loss", "eval/mean_return"}
+    assert required <= tags, f"missing {sorted(required - tags)}"
+    assert not any(t.startswith("bn_Q") or t.startswith("bn/Q/") for t in tags), sorted(tags)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "the loop logs on updates 0, N, 2N, ... (updates_done % log_every == 0) but TD3 updates "
+    "its actor on updates 1, 3, 5, ...; with an even --log-every (the default 250 too) "
+    "losses/actor_loss is never written"))
+def test_td3_logs_actor_loss(td3_actor_bn_run):
+    assert "losses/actor_loss" in _scalars(td3_actor_bn_run).Tags()["scalars"]
+
+
+# ------------------------------------------------------------------------------ 2. run files
+def test_run_directory_files(sac_bn_run):
+    import yaml
+
+    config = yaml.safe_load((sac_bn_run / "config.yaml").read_text())
+    assert (config["agent"], config["env"], config["seed"], config["steps"]) == (
+        "sac", "Pendulum-v1", 0, 400)
+    assert config["eval_every"] == 200 and config["log_every"] == 20
+    agent_config = config["agent_config"]
+    assert agent_config["critic_norm"] == "batch"
+    assert agent_config["hidden"] == [32, 32] and agent_config["batch_size"] == 32
+    assert "learning_rate" in agent_config  # resolved: defaults and preset included
+
+    header, rows = _csv_rows(sac_bn_run / "metrics.csv")
+    assert header == ["step", "eval_mean_return", "eval_std_return"]
+    assert [int(r[0]) for r in rows] == [200, 400]
+    assert all(len(r) == 3 and float(r[1]) == float(r[1]) for r in rows)
+
+    assert _checkpoint_steps(sac_bn_run) == [200, 400]
+    latest = sac_bn_run / "checkpoints" / "step-000000400"
+    assert (latest / "model.index").is_file() and list(latest.glob("model.data-*"))
+    assert not list((sac_bn_run / "checkpoints").glob(".tmp-*"))
+
+    summary = json.loads((sac_bn_run / "summary.json").read_text())
+    assert summary["steps"] == 400 and summary["agent"] == "sac"
+    assert summary["critic_norm"] == "batch"
+    assert summary["eval_steps"] == [200, 400]
+    assert summary["final_return"] == pytest.approx(float(rows[-1][1]))
+
+
+# ------------------------------------------------------------------------- 3. bad input matrix
+@dataclass
+class Bad:
+    id: str
+    args: list[str]  # {d}: the case's own directory; {run}: a copy of a finished run
+    needs: list[str]  # substrings of the one stderr line
+    files: dict[str, str] = field(default_factory=dict)  # written into {d} first
+    prepare: str | None = None  # what to do to the copied run's latest checkpoint
+    in_subprocess: bool = True  # False: run.main in this process (same checks, cheaper)
+    xfail: str | None = None
+
+
+_QUICK = ["--steps", "30"]  # if a case wrongly starts training, it stops soon
+BAD = [
+    # In a subprocess each (real stderr: TensorFlow's C++ logging would show there).
+    Bad("agent-unknown", ["train", "--agent", "foo"], ["foo", "dqn", "ddpg", "td3", "sac",
+                                                       "crossq"]),
+    Bad("env-unknown", ["train", "--env", "NoSuchEnv-v9", *_QUICK],
+        ["NoSuchEnv-v9", "Pendulum-v1", "module:EnvId"]),
+    Bad("critic-norm-unknown", ["train", "--critic-norm", "foo"],
+        ["foo", "none", "batch", "batch_renorm", "layer"]),
+    Bad("set-unknown-key", ["train", "--set", "foo=1", *_QUICK], ["foo", "learning_rate"]),
+    Bad("config-unknown-agent-key", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["foo", "learning_rate"], files={"c.yaml": "agent:\n  foo: 1\n"}),
+    Bad("dqn-on-pendulum", ["train", "--agent", "dqn", "--env", "Pendulum-v1", *_QUICK],
+        ["dqn", "Pendulum-v1", "Discrete", "sac"]),
+    Bad("sac-on-cartpole", ["train", "--agent", "sac", "--env", "CartPole-v1", *_QUICK],
+        ["sac", "CartPole-v1", "Box", "dqn"]),
+    Bad("steps-zero", ["train", "--steps", "0"], ["--steps", "0", "positive"]),
+    Bad("steps-negative", ["train", "--steps", "-5"], ["--steps", "-5", "positive"]),
+    Bad("steps-not-a-number", ["train", "--steps", "abc"], ["--steps", "abc", "positive"]),
+    Bad("config-missing", ["train", "--config", "{d}/nope.yaml", *_QUICK],
+        ["nope.yaml", "not found"]),
+    Bad("config-malformed", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["c.yaml", "YAML"], files={"c.yaml": "train: [1, 2\nagent: {\n"}),
+    Bad("config-is-a-list", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["c.yaml", "mapping", "list"], files={"c.yaml": "- steps: 10\n- seed: 1\n"}),
+    Bad("existing-run-dir", ["train", "--agent", "sac", "--env", "Pendulum-v1", "--steps",
+                             "400", "--logdir", "{run}"], ["already exists", "--resume"]),
+    Bad("actor-norm-with-dqn", ["train", "--agent", "dqn", "--env", "CartPole-v1",
+                                "--actor-norm", "batch", *_QUICK], ["dqn", "actor"]),
+    Bad("evaluate-missing-dir", ["evaluate", "--run", "{d}/nope", "--episodes", "1"],
+        ["nope", "does not exist"]),
+    Bad("evaluate-empty-dir", ["evaluate", "--run", "{d}", "--episodes", "1"],
+        ["config.yaml"]),
+    Bad("evaluate-garbled-data", ["evaluate", "--run", "{run}", "--episodes", "1"],
+        ["step-000000400", "corrupt", "Checksum"], prepare="garble"),
+    Bad("evaluate-missing-index", ["evaluate", "--run", "{run}", "--episodes", "1"],
+        ["step-000000400", "model.index"], prepare="delete-index"),
+    # In this process (run.main): more paths through the same error handling.
+    Bad("actor-norm-unknown", ["train", "--actor-norm", "bn"], ["bn", "batch_renorm"],
+        in_subprocess=False),
+    Bad("seed-negative", ["train", "--seed", "-1"], ["--seed", "-1"], in_subprocess=False),
+    Bad("eval-every-zero", ["train", "--eval-every", "0"], ["--eval-every", "0"],
+        in_subprocess=False),
+    Bad("set-no-equals", ["train", "--set", "=3"], ["KEY=VALUE", "=3"], in_subprocess=False),
+    Bad("set-norm-unknown", ["train", "--set", "critic_norm=foo", *_QUICK],
+        ["foo", "batch_renorm"], in_subprocess=False),
+    Bad("set-out-of-range", ["train", "--set", "batch_size=-3", *_QUICK],
+        ["batch_size", "-3"], in_subprocess=False),
+    Bad("config-unknown-train-key", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["bar", "eval_every"], files={"c.yaml": "train:\n  bar: 1\n"}, in_subprocess=False),
+    Bad("config-unknown-section", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["agents", "train", "agent"], files={"c.yaml": "agents:\n  sac: {}\n"},
+        in_subprocess=False),
+    Bad("config-bad-train-value", ["train", "--config", "{d}/c.yaml"],
+        ["steps", "0"], files={"c.yaml": "train:\n  steps: 0\n"}, in_subprocess=False),
+    Bad("resume-other-agent", ["train", "--agent", "td3", "--env", "Pendulum-v1", "--steps",
+                               "400", "--logdir", "{run}", "--resume"],
+        ["cannot resume", "sac", "td3"], in_subprocess=False),
+    Bad("resume-not-a-run", ["train", "--logdir", "{d}", "--resume", *_QUICK],
+        ["cannot resume", "config.yaml"], files={"notes.txt": "x"}, in_subprocess=False),
+    Bad("evaluate-episodes-zero", ["evaluate", "--run", "{d}", "--episodes", "0"],
+        ["--episodes", "0"], in_subprocess=False),
+    Bad("evaluate-truncated-data", ["evaluate", "--run", "{run}", "--episodes", "1"],
+        ["step-000000400", "corrupt", "Read less bytes"], prepare="truncate",
+        in_subprocess=False),
+    Bad("set-wrong-type", ["train", "--set", "batch_size=abc", *_QUICK], ["batch_size", "abc"],
+        in_subprocess=False,
+        xfail="agents' config check says \"'<' not supported between instances of 'str' and "
+              "'int'\" without naming the key"),
+    Bad("set-wrong-hidden", ["train", "--set", "hidden=abc", *_QUICK], ["hidden", "abc"],
+        in_subprocess=False,
+        xfail="hidden='abc' passes the config check and fails at graph build with a traceback"),
+]
+
+
+def _logdir_digest(args: list[str]) -> dict[str, str] | None:
+    """File digests of the --logdir of a train command (None when it does not exist)."""
+    if args[0] != "train":
+        return None
+    logdir = Path(args[args.index("--logdir") + 1])
+    return _tree_digest(logdir) if logdir.exists() else None
+
+
+def _prepare(case: Bad, root: Path, finished_run: Path) -> list[str]:
+    d = root / case.id
+    d.mkdir()
+    for name, text in case.files.items():
+        (d / name).write_text(text)
+    run_copy = d / "run"
+    if any("{run}" in a for a in case.args):
+        shutil.copytree(finished_run, run_copy)
+        ckpt = run_copy / "checkpoints" / "step-000000400"
+        data = sorted(ckpt.glob("model.data-*"))[0]
+        if case.prepare == "garble":
+            raw = bytearray(data.read_bytes())
+            raw[::7] = bytes(b ^ 0xFF for b in raw[::7])
+            data.write_bytes(bytes(raw))
+        elif case.prepare == "truncate":
+            data.write_bytes(data.read_bytes()[:100])
+        elif case.prepare == "delete-index":
+            (ckpt / "model.index").unlink()
+    args = [a.replace("{d}", str(d)).replace("{run}", str(run_copy)) for a in case.args]
+    if args[0] == "train" and "--logdir" not in args:
+        args += ["--logdir", str(d / "out")]
+    return args
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(sac_bn_run, tmp_path_factory):
+    """Run the subprocess cases of BAD concurrently: {id: (args, digest before, result)}."""
+    root = tmp_path_factory.mktemp("bad")
+    prepared = {c.id: _prepare(c, root, sac_bn_run) for c in BAD if c.in_subprocess}
+    before = {cid: _logdir_digest(args) for cid, args in prepared.items()}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {cid: pool.submit(_cli, args, 240) for cid, args in prepared.items()}
+        done = {cid: f.result() for cid, f in futures.items()}
+    return {cid: (prepared[cid], before[cid], done[cid]) for cid in prepared}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)]
+                          if c.xfail else []) for c in BAD])
+def test_bad_input_exits_2_with_one_line(case, request, sac_bn_run, tmp_path, capsys):
+    if case.in_subprocess:
+        args, before, result = request.getfixturevalue("bad_input_results")[case.id]
+        code, stderr, stdout = result.returncode, result.stderr, result.stdout
+    else:
+        args = _prepare(case, tmp_path, sac_bn_run)
+        before = _logdir_digest(args)
+        code = _main(args)
+        stdout, stderr = capsys.readouterr()
+    line = _one_line(stderr)
+    assert code == 2, (args, code, stderr, stdout[-2000:])
+    for needed in case.needs:
+        assert needed in line, f"{needed!r} not in {line!r}"
+    if before is None:
+        assert not _logdir_digest(args), "bad input must not create the run directory"
+    else:  # an existing directory: nothing in it may change
+        assert _logdir_digest(args) == before
+
+
+# ------------------------------------------------------------------- 4. kill -9 and --resume
+KILL_ARGS = ["--agent", "sac", "--env", "Pendulum-v1", "--steps", "1200", "--seed", "3",
+             "--checkpoint-every", "200", "--eval-every", "100", "--eval-episodes", "1",
+             "--log-every", "20", *TINY_AC]
+EVAL_STEPS = list(range(100, 1201, 100))
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+    """A run killed with SIGKILL after an eval that follows its latest checkpoint, resumed."""
+    run_dir = tmp_path_factory.mktemp("kill") / "run"
+    args = ["train", *KILL_ARGS, "--logdir", str(run_dir)]
+    log = run_dir.parent / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=_env(),
+                                stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        try:
+            # Kill right after an eval between two checkpoints (eval every 100 steps, checkpoint
+            # every 200): the killed run has then flushed scalars and a metrics.csv row newer
+            # than the checkpoint it will be resumed from.
+            while proc.poll() is None and time.time() < deadline:
+                evals, ckpts = _csv_steps(run_dir / "metrics.csv"), _checkpoint_steps(run_dir)
+                if ckpts and evals and evals[-1] > ckpts[-1] and evals[-1] % 200:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.005)
+        finally:
+            if proc.poll() is None and time.time() >= deadline:
+                proc.kill()
+            proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the run was not killed mid-way (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+    killed = {"evals": _csv_steps(run_dir / "metrics.csv"),
+              "checkpoints": _checkpoint_steps(run_dir)}
+    assert killed["checkpoints"] and killed["evals"][-1] < 1200
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = _main([*args, "--resume"])
+    return run_dir, killed, code, out.getvalue()
+
+
+def test_resume_after_kill_9_continues_one_run(resumed_run):
+    run_dir, killed, code, output = resumed_run
+    assert code == 0, output
+    match = re.search(r"resumed .* from step (\d+)", output)
+    assert match, output
+    start = int(match.group(1))
+    assert start == killed["checkpoints"][-1]
+    assert killed["evals"][-1] > start  # the killed run got past its last checkpoint
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 1200
+    assert summary["eval_steps"] == EVAL_STEPS
+
+    header, rows = _csv_rows(run_dir / "metrics.csv")
+    assert header == ["step", "eval_mean_return", "eval_std_return"]
+    assert [int(r[0]) for r in rows] == EVAL_STEPS  # unique, increasing, ends at 1200
+
+    acc = _scalars(run_dir)
+    evals = acc.Scalars("eval/mean_return")
+    assert [e.step for e in evals] == EVAL_STEPS  # one continuous step axis, nothing lost
+    for event, row in zip(evals, rows, strict=True):  # and the kept value is the final one
+        assert event.value == pytest.approx(float(row[1]), rel=1e-5, abs=1e-3)
+    for tag in acc.Tags()["scalars"]:
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert steps == sorted(set(steps)), f"{tag}: steps not strictly increasing: {steps}"
+    # The killed run's eval after its checkpoint is on disk, and TensorBoard drops it.
+    raw = _raw_scalar_steps(run_dir, "eval/mean_return")
+    assert sorted(raw) != EVAL_STEPS and set(raw) == set(EVAL_STEPS), raw
+
+    assert _checkpoint_steps(run_dir)[-1] == 1200
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+# --------------------------------------------------------------------------------- 5. evaluate
+def test_evaluate_prints_mean_and_std(resumed_run, capsys):
+    run_dir = resumed_run[0]
+    assert _main(["evaluate", "--run", str(run_dir), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^mean return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes$", out, re.M), out
+
+
+def test_evaluate_render_video_writes_gif(sac_bn_run, tmp_path, capfd):
+    pytest.importorskip("pygame", reason="Pendulum renders rgb_array frames with pygame")
+    from PIL import Image
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(sac_bn_run, run_dir)
+    config = run_dir / "config.yaml"  # a 30-step episode keeps the GIF cheap
+    config.write_text(config.read_text().replace("max_episode_steps: null",
+                                                 "max_episode_steps: 30"))
+    code = _main(["evaluate", "--run", str(run_dir), "--episodes", "1", "--render-video"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert re.search(r"^mean return .* over 1 episodes$", out, re.M), out
+    gif = run_dir / "eval.gif"
+    assert gif.is_file() and f"video: {gif}" in out
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and 1 < image.n_frames <= 30
+    assert err.strip() == "", f"stray stderr output while rendering: {err!r}"
+
+
+# ---------------------------------------------------------------------- 6. non-finite loss
+def test_nan_loss_exits_1_and_keeps_the_last_good_checkpoint(tmp_path):
+    from _nan_env import NAN_AFTER
+
+    run_dir = tmp_path / "run"
+    result = _cli(["train", "--agent", "sac", "--env", NAN_ENV, "--steps", "600",
+                   "--checkpoint-every", "50", "--eval-every", "50", "--eval-episodes", "1",
+                   "--logdir", str(run_dir), "--quiet", *TINY_AC])
+    line = _one_line(result.stderr)
+    assert result.returncode == 1, result.stderr
+    match = re.search(r"env step (\d+)", line)
+    assert match, line
+    nan_step = int(match.group(1))
+    assert NAN_AFTER < nan_step < 600, line
+    assert re.search(r"losses/\w+ is nan", line), line
+    assert "checkpoint" in line
+
+    ckpts = _checkpoint_steps(run_dir)
+    # The checkpoint of the step that hit NaN is not written: the last one is before it.
+    assert ckpts and ckpts[-1] == (nan_step - 1) // 50 * 50, (ckpts, line)
+    latest = run_dir / "checkpoints" / f"step-{ckpts[-1]:09d}"
+    assert (latest / "model.index").is_file()
+    assert not (run_dir / "summary.json").exists()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the kept checkpoint loads and acts
+        assert _main(["evaluate", "--run", str(run_dir), "--episodes", "1"]) == 0
+    assert "mean return 0.00 +- 0.00 over 1 episodes" in out.getvalue()
+
+
+# ------------------------------------------------------------------------- 7./8. help, script
+def test_train_help_lists_every_flag_agent_and_norm(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run.main(["train", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    flags = ["--agent", "--env", "--steps", "--seed", "--logdir", "--critic-norm",
+             "--actor-norm", "--config", "--set", "--eval-every", "--eval-episodes",
+             "--checkpoint-every", "--log-every", "--max-episode-steps", "--resume", "--quiet"]
+    train_parser = run.build_parser()._subparsers._group_actions[0].choices["train"]
+    flags += [o for a in train_parser._actions for o in a.option_strings if o.startswith("--")]
+    for flag in flags:
+        assert flag in text, flag
+    for name in (*run.AGENTS, *run.NORMS):
+        assert name in text, name
+    assert set(run.AGENTS) == {"dqn", "ddpg", "td3", "sac", "crossq"}
+    assert set(run.NORMS) == {"none", "batch", "batch_renorm", "layer"}
+
+
+def test_evaluate_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run.main(["evaluate", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--run", "--episodes", "--render-video"):
+        assert flag in text
+
+
+def test_console_script_entry_point(capsys):
+    with open(REPO / "pyproject.toml", "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts["bnrl"] == "run:main"
+    with pytest.raises(SystemExit) as exc:
+        run.main(["train", "--help"])
+    assert exc.value.code == 0
+    assert "usage: bnrl train" in capsys.readouterr().out
