@@ -88,19 +88,42 @@ class AgentConfig:
                     input_norm=self.critic_input_norm, **overrides)
 
 
+def _coerce(name: str, annotation: str, value):
+    """``value`` checked against a config field's annotation (YAML/flags give loose types)."""
+    optional = annotation.endswith("| None")
+    kind = annotation.replace("| None", "").strip()
+    if value is None and optional:
+        return None
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind.startswith("tuple") and isinstance(value, list | tuple) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        return tuple(value)
+    expected = {"bool": "true or false", "int": "an integer", "float": "a number",
+                "str": "a string"}.get(kind, "a list of positive integers such as [256, 256]")
+    raise ValueError(f"config key {name} must be {expected}{' or null' if optional else ''}, "
+                     f"got {value!r}")
+
+
 def config_from_dict(cls, values: dict | None):
-    """Build the dataclass ``cls`` from a dict, rejecting unknown keys with a one-line error."""
+    """Build the dataclass ``cls`` from a dict, rejecting unknown keys and wrong types with a
+    one-line error."""
     values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(
             f"unknown config key(s) {', '.join(unknown)} for {cls.__name__}: accepted are "
-            f"{', '.join(sorted(names))}"
+            f"{', '.join(sorted(fields))}"
         )
-    for f in dataclasses.fields(cls):
-        if f.name in values and isinstance(values[f.name], list):
-            values[f.name] = tuple(values[f.name])
+    for name, value in values.items():
+        values[name] = _coerce(name, str(fields[name].type), value)
     config = cls(**values)
     config.validate()
     return config
@@ -339,6 +362,12 @@ class Agent:
 
     def _variant(self, update_index: int) -> str:
         return "full"
+
+    def next_update_is_complete(self) -> bool:
+        """Whether the next update runs every loss (TD3/CrossQ delay their actor), so that a
+        logging step reports all scalars."""
+        variant = self._variant(self.updates_done)
+        return len(self.scalars[variant]) == max(len(s) for s in self.scalars.values())
 
     # ------------------------------------------------------------------------------ save/restore
     def save(self, directory: str, with_buffer: bool = True) -> None:

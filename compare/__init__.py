@@ -1,26 +1,21 @@
-"""Statistics and reports for comparing BN critics against no-BN critics.
+"""Benchmarks of BN vs no-BN critics: the grid runner, statistics, report and plots.
 
-Follows Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice":
-IQM with percentile-bootstrap CIs and the probability of improvement.
+Statistics follow Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice": IQM
+with percentile-bootstrap CIs and the probability of improvement. Attributes are imported lazily
+so that the command line's argument parsing does not load scipy.
 """
 
-from compare.report import GYM_THRESHOLDS, write_report
-from compare.stats import (
-    area_under_curve,
-    bootstrap_ci,
-    iqm,
-    probability_of_improvement,
-    steps_to_threshold,
-    verdict,
-)
+import importlib
 
-__all__ = [
-    "GYM_THRESHOLDS",
-    "area_under_curve",
-    "bootstrap_ci",
-    "iqm",
-    "probability_of_improvement",
-    "steps_to_threshold",
-    "verdict",
-    "write_report",
-]
+_EXPORTS = {"GYM_THRESHOLDS": "compare.report", "write_report": "compare.report",
+            **{name: "compare.stats" for name in (
+                "area_under_curve", "bootstrap_ci", "iqm", "probability_of_improvement",
+                "steps_to_threshold", "verdict")}}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'compare' has no attribute {name!r}")

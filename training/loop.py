@@ -177,6 +177,7 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     window = {"time": time.time(), "step": step, "updates": agent.updates_done}
     train_time = state["train_time_s"]
     last_eval = state["eval_returns"][-1] if state["eval_returns"] else None
+    log_due = False
     try:
         while step < config.steps:
             action = agent.act(obs, explore=True)
@@ -197,7 +198,10 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
             if agent.ready_to_train():
                 t0 = time.perf_counter()
                 for _ in range(agent.config.gradient_steps):
-                    log = agent.updates_done % config.log_every == 0
+                    # Log the first complete update (actor included) once log_every have passed.
+                    log_due = log_due or agent.updates_done % config.log_every == 0
+                    log = log_due and agent.next_update_is_complete()
+                    log_due = log_due and not log
                     scalars = agent.train_step(log=log)
                     _check_finite(scalars, step)
                     if log:
