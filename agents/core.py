@@ -208,6 +208,7 @@ class Agent:
             self._build_placeholders()
             self._build_networks()
             self._build_train_ops()
+            self._build_counter()
             self._build_wiring_check()
             self._build_diagnostics()
             self._build_io()
@@ -235,6 +236,13 @@ class Agent:
         # Counts gradient steps; saved with the weights. It also seeds the in-graph noise of each
         # step (stateless RNG), so a restored agent draws exactly what the original would have.
         self.num_updates = tf.compat.v1.train.get_or_create_global_step()
+        self._models_built = 0
+
+    def _model_seed(self) -> int:
+        """A distinct initializer seed per network: tf-keras initializers ignore the graph seed
+        (they draw from Python's global ``random``), so the agent seeds them explicitly."""
+        self._models_built += 1
+        return self.seed * 1000 + self._models_built
 
     def _step_seed(self, salt: int):
         return tf.stack([tf.cast(self.num_updates, tf.int32) * 7 + salt, self.seed])
@@ -248,6 +256,15 @@ class Agent:
         """Set ``self.train_ops`` {variant: op}, ``self.scalars`` {name: tensor}, ``self.critic_step``
         and ``self.act_output`` (deterministic action / Q-values for the acting path)."""
         raise NotImplementedError
+
+    def _build_counter(self):
+        """Count the update at the very end of every variant, after all of its ops: every read
+        of the counter inside a step (noise seeds, Batch Renorm warm-up) then sees the pre-step
+        value, in whatever order the ops run."""
+        for variant, op in self.train_ops.items():
+            with tf.control_dependencies([op]):
+                count = self.num_updates.assign_add(1, read_value=False)
+            self.train_ops[variant] = tf.group(op, count, name=f"train_{variant}")
 
     def _build_wiring_check(self):
         for variant, op in self.train_ops.items():
@@ -266,9 +283,12 @@ class Agent:
             self.diagnostics[variant] = diag
         self.train_eval_gap = None
         if any("bn_Q_moving_mean" in d for d in self.diagnostics.values()):
-            inputs = after(self.critic_step, self._gap_inputs())
-            q_batch = self.critic_models[0](inputs, training=True)
-            q_moving = self.critic_models[0](inputs, training=False)
+            # Built inside the block so that every variable read of both calls (weights and
+            # moving statistics) follows the critic step and its BN updates.
+            with tf.control_dependencies([self.critic_step]):
+                inputs = self._gap_inputs()
+                q_batch = self.critic_models[0](inputs, training=True)
+                q_moving = self.critic_models[0](inputs, training=False)
             self.train_eval_gap = tf.reduce_mean(tf.abs(q_batch - q_moving))
 
     def _gap_inputs(self):
@@ -420,9 +440,9 @@ def adam(lr: float, beta1: float = 0.9, beta2: float = 0.999):
     return tf.compat.v1.train.AdamOptimizer(lr, beta1=beta1, beta2=beta2)
 
 
-def minimize(optimizer, loss, variables: Sequence, global_step=None):
+def minimize(optimizer, loss, variables: Sequence):
     """``apply_gradients`` of ``loss`` w.r.t. ``variables`` (skipping variables with no gradient)."""
     grads = optimizer.compute_gradients(loss, var_list=list(variables))
     grads = [(g, v) for g, v in grads if g is not None]
-    return optimizer.apply_gradients(grads, global_step=global_step)
+    return optimizer.apply_gradients(grads)
 

@@ -58,7 +58,8 @@ class DQN(Agent):
         c = self.config
         self.q, self.target_q = (
             q_network(self.obs_dim, self.n_actions, c.hidden, c.critic_norm_spec(), c.dueling,
-                      name=n) for n in ("q_network", "target_q_network"))
+                      name=n, seed=self._model_seed())
+            for n in ("q_network", "target_q_network"))
         self.critic_models, self.actor_models = [self.q], []
         self.target_pairs = [(self.q, self.target_q)]
 
@@ -72,14 +73,17 @@ class DQN(Agent):
             q_next = tf.reduce_max(q_next_target, axis=1)
         # done is 1 only for true terminations: a time-limit truncation bootstraps.
         y = tf.stop_gradient(self.reward_ph + c.gamma * (1.0 - self.done_ph) * q_next)
-        q_all, updates = training_call(self.q, self.obs_ph)
+        # The double-Q argmax reads the online BN moving statistics: the training call, whose
+        # update ops write them, is built to run after the target.
+        with tf.control_dependencies([y]):
+            q_all, updates = training_call(self.q, self.obs_ph)
         q = tf.gather(q_all, self.action_ph, axis=1, batch_dims=1)
         loss = tf.reduce_mean(tf.compat.v1.losses.huber_loss(y, q, reduction="none"))
         opt = adam(c.learning_rate)
         grads, variables = zip(*opt.compute_gradients(loss, self.q.trainable_variables))
         grads, _ = tf.clip_by_global_norm(grads, c.max_grad_norm)
         self.critic_step = with_updates(
-            opt.apply_gradients(zip(grads, variables), global_step=self.num_updates), updates,
+            opt.apply_gradients(zip(grads, variables)), updates,
             name="q_step")
         with tf.control_dependencies([self.critic_step]):
             sync = self._targets(c.tau)

@@ -51,14 +51,16 @@ class SAC(Agent):
     def _build_networks(self):
         c = self.config
         self.critic = critic(self.obs_dim, self.act_dim, c.hidden, self._critic_norm(),
-                             n_critics=c.n_critics, name="critic")
+                             n_critics=c.n_critics, name="critic", seed=self._model_seed())
         self.actor = gaussian_actor(self.obs_dim, self.act_dim, c.actor_hidden,
-                                    self._norm(c.actor_norm), name="actor")
+                                    self._norm(c.actor_norm), name="actor",
+                                    seed=self._model_seed())
         self.critic_models, self.actor_models = [self.critic], [self.actor]
         self.target_pairs = []
         if self._uses_target():
             self.target_critic = critic(self.obs_dim, self.act_dim, c.hidden, self._critic_norm(),
-                                        n_critics=c.n_critics, name="target_critic")
+                                        n_critics=c.n_critics, name="target_critic",
+                                        seed=self._model_seed())
             self.target_pairs = [(self.critic, self.target_critic)]
         self.log_alpha = tf.Variable(math.log(c.init_alpha), dtype=tf.float32, name="log_alpha")
         self.target_entropy = (c.target_entropy if c.target_entropy is not None
@@ -97,8 +99,7 @@ class SAC(Agent):
         q, critic_updates, y = self._critic_values(alpha)
         critic_loss = 0.5 * tf.reduce_sum(tf.reduce_mean(tf.square(q - y[:, None]), axis=0))
         self.critic_step = with_updates(
-            minimize(self._optimizer(), critic_loss, self.critic.trainable_variables,
-                     global_step=self.num_updates),
+            minimize(self._optimizer(), critic_loss, self.critic.trainable_variables),
             critic_updates, name="critic_step")
 
         # Model calls inside this block read their variables after the critic step.

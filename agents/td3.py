@@ -87,10 +87,12 @@ class TD3(Agent):
         c = self.config
         self.critic, self.target_critic = (
             critic(self.obs_dim, self.act_dim, c.hidden, c.critic_norm_spec(), c.action_at,
-                   c.n_critics, c.norm_after_action, name=n) for n in ("critic", "target_critic"))
+                   c.n_critics, c.norm_after_action, name=n, seed=self._model_seed())
+            for n in ("critic", "target_critic"))
         actor_norm = self._norm(c.actor_norm, input_norm=c.actor_input_norm)
         self.actor, self.target_actor = (
-            deterministic_actor(self.obs_dim, self.act_dim, c.actor_hidden, actor_norm, name=n)
+            deterministic_actor(self.obs_dim, self.act_dim, c.actor_hidden, actor_norm, name=n,
+                                seed=self._model_seed())
             for n in ("actor", "target_actor"))
         self.critic_models, self.actor_models = [self.critic], [self.actor]
         self.target_pairs = [(self.critic, self.target_critic), (self.actor, self.target_actor)]
@@ -114,8 +116,8 @@ class TD3(Agent):
             kernels = [v for v in self.critic.trainable_variables if "kernel" in v.name]
             critic_loss += c.critic_l2 * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
         self.critic_step = with_updates(
-            minimize(adam(c.learning_rate), critic_loss, self.critic.trainable_variables,
-                     global_step=self.num_updates), critic_updates, name="critic_step")
+            minimize(adam(c.learning_rate), critic_loss, self.critic.trainable_variables),
+            critic_updates, name="critic_step")
 
         with tf.control_dependencies([self.critic_step]):
             action, actor_updates = training_call(self.actor, self.obs_ph)

@@ -76,6 +76,23 @@ class Norm:
         return "ln" if self.kind == "layer" else "bn"
 
 
+class Seeds:
+    """Distinct initializer seeds drawn from one base seed; None leaves initializers unseeded.
+
+    tf-keras initializers ignore ``tf.compat.v1.set_random_seed``; without explicit seeds two
+    agents built with the same seed would start from different weights.
+    """
+
+    def __init__(self, seed: int | None):
+        self.seed, self.count = seed, 0
+
+    def kernel(self):
+        if self.seed is None:
+            return "glorot_uniform"
+        self.count += 1
+        return keras.initializers.GlorotUniform(seed=self.seed * 7919 + self.count)
+
+
 def _normalize(x, norm: Norm, prefix: str, suffix: str, training):
     layer = norm.layer(f"{prefix}_{norm.tag}{suffix}")
     if layer is None:
@@ -97,6 +114,7 @@ def mlp(
     extra_input=None,
     extra_at: int = 0,
     norm_layers: int | None = None,
+    seeds: Seeds | None = None,
 ):
     """The shared MLP body: [input norm] -> (Dense -> Norm -> act) x len(hidden).
 
@@ -112,13 +130,16 @@ def mlp(
       extra_at: index of the hidden layer that first sees ``extra_input``.
       norm_layers: normalize only the first this-many hidden layers (DDPG: those before the
         action); None means all.
+      seeds: initializer seeds (``Seeds``); None leaves the Dense layers unseeded.
     """
+    seeds = seeds or Seeds(None)
     if norm.input_norm:
         x = _normalize(x, norm, prefix, "_in", training)
     for i, units in enumerate(hidden):
         if extra_input is not None and i == extra_at:
             x = keras.layers.Concatenate(name=f"{prefix}_join")([x, extra_input])
-        x = keras.layers.Dense(units, name=f"{prefix}_dense{i}")(x)
+        x = keras.layers.Dense(units, kernel_initializer=seeds.kernel(),
+                               name=f"{prefix}_dense{i}")(x)
         normalized = norm_layers is None or i < norm_layers
         if normalized and norm.position == "pre_activation":
             x = _normalize(x, norm, prefix, str(i), training)
@@ -147,6 +168,7 @@ def q_network(
     norm: Norm = Norm(),
     dueling: bool = False,
     name: str = "q_network",
+    seed: int | None = None,
 ) -> keras.Model:
     """obs -> one Q-value per discrete action (DQN), optionally with a dueling head.
 
@@ -157,15 +179,19 @@ def q_network(
       norm: normalization settings.
       dueling: Q = V + A - mean(A) (Wang et al. 2016).
       name: model name.
+      seed: initializer seed (None: unseeded).
     """
     obs = keras.Input((obs_dim,), name="obs")
+    seeds = Seeds(seed)
 
     def body(x, training):
-        h = mlp(x, hidden, norm, "q", training)
+        h = mlp(x, hidden, norm, "q", training, seeds=seeds)
         if not dueling:
-            return keras.layers.Dense(n_actions, name="q_out")(h)
-        value = keras.layers.Dense(1, name="q_value")(h)
-        adv = keras.layers.Dense(n_actions, name="q_advantage")(h)
+            return keras.layers.Dense(n_actions, kernel_initializer=seeds.kernel(),
+                                      name="q_out")(h)
+        value = keras.layers.Dense(1, kernel_initializer=seeds.kernel(), name="q_value")(h)
+        adv = keras.layers.Dense(n_actions, kernel_initializer=seeds.kernel(),
+                                 name="q_advantage")(h)
         return keras.layers.Lambda(
             lambda va: va[0] + va[1] - tf.reduce_mean(va[1], axis=1, keepdims=True),
             name="q_dueling",
@@ -183,6 +209,7 @@ def critic(
     n_critics: int = 1,
     norm_after_action: bool = True,
     name: str = "critic",
+    seed: int | None = None,
 ) -> keras.Model:
     """(obs, action) -> Q-values of shape ``[batch, n_critics]`` (twin critics for TD3/SAC).
 
@@ -196,20 +223,23 @@ def critic(
       n_critics: independent Q-heads, each its own MLP.
       norm_after_action: False normalizes only the layers before the action joins (DDPG paper).
       name: model name.
+      seed: initializer seed (None: unseeded).
     """
     if not 0 <= action_at <= len(hidden):
         raise ValueError(f"action_at must be in [0, {len(hidden)}], got {action_at}")
     obs = keras.Input((obs_dim,), name="obs")
     act = keras.Input((act_dim,), name="action")
     norm_layers = None if norm_after_action else action_at
+    seeds = Seeds(seed)
 
     def body(inputs, training):
         s, a = inputs
         heads = []
         for k in range(n_critics):
             h = mlp(s, hidden, norm, f"q{k}", training, extra_input=a, extra_at=action_at,
-                    norm_layers=norm_layers)
-            heads.append(keras.layers.Dense(1, name=f"q{k}_out")(h))
+                    norm_layers=norm_layers, seeds=seeds)
+            heads.append(keras.layers.Dense(1, kernel_initializer=seeds.kernel(),
+                                            name=f"q{k}_out")(h))
         return heads[0] if n_critics == 1 else keras.layers.Concatenate(name="q_all")(heads)
 
     return _model([obs, act], body, name)
@@ -217,21 +247,23 @@ def critic(
 
 def deterministic_actor(
     obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), norm: Norm = Norm(),
-    name: str = "actor",
+    name: str = "actor", seed: int | None = None,
 ) -> keras.Model:
     """obs -> action in [-1, 1] (tanh), for DDPG and TD3."""
     obs = keras.Input((obs_dim,), name="obs")
+    seeds = Seeds(seed)
 
     def body(x, training):
-        h = mlp(x, hidden, norm, "pi", training)
-        return keras.layers.Dense(act_dim, activation="tanh", name="pi_out")(h)
+        h = mlp(x, hidden, norm, "pi", training, seeds=seeds)
+        return keras.layers.Dense(act_dim, activation="tanh", kernel_initializer=seeds.kernel(),
+                                  name="pi_out")(h)
 
     return _model(obs, body, name)
 
 
 def gaussian_actor(
     obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), norm: Norm = Norm(),
-    name: str = "actor",
+    name: str = "actor", seed: int | None = None,
 ) -> keras.Model:
     """obs -> ``[mean, log_std]`` of a Gaussian to be tanh-squashed (SAC, CrossQ).
 
@@ -239,11 +271,13 @@ def gaussian_actor(
     pre-activations cannot make the policy degenerate.
     """
     obs = keras.Input((obs_dim,), name="obs")
+    seeds = Seeds(seed)
 
     def body(x, training):
-        h = mlp(x, hidden, norm, "pi", training)
-        mean = keras.layers.Dense(act_dim, name="pi_mean")(h)
-        raw = keras.layers.Dense(act_dim, activation="tanh", name="pi_log_std")(h)
+        h = mlp(x, hidden, norm, "pi", training, seeds=seeds)
+        mean = keras.layers.Dense(act_dim, kernel_initializer=seeds.kernel(), name="pi_mean")(h)
+        raw = keras.layers.Dense(act_dim, activation="tanh", kernel_initializer=seeds.kernel(),
+                                 name="pi_log_std")(h)
         log_std = keras.layers.Lambda(lambda t: LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN)
                                       * (t + 1.0), name="pi_log_std_scale")(raw)
         return keras.layers.Concatenate(name="pi_dist")([mean, log_std])
