@@ -129,29 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_tensorflow() -> None:
-    # Before TensorFlow is imported: 3 hides the C++ INFO/WARNING/ERROR lines (CUDA probing on
-    # CPU machines) that are not errors of the run; Python-level errors still raise.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import logging
-
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    import warnings
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="gymnasium")
-    # TensorFlow's CUDA probing prints through absl before its log level applies; hide the C
-    # stderr for the import only (no other output happens then).
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import networks  # noqa: F401 - imports TensorFlow and tf-keras
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def cmd_train(args) -> int:
     from training import resolve, train
 
@@ -197,7 +174,9 @@ def raise_user(message: str):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_tensorflow()
+    from training.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
     from training.errors import NonFiniteLoss, UserError
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate}

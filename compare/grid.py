@@ -116,10 +116,12 @@ def _base_record(spec: RunSpec, status: str = "failed", error: str | None = None
 
 def run_one(spec: RunSpec) -> dict:
     """Train one grid run (in a worker process) and return its result record; never raises."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     record = _base_record(spec)
     try:
         from training import resolve, train
+        from training.quiet import quiet_tensorflow
+
+        quiet_tensorflow()
 
         config = resolve(spec.agent, spec.env, spec.config_file,
                          {"steps": spec.steps, "seed": spec.seed, "eval_every": spec.eval_every},
