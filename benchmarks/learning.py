@@ -2,6 +2,7 @@
 
     python benchmarks/learning.py                 # the full table (about 40 minutes on 2 cores)
     python benchmarks/learning.py --seeds 1 --steps-scale 0.25   # a quick look
+    python benchmarks/learning.py --reuse bench_out/pendulum       # reuse identical runs
 
 Grid: DDPG, TD3, SAC, CrossQ on Pendulum-v1 for 20k steps and DQN on CartPole-v1 for 50k steps
 (the RL Zoo budgets), critic normalization none vs batch, 2 seeds, env presets from configs/.
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every step budget (quick looks)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                        help="benchmark --out directory whose finished runs with the very same "
+                        "resolved config are copied instead of trained again (repeatable)")
     args = parser.parse_args(argv)
     from compare.grid import plan, run_grid
 
@@ -41,10 +45,38 @@ def main(argv=None) -> int:
         out = Path(args.out) / env
         specs = plan(out, agents, [env], ["none", "batch"], args.seeds, steps,
                      workers=args.workers, eval_every=steps // 10)
+        for spec in specs:
+            _reuse(spec, args.reuse)
         for record in run_grid(specs, out, args.workers, on_result=_progress):
             rows.append((record, steps))
     _print_table(rows, args.seeds)
     return 0
+
+
+def _reuse(spec, dirs) -> None:
+    """Copy a finished run of ``spec`` from a benchmark directory when its resolved config is
+    identical (same agent, env, seed, steps, evaluation and agent settings)."""
+    import shutil
+
+    import yaml
+
+    from compare.grid import finished
+    from training import resolve
+
+    if finished(spec) is not None or Path(spec.run_dir).exists():
+        return
+    wanted = resolve(spec.agent, spec.env, None, {"steps": spec.steps, "seed": spec.seed,
+                                                  "eval_every": spec.eval_every},
+                     {"critic_norm": spec.variant}).to_dict()
+    for root in dirs:
+        candidate = (Path(root) / "runs" / spec.agent / spec.env.replace(":", "_")
+                     / spec.variant / f"seed{spec.seed}")
+        config = candidate / "config.yaml"
+        if (candidate / "summary.json").exists() and config.exists() and \
+                yaml.safe_load(config.read_text()) == wanted:
+            shutil.copytree(candidate, spec.run_dir)
+            print(f"  reused {candidate}", flush=True)
+            return
 
 
 def _progress(record, done, total) -> None:
