@@ -118,10 +118,10 @@ def run_one(spec: RunSpec) -> dict:
     """Train one grid run (in a worker process) and return its result record; never raises."""
     record = _base_record(spec)
     try:
-        from training import resolve, train
         from training.quiet import quiet_tensorflow
 
         quiet_tensorflow()
+        from training import resolve, train
 
         config = resolve(spec.agent, spec.env, spec.config_file,
                          {"steps": spec.steps, "seed": spec.seed, "eval_every": spec.eval_every},
