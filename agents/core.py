@@ -253,7 +253,8 @@ class Agent:
         raise NotImplementedError
 
     def _build_train_ops(self):
-        """Set ``self.train_ops`` {variant: op}, ``self.scalars`` {name: tensor}, ``self.critic_step``
+        """Set ``self.train_ops`` {variant: op}, ``self.scalars`` {name: tensor},
+        ``self.critic_step``
         and ``self.act_output`` (deterministic action / Q-values for the acting path)."""
         raise NotImplementedError
 
@@ -441,7 +442,7 @@ def adam(lr: float, beta1: float = 0.9, beta2: float = 0.999):
 
 
 def minimize(optimizer, loss, variables: Sequence):
-    """``apply_gradients`` of ``loss`` w.r.t. ``variables`` (skipping variables with no gradient)."""
+    """``apply_gradients`` of ``loss`` w.r.t. ``variables`` (skipping those with no gradient)."""
     grads = optimizer.compute_gradients(loss, var_list=list(variables))
     grads = [(g, v) for g, v in grads if g is not None]
     return optimizer.apply_gradients(grads)

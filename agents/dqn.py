@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from agents.core import Agent, AgentConfig, adam
 from networks import q_network, tf, training_call, with_updates
 
@@ -80,10 +78,11 @@ class DQN(Agent):
         q = tf.gather(q_all, self.action_ph, axis=1, batch_dims=1)
         loss = tf.reduce_mean(tf.compat.v1.losses.huber_loss(y, q, reduction="none"))
         opt = adam(c.learning_rate)
-        grads, variables = zip(*opt.compute_gradients(loss, self.q.trainable_variables))
+        grads, variables = zip(*opt.compute_gradients(loss, self.q.trainable_variables),
+                               strict=True)
         grads, _ = tf.clip_by_global_norm(grads, c.max_grad_norm)
         self.critic_step = with_updates(
-            opt.apply_gradients(zip(grads, variables)), updates,
+            opt.apply_gradients(zip(grads, variables, strict=True)), updates,
             name="q_step")
         with tf.control_dependencies([self.critic_step]):
             sync = self._targets(c.tau)

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.core import Agent, AgentConfig, adam, after, minimize
-from networks import Norm, critic, gaussian_actor, squashed_gaussian, tf, training_call, with_updates
+from networks import (
+    Norm,
+    critic,
+    gaussian_actor,
+    squashed_gaussian,
+    tf,
+    training_call,
+    with_updates,
+)
 
 
 @dataclass
@@ -117,7 +125,7 @@ class SAC(Agent):
         if c.autotune_alpha:
             opt = self._optimizer()
             grads = after(actor_step, tf.gradients(alpha_loss, [self.log_alpha]))
-            steps.append(opt.apply_gradients(zip(grads, [self.log_alpha])))
+            steps.append(opt.apply_gradients(zip(grads, [self.log_alpha], strict=True)))
         with tf.control_dependencies(steps):
             targets = self._targets(c.tau)
 

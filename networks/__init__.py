@@ -28,8 +28,8 @@ from networks.builders import (
 )
 
 __all__ = [
-    "KerasVersionError", "keras", "new_graph_session", "tf", "WiringError", "bn_diagnostics",
-    "bn_layers", "check_wiring", "collect_updates", "collection_updates", "minimize_with_updates", "training_call",
-    "with_updates", "CROSSQ_RENORM_CLIPPING", "NORM_KINDS", "Norm", "critic", "deterministic_actor", "gaussian_actor", "mlp",
-    "q_network", "squashed_gaussian",
+    "CROSSQ_RENORM_CLIPPING", "NORM_KINDS", "KerasVersionError", "Norm", "WiringError",
+    "bn_diagnostics", "bn_layers", "check_wiring", "collect_updates", "collection_updates",
+    "critic", "deterministic_actor", "gaussian_actor", "keras", "minimize_with_updates", "mlp",
+    "new_graph_session", "q_network", "squashed_gaussian", "tf", "training_call", "with_updates",
 ]

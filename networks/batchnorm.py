@@ -179,9 +179,8 @@ def bn_layers(model: keras.layers.Layer) -> list[keras.layers.BatchNormalization
     found: list[keras.layers.BatchNormalization] = []
 
     def visit(layer):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            if layer not in found:
-                found.append(layer)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer not in found:
+            found.append(layer)
         for sub in getattr(layer, "layers", ()):
             visit(sub)
 

@@ -42,7 +42,8 @@ class Norm:
 
     def __post_init__(self):
         if self.kind not in NORM_KINDS:
-            raise ValueError(f"unknown normalization '{self.kind}': use one of {', '.join(NORM_KINDS)}")
+            raise ValueError(
+                f"unknown normalization '{self.kind}': use one of {', '.join(NORM_KINDS)}")
         if self.position not in ("pre_activation", "post_activation"):
             raise ValueError(
                 f"unknown norm position '{self.position}': use pre_activation or post_activation"

@@ -379,9 +379,8 @@ def test_graph_is_finalized_and_does_not_grow(bn_agent):
         assert len(agent.graph.get_operations()) == n_ops
     agent.act(b["obs"][0], explore=True)
     assert len(agent.graph.get_operations()) == n_ops
-    with pytest.raises(RuntimeError, match="finalized"):
-        with agent.graph.as_default():
-            tf.constant(1.0)
+    with pytest.raises(RuntimeError, match="finalized"), agent.graph.as_default():
+        tf.constant(1.0)
 
 
 # ---------------------------------------------------------------------------- 5. wiring check

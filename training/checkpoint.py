@@ -64,7 +64,8 @@ def load_loop_state(path: Path) -> dict:
     """Validate a checkpoint's files and return its loop state (UserError if corrupt)."""
     missing = [name for name in _REQUIRED if not (path / name).exists()]
     if missing:
-        raise UserError(f"checkpoint {path} is incomplete or corrupt (missing {', '.join(missing)})")
+        raise UserError(f"checkpoint {path} is incomplete or corrupt "
+                        f"(missing {', '.join(missing)})")
     try:
         with open(path / "loop.json") as f:
             return json.load(f)

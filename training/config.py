@@ -89,7 +89,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"malformed YAML in {path}{where}: expected a mapping of settings") from None
+        raise UserError(f"malformed YAML in {path}{where}: expected a mapping of "
+                        "settings") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
