@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 GRIDS = [  # (agents, env, steps)
-    (["ddpg", "td3", "sac", "crossq"], "Pendulum-v1", 20_000),
     (["dqn"], "CartPole-v1", 50_000),
+    (["ddpg", "td3", "sac", "crossq"], "Pendulum-v1", 20_000),
 ]
 
 
