@@ -13,7 +13,8 @@ How settings are matched with SB3 (``--compare-sb3``): the same env (Pendulum-v1
 actor and critics (CrossQ: [256, 256] critic for both, "equal width"), batch 256, Adam with the
 agents' default learning rates (SAC 3e-4 with both; TD3 1e-3; CrossQ 1e-3 and betas (0.5, 0.999)),
 one gradient step per env step, the same thread count (``torch.set_num_threads`` = TensorFlow's
-intra-op threads = ``--threads``), learning_starts 0 with the same pre-filled buffer size, and
+intra-op threads = ``--threads``), SB3 in a process of its own (torch crashes in a process where
+TensorFlow ran), learning_starts 0 with the same pre-filled buffer size, and
 each measurement alternates bnrl and SB3 ``--repeats`` times so that machine noise hits both.
 SB3's "pure updates" are ``model.train(gradient_steps=N, batch_size=256)`` after ``learn`` filled
 its buffer; its full loop is ``learn(total_timesteps)``; its latency is ``predict(obs,
@@ -120,6 +121,9 @@ def bnrl_rss(name, norm, threads, updates):
 
 # -------------------------------------------------------------------------------------- SB3
 def sb3_model(name, threads):
+    # SB3 imports tensorboard, which loads TensorFlow when installed; torch then segfaults in
+    # Adam's constructor on this stack. SB3 runs in its own process with TensorFlow blocked.
+    sys.modules["tensorflow"] = None
     import torch
     from stable_baselines3 import SAC, TD3
 
@@ -164,6 +168,16 @@ def sb3_loop(name, threads, steps):
     return steps / (time.perf_counter() - start)
 
 
+def in_own_process(fn, *args):
+    """Run ``fn`` in a fresh spawned process: torch segfaults (in Adam's constructor) in a
+    process where TensorFlow is loaded, and separate processes share no thread pools."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 # ----------------------------------------------------------------------------------- driver
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -205,10 +219,10 @@ def main(argv=None) -> int:
                 lat.append(latency)
                 loop.append(bnrl_loop(name, norm, args.threads, args.loop_steps))
                 if args.compare_sb3 and norm == norms[0]:
-                    rate, latency = sb3_updates(name, args.threads, args.updates)
+                    rate, latency = in_own_process(sb3_updates, name, args.threads, args.updates)
                     sb_up.append(rate)
                     sb_lat.append(latency)
-                    sb_loop.append(sb3_loop(name, args.threads, args.loop_steps))
+                    sb_loop.append(in_own_process(sb3_loop, name, args.threads, args.loop_steps))
             entry = {"updates_per_s": up, "loop_steps_per_s": loop, "act_latency_us": lat,
                      "graph_ops": ops}
             if sb_up:
