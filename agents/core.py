@@ -218,6 +218,7 @@ class Agent:
         if self._target_init is not None:
             self.sess.run(self._target_init)
         self._build_callables()
+        self._updates = 0
         self.graph.finalize()
 
     # ----------------------------------------------------------------------------- graph building
@@ -325,8 +326,8 @@ class Agent:
     # ------------------------------------------------------------------------------ public API
     @property
     def updates_done(self) -> int:
-        """Gradient steps taken so far."""
-        return int(self._num_updates_fn())
+        """Gradient steps taken so far (mirrors the graph counter without a ``sess.run``)."""
+        return self._updates
 
     def act(self, obs: np.ndarray, explore: bool = False):
         """Action for one observation, in inference mode (BN uses moving statistics).
@@ -375,10 +376,11 @@ class Agent:
         Returns:
           Scalars of this step (losses, Q means, ...), by name.
         """
-        variant = self._variant(self.updates_done)
+        variant = self._variant(self._updates)
         names, fn = self._train_fns[variant][1 if log else 0]
         values = fn(batch["obs"], batch["action"], batch["reward"], batch["next_obs"],
                     batch["done"])
+        self._updates += 1
         return {n: float(np.mean(v)) for n, v in zip(names, values[1:], strict=True)}
 
     def _variant(self, update_index: int) -> str:
@@ -387,7 +389,7 @@ class Agent:
     def next_update_is_complete(self) -> bool:
         """Whether the next update runs every loss (TD3/CrossQ delay their actor), so that a
         logging step reports all scalars."""
-        variant = self._variant(self.updates_done)
+        variant = self._variant(self._updates)
         return len(self.scalars[variant]) == max(len(s) for s in self.scalars.values())
 
     # ------------------------------------------------------------------------------ save/restore
@@ -419,6 +421,7 @@ class Agent:
         with self.graph.as_default():
             self.saver.restore(self.sess, os.path.join(directory, "model"))
         self.env_steps = int(state["env_steps"])
+        self._updates = int(self._num_updates_fn())
         self.rng.bit_generator.state = state["rng"]
         replay = os.path.join(directory, "replay.npz")
         if os.path.exists(replay):
