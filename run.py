@@ -12,8 +12,31 @@ Bad input exits with code 2 and one line on stderr; heavy imports happen after p
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+
+
+def _use_checkout() -> None:
+    """Make ``bnrl`` this checkout when ``python run.py`` runs from one.
+
+    ``pyproject.toml`` maps the repository's top level into the ``bnrl`` package; this does the
+    same at run time, so a checkout runs its own code whether or not (or whatever) bnrl is
+    installed. Spawned benchmark workers re-import this file as ``__mp_main__`` and get it too.
+    """
+    root = os.path.dirname(os.path.abspath(__file__))
+    loaded = sys.modules.get("bnrl")
+    if loaded is not None and os.path.dirname(os.path.abspath(loaded.__file__)) == root:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "bnrl", os.path.join(root, "__init__.py"), submodule_search_locations=[root])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bnrl"] = module
+    spec.loader.exec_module(module)
+
+
+if __name__ in ("__main__", "__mp_main__"):
+    _use_checkout()
 
 AGENTS = ("dqn", "ddpg", "td3", "sac", "crossq")
 NORMS = ("none", "batch", "batch_renorm", "layer")
@@ -122,14 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--render-video", action="store_true",
                           help="also write the first episode as RUN/eval.gif")
 
-    from compare.cli import add_benchmark_commands
+    from bnrl.compare.cli import add_benchmark_commands
 
     add_benchmark_commands(sub, _positive_int, AGENTS, NORMS)
     return parser
 
 
 def cmd_train(args) -> int:
-    from training import resolve, train
+    from bnrl.training import resolve, train
 
     if args.actor_norm is not None and args.agent == "dqn":
         raise_user("dqn has no actor: use --critic-norm for its Q-network")
@@ -155,7 +178,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from training import evaluate_run
+    from bnrl.training import evaluate_run
 
     mean, std, video = evaluate_run(args.run, args.episodes, args.render_video, args.seed)
     print(f"mean return {mean:.2f} +- {std:.2f} over {args.episodes} episodes")
@@ -165,7 +188,7 @@ def cmd_evaluate(args) -> int:
 
 
 def raise_user(message: str):
-    from training.errors import UserError
+    from bnrl.training.errors import UserError
 
     raise UserError(message)
 
@@ -173,13 +196,13 @@ def raise_user(message: str):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from training.quiet import quiet_tensorflow
+    from bnrl.training.quiet import quiet_tensorflow
 
     quiet_tensorflow()
-    from training.errors import NonFiniteLoss, UserError
+    from bnrl.training.errors import NonFiniteLoss, UserError
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate}
-    from compare.cli import COMMANDS
+    from bnrl.compare.cli import COMMANDS
 
     commands.update(COMMANDS)
     try:

@@ -4,12 +4,12 @@
 is the agent's dataclass or a dict of its fields (unknown keys are a one-line ValueError).
 """
 
-from agents.core import Agent, AgentConfig, config_from_dict
-from agents.crossq import CrossQ, CrossQConfig
-from agents.dqn import DQN, DQNConfig
-from agents.replay import ReplayBuffer
-from agents.sac import SAC, SACConfig
-from agents.td3 import DDPG, TD3, DDPGConfig, TD3Config
+from bnrl.agents.core import Agent, AgentConfig, config_from_dict
+from bnrl.agents.crossq import CrossQ, CrossQConfig
+from bnrl.agents.dqn import DQN, DQNConfig
+from bnrl.agents.replay import ReplayBuffer
+from bnrl.agents.sac import SAC, SACConfig
+from bnrl.agents.td3 import DDPG, TD3, DDPGConfig, TD3Config
 
 AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "ddpg": DDPG, "td3": TD3, "sac": SAC,
                                   "crossq": CrossQ}

@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from agents.replay import ReplayBuffer
-from networks import Norm, bn_diagnostics, check_wiring, keras, new_graph_session, tf
+from bnrl.agents.replay import ReplayBuffer
+from bnrl.networks import Norm, bn_diagnostics, check_wiring, keras, new_graph_session, tf
 
 TARGET_BN_POLICIES = ("copy", "polyak", "frozen")
 

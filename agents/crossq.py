@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents.core import adam
-from agents.sac import SAC, SACConfig
-from networks import CROSSQ_RENORM_CLIPPING, tf, training_call
+from bnrl.agents.core import adam
+from bnrl.agents.sac import SAC, SACConfig
+from bnrl.networks import CROSSQ_RENORM_CLIPPING, tf, training_call
 
 
 @dataclass

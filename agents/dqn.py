@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents.core import Agent, AgentConfig, adam
-from networks import q_network, tf, training_call, with_updates
+from bnrl.agents.core import Agent, AgentConfig, adam
+from bnrl.networks import q_network, tf, training_call, with_updates
 
 
 @dataclass

@@ -11,9 +11,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from agents.core import Agent, AgentConfig, adam, after, minimize
-from networks import (
+from bnrl.agents.core import Agent, AgentConfig, adam, after, minimize
+from bnrl.networks import (
     Norm,
     critic,
     gaussian_actor,

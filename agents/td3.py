@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from agents.core import Agent, AgentConfig, adam, minimize
-from networks import Norm, critic, deterministic_actor, tf, training_call, with_updates
+from bnrl.agents.core import Agent, AgentConfig, adam, minimize
+from bnrl.networks import Norm, critic, deterministic_actor, tf, training_call, with_updates
 
 
 @dataclass

@@ -18,8 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 GRIDS = [  # (agents, env, steps)
     (["dqn"], "CartPole-v1", 50_000),
     (["ddpg", "td3", "sac", "crossq"], "Pendulum-v1", 20_000),
@@ -37,7 +35,7 @@ def main(argv=None) -> int:
                         help="benchmark --out directory whose finished runs with the very same "
                         "resolved config are copied instead of trained again (repeatable)")
     args = parser.parse_args(argv)
-    from compare.grid import plan, run_grid
+    from bnrl.compare.grid import plan, run_grid
 
     rows = []
     for agents, env, steps in GRIDS:
@@ -59,9 +57,8 @@ def _reuse(spec, dirs) -> None:
     import shutil
 
     import yaml
-
-    from compare.grid import finished
-    from training import resolve
+    from bnrl.compare.grid import finished
+    from bnrl.training import resolve
 
     if finished(spec) is not None or Path(spec.run_dir).exists():
         return

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
@@ -53,8 +52,8 @@ def peak_rss_mb() -> float:
 
 # ------------------------------------------------------------------------------------- bnrl
 def bnrl_agent(name: str, norm: str, threads: int):
-    from agents import make_agent
-    from envs import make_env
+    from bnrl.agents import make_agent
+    from bnrl.envs import make_env
 
     env = make_env(ENV, 0, agent=name)
     config = {"critic_norm": norm, "hidden": [256, 256], "actor_hidden": [256, 256],
@@ -200,7 +199,7 @@ def main(argv=None) -> int:
         except ImportError:
             print("--compare-sb3 needs: pip install '.[sb3]'", file=sys.stderr)
             return 2
-    from training.quiet import quiet_tensorflow
+    from bnrl.training.quiet import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf

@@ -7,8 +7,8 @@ so that the command line's argument parsing does not load scipy.
 
 import importlib
 
-_EXPORTS = {"GYM_THRESHOLDS": "compare.report", "write_report": "compare.report",
-            **{name: "compare.stats" for name in (
+_EXPORTS = {"GYM_THRESHOLDS": "bnrl.compare.report", "write_report": "bnrl.compare.report",
+            **{name: "bnrl.compare.stats" for name in (
                 "area_under_curve", "bootstrap_ci", "iqm", "probability_of_improvement",
                 "steps_to_threshold", "verdict")}}
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from compare.grid import QUICK
+from bnrl.compare.grid import QUICK
 
 
 def _csv(text: str) -> list[str]:
@@ -51,10 +51,10 @@ def add_benchmark_commands(sub, positive_int, agents, norms) -> None:
 
 
 def cmd_benchmark(args) -> int:
-    from compare.grid import plan, run_grid
-    from compare.report import GYM_THRESHOLDS, write_report
-    from envs import AGENT_ACTION_SPACES
-    from training.errors import UserError
+    from bnrl.compare.grid import plan, run_grid
+    from bnrl.compare.report import GYM_THRESHOLDS, write_report
+    from bnrl.envs import AGENT_ACTION_SPACES
+    from bnrl.training.errors import UserError
 
     quick = all(getattr(args, k) is None for k in ("agent", "env", "variants", "seeds", "steps"))
     agents = args.agent or QUICK["agents"]
@@ -99,8 +99,8 @@ def cmd_benchmark(args) -> int:
 
 def _check_envs(agents, envs) -> None:
     """Fail fast, with one line, on an env id or agent/space mismatch before any run starts."""
-    from envs import EnvError, make_env
-    from training.errors import UserError
+    from bnrl.envs import EnvError, make_env
+    from bnrl.training.errors import UserError
 
     for env_id in envs:
         for agent in agents:
@@ -113,7 +113,7 @@ def _check_envs(agents, envs) -> None:
 def _check_configs(agents, envs, variants, config_file, steps, eval_every) -> None:
     """Resolve every run's settings as its worker will, so that a --config key an agent does
     not accept fails now with one line instead of as one failed run per grid cell."""
-    from training import resolve
+    from bnrl.training import resolve
 
     for agent in agents:
         for env_id in envs:
@@ -125,8 +125,8 @@ def _check_configs(agents, envs, variants, config_file, steps, eval_every) -> No
 def cmd_report(args) -> int:
     import json
 
-    from compare.report import GYM_THRESHOLDS, write_report
-    from training.errors import UserError
+    from bnrl.compare.report import GYM_THRESHOLDS, write_report
+    from bnrl.training.errors import UserError
 
     results = Path(args.dir) / "results.json"
     if not results.is_file():

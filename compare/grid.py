@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.errors import UserError
+from bnrl.training.errors import UserError
 
 QUICK = dict(agents=["sac"], envs=["Pendulum-v1"], variants=["none", "batch"], seeds=3,
              steps=6000)
@@ -118,10 +118,10 @@ def run_one(spec: RunSpec) -> dict:
     """Train one grid run (in a worker process) and return its result record; never raises."""
     record = _base_record(spec)
     try:
-        from training.quiet import quiet_tensorflow
+        from bnrl.training.quiet import quiet_tensorflow
 
         quiet_tensorflow()
-        from training import resolve, train
+        from bnrl.training import resolve, train
 
         config = resolve(spec.agent, spec.env, spec.config_file,
                          {"steps": spec.steps, "seed": spec.seed, "eval_every": spec.eval_every},
@@ -150,7 +150,7 @@ def _record_from_summary(summary: dict) -> dict:
     keys = ("eval_steps", "eval_returns", "final_return", "wall_time_s", "updates_per_second",
             "bn_stats")
     record = {k: summary.get(k) for k in keys}
-    from compare.stats import area_under_curve
+    from bnrl.compare.stats import area_under_curve
 
     record["auc"] = area_under_curve(summary["eval_steps"], summary["eval_returns"])
     return record

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
-
-from compare.stats import (
+from bnrl.compare.stats import (
     CONFIDENCE,
     N_RESAMPLES,
     area_under_curve,

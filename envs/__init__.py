@@ -1,5 +1,5 @@
 """Environment construction for bnrl agents (see `envs.make`)."""
 
-from envs.make import AGENT_ACTION_SPACES, EnvError, check_agent_env, make_env
+from bnrl.envs.make import AGENT_ACTION_SPACES, EnvError, check_agent_env, make_env
 
 __all__ = ["AGENT_ACTION_SPACES", "EnvError", "check_agent_env", "make_env"]

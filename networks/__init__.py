@@ -3,8 +3,8 @@
 Importing this package makes sure Keras 2 (tf-keras) is the Keras in use (see ``backend``).
 """
 
-from networks.backend import KerasVersionError, keras, new_graph_session, tf
-from networks.batchnorm import (
+from bnrl.networks.backend import KerasVersionError, keras, new_graph_session, tf
+from bnrl.networks.batchnorm import (
     WiringError,
     bn_diagnostics,
     bn_layers,
@@ -15,7 +15,7 @@ from networks.batchnorm import (
     training_call,
     with_updates,
 )
-from networks.builders import (
+from bnrl.networks.builders import (
     CROSSQ_RENORM_CLIPPING,
     NORM_KINDS,
     Norm,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from networks.backend import keras, require_keras2, tf
+from bnrl.networks.backend import keras, require_keras2, tf
 
 _ASSIGN_TYPES = frozenset({"AssignSubVariableOp", "AssignVariableOp", "AssignAddVariableOp"})
 _STAT_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from networks.backend import keras, tf
+from bnrl.networks.backend import keras, tf
 
 NORM_KINDS = ("none", "batch", "batch_renorm", "layer")
 

@@ -16,17 +16,16 @@ Networks are tiny (hidden [32, 32]; CrossQ's critic [64, 64]) so that the file s
 
 from __future__ import annotations
 
+import bnrl.agents.crossq
+import bnrl.agents.dqn
+import bnrl.agents.sac
+import bnrl.agents.td3
 import gymnasium as gym
 import numpy as np
 import pytest
-
-import agents.crossq
-import agents.dqn
-import agents.sac
-import agents.td3
-from agents import make_agent
-from networks import bn_layers, check_wiring, tf
-from networks import training_call as real_training_call
+from bnrl.agents import make_agent
+from bnrl.networks import bn_layers, check_wiring, tf
+from bnrl.networks import training_call as real_training_call
 
 MOMENTUM = 0.99  # the agents' default bn_momentum (Keras convention)
 EPS = 1e-3  # the agents' default bn_epsilon
@@ -396,8 +395,8 @@ def test_check_wiring_outside_the_graph_context():
     """check_wiring reads Keras' layer.updates, which tf-keras checks differently outside a
     graph context (it used to die with "'Graph' object has no attribute
     'is_control_flow_graph'"); it works both inside and after leaving the graph's context."""
-    from networks import q_network, with_updates
-    from networks.builders import Norm
+    from bnrl.networks import q_network, with_updates
+    from bnrl.networks.builders import Norm
 
     graph = tf.Graph()
     with graph.as_default():
@@ -439,7 +438,7 @@ MISWIRED = [("dqn", "drop_critic"), ("td3", "drop_critic"), ("sac", "drop_critic
 
 @pytest.mark.parametrize("case,mode", MISWIRED)
 def test_miswired_agent_is_refused(case, mode, monkeypatch):
-    for module in (agents.dqn, agents.td3, agents.sac, agents.crossq):
+    for module in (bnrl.agents.dqn, bnrl.agents.td3, bnrl.agents.sac, bnrl.agents.crossq):
         monkeypatch.setattr(module, "training_call", _patched_training_call(mode))
     name, config = BN_CASES[case]
     expected = "never updated" if mode.startswith("drop") else "updated 2 times"

@@ -15,10 +15,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-
-from agents import AGENTS, make_agent
-from networks import tf
-from networks.batchnorm import ancestors
+from bnrl.agents import AGENTS, make_agent
+from bnrl.networks import tf
+from bnrl.networks.batchnorm import ancestors
 
 OBS_DIM, ACT_DIM, N_ACTIONS = 3, 2, 3
 BOX_OBS = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)

@@ -13,12 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bnrl.networks as nw
 import numpy as np
 import pytest
-
-import networks as nw
-from networks import keras, tf
-from networks.backend import KerasVersionError, require_keras2
+from bnrl.networks import keras, tf
+from bnrl.networks.backend import KerasVersionError, require_keras2
 
 UPDATE_OPS = tf.compat.v1.GraphKeys.UPDATE_OPS
 MOMENTUM = 0.99  # Keras default, used by every BN layer below
@@ -553,7 +552,8 @@ def test_require_keras2_rejects_any_keras_src_module():
 def test_importing_networks_after_tensorflow_gives_tf_keras():
     code = "\n".join([
         "import tensorflow as tf",
-        "import networks, numpy as np",
+        "import numpy as np",
+        "from bnrl import networks",
         "g = tf.Graph()",
         "with g.as_default():",
         "    x = tf.compat.v1.placeholder(tf.float32, (None, 3))",
@@ -569,7 +569,7 @@ def test_importing_networks_after_tensorflow_gives_tf_keras():
         "print('MEAN', float(mm[0]))",
     ])
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    env.update(TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-import run
-from compare import grid
+from bnrl import run
+from bnrl.compare import grid
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -276,8 +275,8 @@ def test_failed_run_is_reported_and_others_finish(config_file, capsys, monkeypat
 def test_retry_after_a_failure_before_the_run_started(config_file, monkeypatch, tmp_path):
     """A run that failed before train() wrote config.yaml (e.g. its env could not be made in the
     worker) leaves only error.txt in its directory; the retry must not trip over it."""
-    import training
-    from training.loop import prepare_run_dir
+    from bnrl import training
+    from bnrl.training.loop import prepare_run_dir
 
     run_dir = tmp_path / "runs" / "seed0"
     spec = grid.RunSpec("sac", "no_such_module:Nope-v0", "none", 0, 200, str(config_file),

@@ -5,12 +5,11 @@ Expected numbers are computed with numpy from the weights read back from the ses
 
 from __future__ import annotations
 
+import bnrl.networks as nw
 import numpy as np
 import pytest
-
-import networks as nw
-from networks import keras, tf
-from networks.builders import CROSSQ_RENORM_CLIPPING, LOG_STD_MAX, LOG_STD_MIN
+from bnrl.networks import keras, tf
+from bnrl.networks.builders import CROSSQ_RENORM_CLIPPING, LOG_STD_MAX, LOG_STD_MIN
 
 OBS, ACT, N_ACTIONS, BATCH = 5, 2, 4, 7
 HIDDEN = (8, 6)

@@ -35,7 +35,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
-import run  # noqa: E402
+from bnrl import run  # noqa: E402
 
 # Tiny settings: every run here takes seconds.
 TINY = ["--set", "hidden=[32,32]", "--set", "batch_size=32", "--set", "learning_starts=50",
@@ -558,7 +558,7 @@ def test_evaluate_help(capsys):
 def test_console_script_entry_point(capsys):
     with open(REPO / "pyproject.toml", "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
-    assert scripts["bnrl"] == "run:main"
+    assert scripts["bnrl"] == "bnrl.run:main"
     with pytest.raises(SystemExit) as exc:
         run.main(["train", "--help"])
     assert exc.value.code == 0

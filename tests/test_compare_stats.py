@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from compare import (
+from bnrl.compare import (
     area_under_curve,
     bootstrap_ci,
     iqm,

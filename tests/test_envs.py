@@ -8,8 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-
-from envs import AGENT_ACTION_SPACES, EnvError, check_agent_env, make_env
+from bnrl.envs import AGENT_ACTION_SPACES, EnvError, check_agent_env, make_env
 
 
 def _spy_actions(monkeypatch: pytest.MonkeyPatch, env: gym.Env) -> list[np.ndarray]:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from agents import make_agent
-from envs import make_env
+from bnrl.agents import make_agent
+from bnrl.envs import make_env
 
 
 def evaluate(agent, env, episodes: int = 10) -> float:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from agents.replay import ReplayBuffer
+from bnrl.agents.replay import ReplayBuffer
 
 OBS_SHAPE = (3,)
 ACT_SHAPE = (2,)

@@ -6,9 +6,10 @@ parses arguments) does not pull in TensorFlow.
 
 import importlib
 
-_EXPORTS = {"RunConfig": "training.config", "resolve": "training.config",
-            "NonFiniteLoss": "training.errors", "UserError": "training.errors",
-            "evaluate": "training.loop", "evaluate_run": "training.loop", "train": "training.loop"}
+_EXPORTS = {"RunConfig": "bnrl.training.config", "resolve": "bnrl.training.config",
+            "NonFiniteLoss": "bnrl.training.errors", "UserError": "bnrl.training.errors",
+            "evaluate": "bnrl.training.loop", "evaluate_run": "bnrl.training.loop",
+            "train": "bnrl.training.loop"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from training.errors import UserError
+from bnrl.training.errors import UserError
 
 _PREFIX = "step-"
 _REQUIRED = ("agent.json", "model.index", "loop.json")

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
-import configs  # noqa: E402 (presets ship as package data)
-from agents import agent_class, config_from_dict
-from training.errors import UserError
+from bnrl import configs  # presets ship as package data
+from bnrl.agents import agent_class, config_from_dict
+from bnrl.training.errors import UserError
 
 PRESET_DIR = Path(configs.__file__).resolve().parent
 

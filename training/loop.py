@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-from agents import make_agent
-from envs import EnvError, make_env
-from training import checkpoint
-from training.config import RunConfig, from_dict, read_yaml
-from training.errors import NonFiniteLoss, UserError
-from training.logger import ScalarLogger
+from bnrl.agents import make_agent
+from bnrl.envs import EnvError, make_env
+from bnrl.training import checkpoint
+from bnrl.training.config import RunConfig, from_dict, read_yaml
+from bnrl.training.errors import NonFiniteLoss, UserError
+from bnrl.training.logger import ScalarLogger
 
 # Scalars kept in summary.json for the benchmark's bn_stats.png.
 _BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")

@@ -21,7 +21,7 @@ def quiet_tensorflow() -> None:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import networks  # noqa: F401 - imports TensorFlow and tf-keras
+        import bnrl.networks  # noqa: F401 - imports TensorFlow and tf-keras
     finally:
         os.dup2(saved, 2)
         os.close(saved)
