@@ -456,7 +456,9 @@ def test_inference_call_uses_moving_stats_and_changes_nothing():
         out_inf = model(x_inf, training=False)
         created = set(g.get_operations()[n_ops:])
         assert model.get_updates_for(x_inf) == []
-        assert nw.collect_updates(model, x_inf) == []
+        # Nothing to collect from an inference call: an error saying what to do (issue 10).
+        with pytest.raises(ValueError, match="inference mode.*training=True"):
+            nw.collect_updates(model, x_inf)
         assert not any(op.type in ("AssignSubVariableOp", "AssignVariableOp") for op in created)
     bns = [model.get_layer("bn_in"), model.get_layer("bn_hidden")]
     fc, out = model.get_layer("fc"), model.get_layer("out")
