@@ -131,6 +131,8 @@ def _cond_written(op: tf.Operation) -> set[tf.Operation]:
     """The variable handles a cond's branches assign (a ``training`` tensor's update)."""
     written: set[tf.Operation] = set()
     for branch in ("then_branch", "else_branch"):
+        # A v2 cond's branches are graph functions; the graph's function library is the only
+        # place their ops can be read in graph mode.
         definition = op.graph._get_function(op.get_attr(branch).name).definition
         args = [arg.name for arg in definition.signature.input_arg]
         for node in definition.node_def:
