@@ -527,6 +527,8 @@ def check_wiring(train_op, models: Sequence, raise_error: bool = False) -> list[
                 layers.append(_keras_layer(layer))
                 known.update(layers[-1].moving.values())
         layers += _collection_layers(graph, known)
+    if not layers:
+        return []
     writes = [{short: _bn_writes(h) for short, h in layer.moving.items()} for layer in layers]
     all_writes = {op for per_layer in writes for ops in per_layer.values() for op in ops}
     forward = ancestors(fetches, stop=all_writes)
