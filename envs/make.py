@@ -262,20 +262,21 @@ def _check_custom_env(env_id: str) -> None:
 
     A fresh instance, so that the checker's resets and steps do not change the env that is
     trained. Render modes are not checked (rendering only matters for videos, which check it
-    themselves). The checker's warnings are logged as one line each (logger `bnrl.envs.make`);
-    an API violation it raises becomes a one-line EnvError.
+    themselves). What the checker finds is logged as one line each (logger `bnrl.envs.make`):
+    its warnings, and the first check that failed. A failed check does not stop training: bnrl's
+    own wrappers cast observations, and envs that worked before the checker was run still do.
     """
     if env_id in _checked_ids():
         return
     env = _make_raw(env_id, {})
+    failure = None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 check_env(env.unwrapped, skip_render_check=True)
-            except Exception as e:  # noqa: BLE001 - any checker failure is the env's fault
-                raise EnvError(f"environment {env_id!r} fails gymnasium's env checker: "
-                               f"{_one_line(e) or type(e).__name__}") from e
+            except Exception as e:  # noqa: BLE001 - whatever the checker raises is its finding
+                failure = f"fails gymnasium's env checker: {_one_line(e) or type(e).__name__}"
     finally:
         env.close()
     os.environ[_CHECKED_VAR] = ",".join([*_checked_ids(), env_id])
@@ -284,7 +285,8 @@ def _check_custom_env(env_id: str) -> None:
         text = _one_line(_ANSI.sub("", str(w.message))).removeprefix("WARN: ")
         if text not in shown and not text.startswith(_IRRELEVANT_WARNINGS):
             shown.append(text)
-            _log.warning("bnrl: warning: environment %r: %s", env_id, text)
+    for text in shown + ([failure] if failure else []):
+        _log.warning("bnrl: warning: environment %r: %s", env_id, text)
 
 
 def env_action_bounds(env: gym.Env) -> tuple[np.ndarray, np.ndarray] | None:
@@ -370,15 +372,15 @@ def make_env(
             `metadata["render_modes"]`.
 
     A user's `module:EnvId` env also goes through gymnasium's `check_env` the first time it
-    is made (see `_check_custom_env`).
+    is made; what the checker finds is logged as one-line warnings (see `_check_custom_env`).
 
     Returns:
         The wrapped environment.
 
     Raises:
         EnvError: If the id, agent, seed or limits are invalid, a dependency is missing,
-            the env's spaces are not supported, a custom env fails gymnasium's env checker or
-            cannot render in `render_mode`. The message is a single line.
+            the env's spaces are not supported, or the env cannot render in `render_mode`.
+            The message is a single line.
     """
     if not isinstance(env_id, str) or not env_id or env_id.count(":") > 1:
         raise EnvError(f"invalid environment id {env_id!r}: {_UNKNOWN_ID_HINT}")

@@ -1,9 +1,10 @@
 """End-to-end tests of the command line (``run.py``): what a user of ``bnrl train/evaluate`` sees.
 
-Pinned here: the exact TensorBoard scalar tags (DESIGN.md section 4), the files of a run
-directory, exit code 2 with exactly one stderr line for every kind of bad input, kill -9 and
+Pinned here: the exact TensorBoard scalar tags (README, "What TensorBoard shows"), the files of a
+run directory, exit code 2 with exactly one stderr line for every kind of bad input, kill -9 and
 ``--resume`` giving one continuous run (metrics.csv, summary.json and TensorBoard), ``evaluate``
-and its GIF, exit code 1 on a non-finite loss with the last good checkpoint kept, and ``--help``.
+and its MP4 video, exit code 1 on a non-finite loss with the last good checkpoint kept, and
+``--help``.
 
 Runs use tiny networks and a few hundred steps. Training runs happen in this process
 (``run.main``, TensorFlow imported once); subprocesses are used where the real stderr matters
@@ -478,23 +479,25 @@ def test_evaluate_prints_mean_and_std(resumed_run, capsys):
     assert re.search(r"^mean return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes$", out, re.M), out
 
 
-def test_evaluate_render_video_writes_gif(sac_bn_run, tmp_path, capfd):
+def test_evaluate_render_video_writes_mp4(sac_bn_run, tmp_path, capfd):
     pytest.importorskip("pygame", reason="Pendulum renders rgb_array frames with pygame")
-    from PIL import Image
+    import imageio_ffmpeg
 
     run_dir = tmp_path / "run"
     shutil.copytree(sac_bn_run, run_dir)
-    config = run_dir / "config.yaml"  # a 30-step episode keeps the GIF cheap
+    config = run_dir / "config.yaml"  # a 30-step episode keeps the video cheap
     config.write_text(config.read_text().replace("max_episode_steps: null",
                                                  "max_episode_steps: 30"))
-    code = _main(["evaluate", "--run", str(run_dir), "--episodes", "1", "--render-video"])
+    code = _main(["evaluate", "--run", str(run_dir), "--episodes", "2", "--render-video"])
     out, err = capfd.readouterr()
     assert code == 0, err
-    assert re.search(r"^mean return .* over 1 episodes$", out, re.M), out
-    gif = run_dir / "eval.gif"
-    assert gif.is_file() and f"video: {gif}" in out
-    with Image.open(gif) as image:
-        assert image.format == "GIF" and 1 < image.n_frames <= 30
+    assert re.search(r"^mean return .* over 2 episodes$", out, re.M), out
+    video = run_dir / "eval.mp4"
+    assert video.is_file() and f"video: {video}" in out
+    assert video.read_bytes()[4:8] == b"ftyp"  # an MP4 container
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(video))
+    assert 25 <= frames <= 31, frames  # the first episode only: its reset and 30 steps
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     assert err.strip() == "", f"stray stderr output while rendering: {err!r}"
 
 
