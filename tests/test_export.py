@@ -361,3 +361,24 @@ def test_export_help_documents_the_signature(capsys):
     for needed in ("--run", "--out", "serving_default", "observation", "env_action", "q_values",
                    "inference mode", "bnrl_policy.json"):
         assert needed in text, needed
+
+
+def test_readme_export_example_runs_without_bnrl(exported, tmp_path):
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Export a policy"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    export_dir = exported["sac-bn-actor"][1]
+    assert "policies/sac-bn" in block
+    blocker = _LOADER[:_LOADER.index("import numpy")]
+    script = tmp_path / "readme.py"
+    script.write_text(blocker + block.replace("policies/sac-bn", str(export_dir))
+                      + "print(out['env_action'].shape, sorted(out))\n")
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=environ,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "(1, 1) ['action', 'env_action']"
