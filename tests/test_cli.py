@@ -36,6 +36,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
+from _cli import main as _main  # noqa: E402
+from _cli import one_line as _one_line  # noqa: E402
+from _cli import train_quiet as _train_quiet  # noqa: E402
 from bnrl import run  # noqa: E402
 
 # Tiny settings: every run here takes seconds.
@@ -62,19 +65,6 @@ def _cli(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _main(args: list[str]) -> int:
-    """``run.main(args)`` in this process; argparse's SystemExit becomes its exit code."""
-    try:
-        return run.main(args)
-    except SystemExit as exc:
-        return exc.code
-
-
-def _train_quiet(args: list[str]) -> None:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = _main(["train", *args, "--quiet"])
-    assert code == 0, out.getvalue()
 
 
 def _scalars(run_dir: Path):
@@ -123,13 +113,6 @@ def _tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
 
-
-def _one_line(stderr: str) -> str:
-    """The single non-empty stderr line (asserts there is exactly one and no traceback)."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{stderr}"
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------ fixtures

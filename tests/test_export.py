@@ -25,11 +25,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _cli import main as _main  # noqa: E402
+from _cli import one_line as _one_line  # noqa: E402
+from _cli import train_quiet  # noqa: E402
 from bnrl import run  # noqa: E402
 
 TINY = ["--set", "hidden=[32,32]", "--set", "batch_size=32", "--set", "learning_starts=50",
         "--set", "buffer_size=5000", "--eval-every", "300", "--eval-episodes", "1",
-        "--steps", "300", "--quiet"]
+        "--steps", "300"]
 TINY_AC = TINY + ["--set", "actor_hidden=[32,32]"]
 TOY_ENV = "_custom_env:BnrlToyEnv-v0"  # actions in [0, 10]; the observation is the last action
 
@@ -48,20 +51,6 @@ RUNS = {
 }
 
 
-def _main(args: list[str]) -> int:
-    try:
-        return run.main(args)
-    except SystemExit as exc:
-        return exc.code
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{stderr}"
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Each RUNS entry trained for 300 steps and exported: {id: (run_dir, export_dir)}."""
@@ -69,8 +58,8 @@ def exported(tmp_path_factory):
     result = {}
     for name, (args, _) in RUNS.items():
         run_dir, out = root / name / "run", root / name / "policy"
+        train_quiet([*args, "--logdir", str(run_dir)])
         with contextlib.redirect_stdout(io.StringIO()):
-            assert _main(["train", *args, "--logdir", str(run_dir)]) == 0
             assert _main(["export", "--run", str(run_dir), "--out", str(out)]) == 0
         result[name] = (run_dir, out)
     return result

@@ -28,34 +28,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
-from bnrl import run  # noqa: E402
+from _cli import main as _main  # noqa: E402
+from _cli import one_line as _one_line  # noqa: E402
+from _cli import train_quiet as _train  # noqa: E402
 
 TINY_AC = ["--set", "hidden=[32,32]", "--set", "actor_hidden=[32,32]", "--set", "batch_size=32",
-           "--set", "learning_starts=50", "--set", "buffer_size=5000", "--quiet"]
+           "--set", "learning_starts=50", "--set", "buffer_size=5000"]
 DTYPE_ENV = "_checked_env:BnrlDtypeEnv-v0"
 UNSEEDED_ENV = "_checked_env:BnrlUnseededEnv-v0"
 TOY_ENV = "_custom_env:BnrlToyEnv-v0"
 CHECKED_VAR = "BNRL_CHECKED_ENVS"
-
-
-def _main(args: list[str]) -> int:
-    try:
-        return run.main(args)
-    except SystemExit as exc:
-        return exc.code
-
-
-def _train(args: list[str]) -> None:
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        code = _main(["train", *args])
-    assert code == 0, out.getvalue()
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{stderr}"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +301,8 @@ def test_train_shows_the_checker_findings_once(tmp_path):
     proc = subprocess.run(
         [sys.executable, "run.py", "train", "--agent", "sac", "--env", DTYPE_ENV, "--steps",
          "60", "--eval-every", "30", "--eval-episodes", "1", "--logdir", str(tmp_path / "run"),
-         *TINY_AC], cwd=REPO, env=environ, capture_output=True, text=True, timeout=300)
+         "--quiet", *TINY_AC], cwd=REPO, env=environ, capture_output=True, text=True,
+        timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 2 and all(re.fullmatch(
