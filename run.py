@@ -1,7 +1,8 @@
-"""bnrl command line: train, evaluate, benchmark BN vs no-BN critics, report.
+"""bnrl command line: train, evaluate, export, benchmark BN vs no-BN critics, report.
 
     python run.py train --agent sac --env Pendulum-v1 --critic-norm batch --steps 20000
     python run.py evaluate --run runs/sac-Pendulum-v1-batch-s0 --episodes 10
+    python run.py export --run runs/sac-Pendulum-v1-batch-s0 --out policies/sac-pendulum
     python run.py benchmark            # the quick BN vs no-BN benchmark (about 5 minutes)
     python run.py report bench_out/quick
 
@@ -104,6 +105,22 @@ checkpoints/ and summary.json.
 """
 
 
+EXPORT_EPILOG = """\
+serving signature (serving_default), input observation: float32 [batch, obs_dim]; outputs:
+  continuous agents: action      float32 [batch, act_dim] in [-1, 1], the scale bnrl agents act in
+                     env_action  the same action rescaled to the env's bounds,
+                                 low + (action + 1) / 2 * (high - low), for a plain gymnasium env
+  dqn:               action      int64 [batch], the greedy action;  q_values  float32 [batch, n]
+SAC and CrossQ act with tanh(mean), DDPG and TD3 with the actor: agent.act(obs, explore=False).
+OUT/bnrl_policy.json (and metadata() on the loaded model) names the agent, env, checkpoint and
+spaces. `bnrl evaluate --run OUT` runs the export on its env.
+example:
+  python run.py export --run runs/sac-bn --out policies/sac-bn
+  python -c "import tensorflow as tf; p = tf.saved_model.load('policies/sac-bn'); \\
+print(p.signatures['serving_default'](observation=tf.zeros([1, 3])))"
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bnrl", description="Off-policy RL with Batch Normalization that "
                      "actually updates: train, evaluate, benchmark BN vs no-BN critics.")
@@ -137,13 +154,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in --logdir from its latest checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress output")
 
-    evaluate = sub.add_parser("evaluate", help="evaluate the latest checkpoint of a run")
-    evaluate.add_argument("--run", required=True, help="run directory written by train")
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate the latest checkpoint of a run, or an exported policy",
+        description="Run the deterministic policy (BN in inference mode) and print the mean and "
+        "std of its return. --run takes a run directory (latest checkpoint) or a directory "
+        "written by `bnrl export` (the SavedModel, on the env it was trained on).")
+    evaluate.add_argument("--run", required=True,
+                          help="run directory written by train, or policy directory written by "
+                          "export")
     evaluate.add_argument("--episodes", type=_positive_int, default=10,
                           help="episodes (default 10)")
-    evaluate.add_argument("--seed", type=_non_negative_int, help="env seed (default: run seed)")
+    evaluate.add_argument("--seed", type=_non_negative_int,
+                          help="env seed (default: the run's seed + 20000)")
     evaluate.add_argument("--render-video", action="store_true",
-                          help="also write the first episode as RUN/eval.gif")
+                          help="also record the first episode as RUN/eval.mp4 (gymnasium's "
+                          "RecordVideo; needs moviepy: pip install 'bnrl[video]')")
+
+    export = sub.add_parser(
+        "export", help="write a run's policy as a TensorFlow SavedModel",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPORT_EPILOG,
+        description="Write the latest checkpoint's acting policy as a SavedModel that loads "
+        "with tf.saved_model.load, without bnrl or Keras, every BN layer frozen in inference "
+        "mode.")
+    export.add_argument("--run", required=True, help="run directory written by train")
+    export.add_argument("--out", required=True, help="new directory for the SavedModel")
 
     from bnrl.compare.cli import add_benchmark_commands
 
@@ -187,6 +221,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from bnrl.training.export import export_policy
+
+    metadata = export_policy(args.run, args.out)
+    print(f"exported {metadata['agent']} on {metadata['env']} ({metadata['checkpoint']}) to "
+          f"{args.out}")
+    return 0
+
+
 def raise_user(message: str):
     from bnrl.training.errors import UserError
 
@@ -201,7 +244,7 @@ def main(argv=None) -> int:
     quiet_tensorflow()
     from bnrl.training.errors import NonFiniteLoss, UserError
 
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate}
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}
     from bnrl.compare.cli import COMMANDS
 
     commands.update(COMMANDS)

@@ -11,7 +11,7 @@ otherwise unordered (and results would depend on thread scheduling):
 critic step (with its BN updates) -> actor step, whose critic reads see the new critic (as in
 SB3 and CleanRL) -> target update. ``after(deps, x)`` threads that order through ``tf.identity``
 rather than building optimizer ops inside ``control_dependencies`` blocks, which made Grappler find
-a cycle and skip passes (DESIGN.md).
+a cycle and skip passes (docs/keras-batchnorm.md, section 9).
 """
 
 from __future__ import annotations

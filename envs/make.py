@@ -12,16 +12,23 @@ them (or fails early with a one-line `EnvError`):
 
 from __future__ import annotations
 
+import logging
 import numbers
+import os
+import re
+import warnings
 from typing import Any, Final
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import error as gym_error
 from gymnasium import spaces
+from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import RescaleAction, TransformAction, TransformObservation
 
-__all__ = ["AGENT_ACTION_SPACES", "EnvError", "check_agent_env", "make_env"]
+__all__ = ["AGENT_ACTION_SPACES", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]
+
+_log = logging.getLogger(__name__)
 
 #: The action-space kind each agent supports: "discrete" (`spaces.Discrete`) or "box".
 AGENT_ACTION_SPACES: Final[dict[str, str]] = {
@@ -174,6 +181,11 @@ def _make_raw(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
     module, _, name = env_id.rpartition(":")
     try:
         return gym.make(env_id, **kwargs)
+    except TypeError as e:
+        # An env whose constructor takes no render_mode cannot render at all.
+        if "render_mode" in kwargs and "render_mode" in str(e):
+            raise _cannot_render(env_id, kwargs["render_mode"], []) from e
+        raise
     except gym_error.DependencyNotInstalled as e:
         raise _missing_dependency(env_id, e) from e
     except (gym_error.NamespaceNotFound, gym_error.NameNotFound) as e:
@@ -216,6 +228,85 @@ class _SeedFirstReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
         # restart the episode stream and repeat start states.
         self._pending_seed = None
         return super().reset(seed=seed, options=options)
+
+
+def _cannot_render(env_id: str, render_mode: str, modes) -> EnvError:
+    have = ", ".join(map(str, modes)) or "none"
+    return EnvError(f"environment {env_id!r} cannot render {render_mode!r} frames (its render "
+                    f"modes: {have}); recording a video needs an env that renders {render_mode}")
+
+
+def _check_render_mode(env: gym.Env, env_id: str, render_mode: str) -> None:
+    modes = env.metadata.get("render_modes") or []
+    if render_mode not in modes or env.render_mode != render_mode:
+        raise _cannot_render(env_id, render_mode, modes)
+
+
+# Ids already checked by this process or the one that started it: benchmark workers inherit the
+# environment variable, so a grid checks (and warns) once, not once per worker.
+_CHECKED_VAR: Final[str] = "BNRL_CHECKED_ENVS"
+# bnrl rescales every Box action space to [-1, 1] itself (`_unit_box_actions`): the checker's
+# advice to use such a space is about the raw env and does not apply.
+_IRRELEVANT_WARNINGS: Final[tuple[str, ...]] = (
+    "For Box action spaces, we recommend using a symmetric and normalized space",
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _checked_ids() -> list[str]:
+    return [i for i in os.environ.get(_CHECKED_VAR, "").split(",") if i]
+
+
+def _check_custom_env(env_id: str) -> None:
+    """Run gymnasium's `check_env` once on a fresh instance of a user's `module:EnvId` env.
+
+    A fresh instance, so that the checker's resets and steps do not change the env that is
+    trained. Render modes are not checked (rendering only matters for videos, which check it
+    themselves). What the checker finds is logged as one line each (logger `bnrl.envs.make`):
+    its warnings, and the first check that failed. A failed check does not stop training: bnrl's
+    own wrappers cast observations, and envs that worked before the checker was run still do.
+    """
+    if env_id in _checked_ids():
+        return
+    env = _make_raw(env_id, {})
+    failure = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                check_env(env.unwrapped, skip_render_check=True)
+            except Exception as e:  # noqa: BLE001 - whatever the checker raises is its finding
+                failure = f"fails gymnasium's env checker: {_one_line(e) or type(e).__name__}"
+    finally:
+        env.close()
+    os.environ[_CHECKED_VAR] = ",".join([*_checked_ids(), env_id])
+    shown = []
+    for w in caught:
+        text = _one_line(_ANSI.sub("", str(w.message))).removeprefix("WARN: ")
+        if text not in shown and not text.startswith(_IRRELEVANT_WARNINGS):
+            shown.append(text)
+    for text in shown + ([failure] if failure else []):
+        _log.warning("bnrl: warning: environment %r: %s", env_id, text)
+
+
+def env_action_bounds(env: gym.Env) -> tuple[np.ndarray, np.ndarray] | None:
+    """The env's own action bounds that `make_env` rescales [-1, 1] actions to.
+
+    An action `a` in [-1, 1] reaches the environment as `low + (a + 1) / 2 * (high - low)`.
+
+    Args:
+        env: An env returned by `make_env`.
+
+    Returns:
+        `(low, high)` as arrays, or None when the action space is not a Box.
+    """
+    wrapper = env
+    while isinstance(wrapper, gym.Wrapper):
+        if isinstance(wrapper, RescaleAction):
+            box = wrapper.env.action_space
+            return np.array(box.low), np.array(box.high)
+        wrapper = wrapper.env
+    return None
 
 
 def _float32_observations(env: gym.Env) -> gym.Env:
@@ -277,14 +368,19 @@ def make_env(
         agent: If given, an agent name from `AGENT_ACTION_SPACES`; the env's action
             space must be of the kind that agent supports.
         max_episode_steps: Overrides the registered episode-length limit when given.
-        render_mode: Passed to `gymnasium.make` when given.
+        render_mode: Passed to `gymnasium.make` when given; the env must list it in its
+            `metadata["render_modes"]`.
+
+    A user's `module:EnvId` env also goes through gymnasium's `check_env` the first time it
+    is made; what the checker finds is logged as one-line warnings (see `_check_custom_env`).
 
     Returns:
         The wrapped environment.
 
     Raises:
         EnvError: If the id, agent, seed or limits are invalid, a dependency is missing,
-            or the env's spaces are not supported. The message is a single line.
+            the env's spaces are not supported, or the env cannot render in `render_mode`.
+            The message is a single line.
     """
     if not isinstance(env_id, str) or not env_id or env_id.count(":") > 1:
         raise EnvError(f"invalid environment id {env_id!r}: {_UNKNOWN_ID_HINT}")
@@ -311,6 +407,10 @@ def make_env(
         if agent is not None:
             check_agent_env(agent, env)
         _check_spaces(env)
+        if render_mode is not None:
+            _check_render_mode(env, env_id, render_mode)
+        if ":" in env_id:
+            _check_custom_env(env_id)
     except EnvError:
         env.close()
         raise

@@ -1,9 +1,10 @@
 """End-to-end tests of the command line (``run.py``): what a user of ``bnrl train/evaluate`` sees.
 
-Pinned here: the exact TensorBoard scalar tags (DESIGN.md section 4), the files of a run
-directory, exit code 2 with exactly one stderr line for every kind of bad input, kill -9 and
+Pinned here: the exact TensorBoard scalar tags (README, "What TensorBoard shows"), the files of a
+run directory, exit code 2 with exactly one stderr line for every kind of bad input, kill -9 and
 ``--resume`` giving one continuous run (metrics.csv, summary.json and TensorBoard), ``evaluate``
-and its GIF, exit code 1 on a non-finite loss with the last good checkpoint kept, and ``--help``.
+and its MP4 video, exit code 1 on a non-finite loss with the last good checkpoint kept, and
+``--help``.
 
 Runs use tiny networks and a few hundred steps. Training runs happen in this process
 (``run.main``, TensorFlow imported once); subprocesses are used where the real stderr matters
@@ -35,6 +36,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
+from _cli import main as _main  # noqa: E402
+from _cli import one_line as _one_line  # noqa: E402
+from _cli import train_quiet as _train_quiet  # noqa: E402
 from bnrl import run  # noqa: E402
 
 # Tiny settings: every run here takes seconds.
@@ -61,19 +65,6 @@ def _cli(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _main(args: list[str]) -> int:
-    """``run.main(args)`` in this process; argparse's SystemExit becomes its exit code."""
-    try:
-        return run.main(args)
-    except SystemExit as exc:
-        return exc.code
-
-
-def _train_quiet(args: list[str]) -> None:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = _main(["train", *args, "--quiet"])
-    assert code == 0, out.getvalue()
 
 
 def _scalars(run_dir: Path):
@@ -122,13 +113,6 @@ def _tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
 
-
-def _one_line(stderr: str) -> str:
-    """The single non-empty stderr line (asserts there is exactly one and no traceback)."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{stderr}"
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -478,23 +462,25 @@ def test_evaluate_prints_mean_and_std(resumed_run, capsys):
     assert re.search(r"^mean return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes$", out, re.M), out
 
 
-def test_evaluate_render_video_writes_gif(sac_bn_run, tmp_path, capfd):
+def test_evaluate_render_video_writes_mp4(sac_bn_run, tmp_path, capfd):
     pytest.importorskip("pygame", reason="Pendulum renders rgb_array frames with pygame")
-    from PIL import Image
+    import imageio_ffmpeg
 
     run_dir = tmp_path / "run"
     shutil.copytree(sac_bn_run, run_dir)
-    config = run_dir / "config.yaml"  # a 30-step episode keeps the GIF cheap
+    config = run_dir / "config.yaml"  # a 30-step episode keeps the video cheap
     config.write_text(config.read_text().replace("max_episode_steps: null",
                                                  "max_episode_steps: 30"))
-    code = _main(["evaluate", "--run", str(run_dir), "--episodes", "1", "--render-video"])
+    code = _main(["evaluate", "--run", str(run_dir), "--episodes", "2", "--render-video"])
     out, err = capfd.readouterr()
     assert code == 0, err
-    assert re.search(r"^mean return .* over 1 episodes$", out, re.M), out
-    gif = run_dir / "eval.gif"
-    assert gif.is_file() and f"video: {gif}" in out
-    with Image.open(gif) as image:
-        assert image.format == "GIF" and 1 < image.n_frames <= 30
+    assert re.search(r"^mean return .* over 2 episodes$", out, re.M), out
+    video = run_dir / "eval.mp4"
+    assert video.is_file() and f"video: {video}" in out
+    assert video.read_bytes()[4:8] == b"ftyp"  # an MP4 container
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(video))
+    assert 25 <= frames <= 31, frames  # the first episode only: its reset and 30 steps
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     assert err.strip() == "", f"stray stderr output while rendering: {err!r}"
 
 

@@ -1,8 +1,14 @@
-"""TensorBoard scalars and ``metrics.csv``, written without touching the agent's graph.
+"""TensorBoard scalars, HPARAMS and ``metrics.csv``, written without touching the agent's graph.
 
 Events are written with TensorBoard's own ``EventFileWriter`` (no TensorFlow ops, no second
 ``sess.run``). On resume a ``SessionLog.START`` event at the resumed step makes TensorBoard drop
 the events a killed run wrote after its last checkpoint, so the step axis stays continuous.
+
+Each run is also a session of TensorBoard's hparams plugin: its resolved settings (session start
+info) and, when it finishes, its final results as ``final/...`` scalars and a session end info.
+No experiment summary is written: TensorBoard then builds the HPARAMS table from the settings of
+every run under ``--logdir`` (a benchmark mixing agents gets the union of their settings) and
+offers every scalar tag as a metric.
 """
 
 from __future__ import annotations
@@ -13,7 +19,24 @@ import time
 from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+def flatten_settings(settings: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Nested settings as hparams: ``{"agent_config": {"hidden": [256]}}`` becomes
+    ``{"agent_config.hidden": "[256]"}``; lists and None become strings (hparams are scalars)."""
+    flat = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_settings(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(list(value) if isinstance(value, tuple) else value)
+    return flat
 
 
 class ScalarLogger:
@@ -41,6 +64,28 @@ class ScalarLogger:
         summary = summary_pb2.Summary(value=[
             summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def session_start(self, hparams: dict) -> None:
+        """Record the run's settings (``flatten_settings``) for the HPARAMS dashboard.
+
+        Written at every (re)start and flushed at once; TensorBoard keeps the first one a run
+        directory holds, so a resumed run stays one session.
+        """
+        summary = hparams_summary.hparams_pb(hparams)
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+        self._writer.flush()
+
+    def session_end(self, metrics: dict[str, float], step: int) -> None:
+        """Write the run's final results as scalars (its HPARAMS metrics) and end the session."""
+        self.scalars(metrics, step)
+        end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS,
+                                             end_time_secs=time.time())
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+            tag=metadata.SESSION_END_INFO_TAG, tensor=metadata.NULL_TENSOR,
+            metadata=metadata.create_summary_metadata(
+                plugin_data_pb2.HParamsPluginData(session_end_info=end)))])
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        self._writer.flush()
 
     def eval_return(self, step: int, mean: float, std: float) -> None:
         self.scalars({"eval/mean_return": mean, "eval/std_return": std}, step)

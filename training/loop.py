@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from bnrl.envs import EnvError, make_env
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig, from_dict, read_yaml
 from bnrl.training.errors import NonFiniteLoss, UserError
-from bnrl.training.logger import ScalarLogger
+from bnrl.training.files import fsync_dir
+from bnrl.training.logger import ScalarLogger, flatten_settings
+from gymnasium.wrappers import RecordEpisodeStatistics
 
 # Scalars kept in summary.json for the benchmark's bn_stats.png.
 _BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
@@ -46,26 +50,23 @@ def build_agent(config: RunConfig, env, threads: int | None = None):
                       config.seed)
 
 
-def evaluate(agent, env, episodes: int, frames: list | None = None) -> tuple[float, float]:
+def evaluate(agent, env, episodes: int) -> tuple[float, float]:
     """Mean and std of the return of the deterministic policy over ``episodes`` episodes.
 
     Args:
-      agent: acts with ``explore=False`` (BN in inference mode).
-      env: an env used only for evaluation.
+      agent: acts with ``explore=False`` (BN in inference mode); an ``ExportedPolicy`` too.
+      env: an env used only for evaluation (not closed here).
       episodes: number of episodes.
-      frames: when a list is given, the first episode's rendered frames are appended to it.
     """
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset()
-        done, total = False, 0.0
+    # Returns are counted by gymnasium's own wrapper; it closes nothing and owns no resources.
+    stats = RecordEpisodeStatistics(env, buffer_length=episodes)
+    for _ in range(episodes):
+        obs, _ = stats.reset()
+        done = False
         while not done:
-            if frames is not None and episode == 0:
-                frames.append(env.render())
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, explore=False))
-            total += float(reward)
+            obs, _, terminated, truncated, _ = stats.step(agent.act(obs, explore=False))
             done = terminated or truncated
-        returns.append(total)
+    returns = np.array(stats.return_queue, dtype=np.float64)
     return float(np.mean(returns)), float(np.std(returns))
 
 
@@ -151,7 +152,8 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     run_dir = Path(run_dir)
     make_run_env(config, config.seed).close()  # bad env ids fail before the run dir exists
     config = prepare_run_dir(run_dir, config, resume)
-    env = make_run_env(config, config.seed)
+    # Episode returns and lengths are counted by gymnasium's own wrapper.
+    env = RecordEpisodeStatistics(make_run_env(config, config.seed))
     eval_env = make_run_env(config, config.seed + 10_000)
     agent = build_agent(config, env, threads)
     state = {"episodes": 0, "resets": 0, "eval_steps": [], "eval_returns": [],
@@ -168,10 +170,10 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     elif resume:
         bar.write(f"no complete checkpoint in {run_dir}: starting from step 0")
     logger = ScalarLogger(run_dir, resume_step=step if resume else None)
+    logger.session_start(flatten_settings(config.to_dict()))
     # A fresh episode on every (re)start; the seed moves on so a resumed run explores anew.
     obs, _ = env.reset(seed=config.seed + 1_000_003 * state["resets"])
     eval_env.reset(seed=config.seed + 10_000 + 1_000_003 * state["resets"])
-    ep_return, ep_length = 0.0, 0
     started = time.time() - state["wall_time_s"]
     window = {"time": time.time(), "step": step, "updates": agent.updates_done}
     train_time = state["train_time_s"]
@@ -180,18 +182,15 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     try:
         while step < config.steps:
             action = agent.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
+            next_obs, reward, terminated, truncated, info = env.step(action)
             agent.observe(obs, action, reward, next_obs, terminated)
             step += 1
-            ep_return += float(reward)
-            ep_length += 1
             if terminated or truncated:
                 state["episodes"] += 1
-                logger.scalars({"charts/episodic_return": ep_return,
-                                "charts/episodic_length": ep_length}, step)
+                logger.scalars({"charts/episodic_return": float(info["episode"]["r"]),
+                                "charts/episodic_length": int(info["episode"]["l"])}, step)
                 agent.on_episode_end()
                 obs, _ = env.reset()
-                ep_return, ep_length = 0.0, 0
             else:
                 obs = next_obs
             if agent.ready_to_train():
@@ -219,12 +218,13 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 state["train_time_s"] = train_time
                 logger.flush()  # events up to a checkpoint survive a kill -9 after it
                 checkpoint.save(run_dir, step, agent, state, config.keep_checkpoints)
+        summary = _summary(config, agent, state, time.time() - started, train_time)
+        logger.session_end(_final_metrics(summary), step)
     finally:
         bar.close()
         logger.close()
         env.close()
         eval_env.close()
-    summary = _summary(config, agent, state, time.time() - started, train_time)
     agent.close()
     tmp = run_dir / "summary.json.tmp"
     with open(tmp, "w") as f:
@@ -269,45 +269,109 @@ def _summary(config: RunConfig, agent, state: dict, wall: float, train_time: flo
     }
 
 
-def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int | None = None):
-    """Load the latest checkpoint of a run and evaluate it; returns (mean, std, video_path)."""
+def _final_metrics(summary: dict) -> dict[str, float]:
+    """The run's end results, shown as metrics in TensorBoard's HPARAMS table."""
+    metrics = {"final/eval_mean_return": summary["final_return"],
+               "final/updates_per_second": summary["updates_per_second"],
+               "final/updates": summary["updates"], "final/wall_time_s": summary["wall_time_s"]}
+    return {name: value for name, value in metrics.items() if value is not None}
+
+
+def open_run(run_dir) -> tuple[RunConfig, Path]:
+    """The settings and latest complete checkpoint of a run (UserError when there are none)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")
     if not (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} is not a bnrl run (no config.yaml); pass the --logdir of a "
                         "train run")
-    if episodes < 1:
-        raise UserError(f"--episodes must be >= 1, got {episodes}")
     config = from_dict(read_yaml(run_dir / "config.yaml"))
     ckpt = checkpoint.latest(run_dir)
     if ckpt is None:
         raise UserError(f"{run_dir} has no complete checkpoint yet")
     checkpoint.load_loop_state(ckpt)
+    return config, ckpt
+
+
+def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int | None = None):
+    """Evaluate the latest checkpoint of a run, or a policy written by ``bnrl export``.
+
+    Args:
+      run_dir: a run directory, or an export directory (it holds ``bnrl_policy.json``).
+      episodes: episodes to run.
+      render_video: also record the first episode as ``run_dir/eval.mp4`` (needs moviepy).
+      seed: env seed; default the run's seed + 20000.
+
+    Returns:
+      ``(mean, std, video_path or None)``.
+    """
+    from bnrl.training.export import ExportedPolicy, is_export
+
+    run_dir = Path(run_dir)
+    if episodes < 1:
+        raise UserError(f"--episodes must be >= 1, got {episodes}")
+    if render_video:
+        _require_moviepy()
+    if is_export(run_dir):
+        policy = ExportedPolicy(run_dir)
+        config, ckpt = policy.run_config(), None
+    else:
+        config, ckpt = open_run(run_dir)
     eval_seed = config.seed + 20_000 if seed is None else seed
     if render_video:
         # rgb_array frames only: no window, no sound (SDL would print errors on a headless box).
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     env = make_run_env(config, eval_seed, render_mode="rgb_array" if render_video else None)
-    agent = build_agent(config, env)
-    checkpoint.restore_agent(agent, ckpt)
-    frames = [] if render_video else None
-    mean, std = evaluate(agent, env, episodes, frames)
-    video = None
-    if frames:
-        video = run_dir / "eval.gif"
-        _write_gif(frames, video)
-    env.close()
-    agent.close()
+    if ckpt is not None:
+        policy = build_agent(config, env)
+        checkpoint.restore_agent(policy, ckpt)
+    video = run_dir / "eval.mp4" if render_video else None
+    try:
+        if video is None:
+            mean, std = evaluate(policy, env, episodes)
+        else:
+            mean, std = _evaluate_recording(policy, env, episodes, video)
+    finally:
+        env.close()
+        policy.close()
     return mean, std, video
 
 
-def _write_gif(frames: list, path: Path) -> None:
-    from PIL import Image
+def _require_moviepy() -> None:
+    try:
+        import moviepy  # noqa: F401 - gymnasium's RecordVideo writes MP4 with it
+    except ImportError:
+        raise UserError("--render-video needs moviepy, which is not installed: "
+                        "pip install 'bnrl[video]'") from None
 
-    images = [Image.fromarray(frame) for frame in frames if frame is not None]
-    tmp = path.with_suffix(".gif.tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=33,
-                   loop=0)
-    os.replace(tmp, path)
+
+def _evaluate_recording(policy, env, episodes: int, video: Path) -> tuple[float, float]:
+    """``evaluate`` with gymnasium's ``RecordVideo`` recording the first episode to ``video``.
+
+    RecordVideo writes into a temporary directory beside ``video``; the finished MP4 is renamed
+    over ``video``, so a reader never sees half a file.
+    """
+    from gymnasium import error as gym_error
+    from gymnasium.wrappers import RecordVideo
+
+    work = Path(tempfile.mkdtemp(dir=video.parent, prefix=f".{video.name}.", suffix=".tmp"))
+    try:
+        recorder = RecordVideo(env, str(work / "video"), episode_trigger=lambda e: e == 0,
+                               name_prefix="eval", disable_logger=True)
+        try:
+            result = evaluate(policy, recorder, episodes)
+            if recorder.recording:  # RecordVideo writes at the next reset; one episode has none
+                recorder.stop_recording()
+        except gym_error.DependencyNotInstalled as exc:
+            # Raised on the first render() (Pendulum imports pygame then).
+            raise UserError(f"cannot record a video: {checkpoint._reason(exc)}") from None
+        recorded = work / "video" / "eval-episode-0.mp4"
+        if not recorded.is_file():
+            raise UserError("no video was recorded: the env's render() returned no rgb_array "
+                            "frames")
+        os.replace(recorded, video)
+        fsync_dir(video.parent)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,266 @@
+"""Export a trained policy as a TensorFlow SavedModel that needs neither bnrl nor Keras to run.
+
+``bnrl export --run RUN --out DIR`` (``export_policy``) loads the latest checkpoint of a run and
+writes the *acting* path of the agent, the exact ops ``agent.act(obs, explore=False)`` runs, as a
+SavedModel:
+
+* every variable the policy reads, BN moving mean and variance included, becomes a constant of
+  the graph: the policy is frozen in inference mode. Exporting a BN network in training mode (a
+  batch of one then normalizes to zero) is the classic deployment bug; here a batch of 1 and a
+  batch of 100 give the same per-row actions, which the tests check;
+* the serving signature ``serving_default`` takes ``observation`` (float32 ``[batch, obs_dim]``)
+  and returns, for continuous agents, ``action`` in [-1, 1] (the scale bnrl agents act in) and
+  ``env_action``, the same action rescaled linearly to the environment's bounds as bnrl's env
+  wrapper does (``low + (action + 1) / 2 * (high - low)``); for DQN ``action`` (int64, the greedy
+  index) and ``q_values``. SAC and CrossQ act with ``tanh(mean)``; DDPG and TD3 with the actor;
+* ``bnrl_policy.json`` beside ``saved_model.pb`` (and ``metadata()`` on the loaded model) says
+  which agent, env, checkpoint and spaces the policy belongs to.
+
+    import numpy as np, tensorflow as tf
+    policy = tf.saved_model.load("exported/pendulum")
+    out = policy.signatures["serving_default"](observation=tf.constant(obs[None], tf.float32))
+    env.step(out["env_action"].numpy()[0])       # a plain gymnasium env: environment scale
+
+``bnrl evaluate --run DIR`` recognises an export by its ``bnrl_policy.json`` and runs it on the
+env it was trained on (``ExportedPolicy``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from bnrl.envs import env_action_bounds
+from bnrl.networks import tf
+from bnrl.training import checkpoint
+from bnrl.training.config import RunConfig
+from bnrl.training.errors import UserError
+from bnrl.training.files import atomic_write, fsync_dir
+from bnrl.training.loop import build_agent, make_run_env, open_run
+
+POLICY_FILE = "bnrl_policy.json"
+FORMAT = "bnrl-policy"
+FORMAT_VERSION = 1
+
+#: How each agent's acting output becomes the exported action (``Agent._postprocess_action``
+#: with ``explore=False``): the actor as it is, tanh of the Gaussian's mean, or the greedy Q index.
+HEADS = {"ddpg": "deterministic", "td3": "deterministic", "sac": "squashed_gaussian",
+         "crossq": "squashed_gaussian", "dqn": "greedy"}
+
+
+def export_policy(run_dir, out_dir) -> dict:
+    """Write the latest checkpoint's policy of ``run_dir`` as a SavedModel in ``out_dir``.
+
+    Args:
+      run_dir: a run directory written by ``bnrl train``.
+      out_dir: the export directory; it must not exist (an export is never overwritten).
+
+    Returns:
+      The export's metadata (also in ``out_dir/bnrl_policy.json``).
+
+    Raises:
+      UserError: not a run, no complete checkpoint, or ``out_dir`` exists (one line).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        raise UserError(f"--out {out_dir} already exists: choose a new directory (an export "
+                        "never overwrites anything)")
+    config, ckpt = open_run(run_dir)
+    env = make_run_env(config, config.seed)
+    agent = build_agent(config, env)
+    try:
+        checkpoint.restore_agent(agent, ckpt)
+        metadata = _metadata(config, agent, env, ckpt)
+        module = PolicyModule(agent, env_action_bounds(env), metadata)
+        _save_atomically(module, metadata, out_dir)
+    finally:
+        agent.close()
+        env.close()
+    return metadata
+
+
+def frozen_function(sess, graph, inputs: tf.Tensor, outputs: dict):
+    """A TF2 function computing ``outputs`` from ``inputs`` with every variable a constant.
+
+    Only the ops the outputs depend on are kept (``convert_variables_to_constants`` prunes the
+    graph to them), so training ops, optimizer slots and update ops never reach the export.
+
+    Args:
+      sess: the session holding the variables' values.
+      graph: the graph of ``inputs`` and ``outputs``.
+      inputs: the placeholder fed with observations.
+      outputs: ``{name: tensor}`` to compute.
+
+    Returns:
+      A concrete function ``f(observations) -> {name: tensor}``.
+    """
+    names = sorted(outputs)
+    graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+        sess, graph.as_graph_def(), sorted({outputs[n].op.name for n in names}))
+
+    def import_frozen():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(import_frozen, [])
+    element = wrapped.graph.as_graph_element
+    return wrapped.prune(element(inputs.name), {n: element(outputs[n].name) for n in names})
+
+
+class PolicyModule(tf.Module):
+    """The exported policy: a frozen acting graph and the head that turns it into actions.
+
+    Args:
+      agent: a (restored) bnrl agent.
+      env_bounds: ``(low, high)`` of the env's own action space for Box actions, else None.
+      metadata: what ``metadata()`` returns, as JSON.
+    """
+
+    def __init__(self, agent, env_bounds, metadata: dict):
+        super().__init__(name="bnrl_policy")
+        self._head = HEADS[agent.name]
+        raw = agent.act_output
+        if self._head == "greedy":
+            # DQN acts with argmax(Q(obs)); the export returns the Q-values too.
+            if raw.op.type != "ArgMax":
+                raise RuntimeError(f"{agent.name}'s acting output is {raw.op.type}, not ArgMax")
+            raw = raw.op.inputs[0]
+        self._frozen = frozen_function(agent.sess, agent.graph, agent.obs_ph, {"raw": raw})
+        self._act_dim = None if agent.discrete else agent.act_dim
+        self._env_bounds = None
+        if env_bounds is not None:
+            low, high = (np.asarray(b, np.float32) for b in env_bounds)
+            self._env_bounds = (tf.constant(low), tf.constant(high))
+        self._metadata = json.dumps(metadata, sort_keys=True)
+        spec = tf.TensorSpec([None, agent.obs_dim], tf.float32, name="observation")
+        self.action = tf.function(self._action, input_signature=[spec])
+        self.metadata = tf.function(self._metadata_fn, input_signature=[])
+
+    def _action(self, observation):
+        raw = self._frozen(observation)["raw"]
+        if self._head == "greedy":
+            return {"action": tf.argmax(raw, axis=1), "q_values": tf.identity(raw)}
+        action = tf.tanh(raw[:, : self._act_dim]) if self._head == "squashed_gaussian" else raw
+        outputs = {"action": tf.identity(action)}
+        if self._env_bounds is not None:
+            low, high = self._env_bounds
+            outputs["env_action"] = low + (tf.clip_by_value(action, -1.0, 1.0) + 1.0) * 0.5 * (
+                high - low)
+        return outputs
+
+    def _metadata_fn(self):
+        return tf.constant(self._metadata)
+
+
+def _metadata(config: RunConfig, agent, env, ckpt: Path) -> dict:
+    import bnrl
+
+    obs_dim = agent.obs_dim
+    if agent.discrete:
+        action = {"kind": "discrete", "n": agent.n_actions}
+        outputs = {"action": "int64 [batch]: the greedy action index",
+                   "q_values": f"float32 [batch, {agent.n_actions}]: Q-value of each action"}
+    else:
+        low, high = env_action_bounds(env)
+        action = {"kind": "box", "shape": [agent.act_dim], "low": [-1.0] * agent.act_dim,
+                  "high": [1.0] * agent.act_dim, "env_low": low.tolist(),
+                  "env_high": high.tolist()}
+        outputs = {"action": f"float32 [batch, {agent.act_dim}]: the deterministic action in "
+                             "[-1, 1], what bnrl's env wrapper (bnrl.envs.make_env) expects",
+                   "env_action": f"float32 [batch, {agent.act_dim}]: the same action rescaled "
+                                 "to the env's bounds, low + (action + 1) / 2 * (high - low), "
+                                 "for a plain gymnasium env"}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "agent": config.agent, "env": config.env, "seed": config.seed,
+        "max_episode_steps": config.max_episode_steps,
+        "checkpoint": ckpt.name, "env_steps": agent.env_steps, "updates": agent.updates_done,
+        "critic_norm": agent.config.critic_norm,
+        "actor_norm": getattr(agent.config, "actor_norm", None),
+        "observation": {"shape": [obs_dim], "dtype": "float32"},
+        "action": action,
+        "signature": {"name": "serving_default",
+                      "inputs": {"observation": f"float32 [batch, {obs_dim}]"},
+                      "outputs": outputs},
+        "batch_norm": "inference mode: moving statistics are constants of the graph",
+        "bnrl_version": bnrl.__version__, "tensorflow_version": tf.__version__,
+    }
+
+
+def _save_atomically(module: PolicyModule, metadata: dict, out_dir: Path) -> None:
+    """Write the SavedModel into a temporary directory beside ``out_dir``, then rename it."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    # mkdtemp and mkstemp create private (0700/0600) entries; an export is meant to be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o777 & ~umask)
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.action})
+        atomic_write(tmp / POLICY_FILE, json.dumps(metadata, indent=1) + "\n")
+        os.chmod(tmp / POLICY_FILE, 0o666 & ~umask)
+        _fsync_tree(tmp)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(out_dir.parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (what the rename makes visible is durable)."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(directory)
+
+
+def is_export(directory) -> bool:
+    """Whether ``directory`` holds a policy written by ``export_policy``."""
+    return (Path(directory) / POLICY_FILE).is_file()
+
+
+class ExportedPolicy:
+    """An exported policy loaded with ``tf.saved_model.load``, acting like ``agent.act``.
+
+    Args:
+      directory: an export directory (see ``is_export``).
+    """
+
+    def __init__(self, directory):
+        directory = Path(directory)
+        try:
+            self.metadata = json.loads((directory / POLICY_FILE).read_text())
+            if self.metadata.get("format") != FORMAT:
+                raise ValueError(f"format is {self.metadata.get('format')!r}")
+            model = tf.saved_model.load(str(directory))
+        except (OSError, ValueError, KeyError, tf.errors.OpError) as exc:
+            raise UserError(f"{directory} is not a readable bnrl policy export: "
+                            f"{checkpoint._reason(exc)}") from None
+        self._model = model  # keeps the signature's captured constants alive
+        self._serve = model.signatures["serving_default"]
+        self.discrete = self.metadata["action"]["kind"] == "discrete"
+
+    def run_config(self) -> RunConfig:
+        """The settings that make the env this policy was trained on."""
+        m = self.metadata
+        return RunConfig(agent=m["agent"], env=m["env"], seed=m["seed"],
+                         max_episode_steps=m["max_episode_steps"])
+
+    def act(self, obs, explore: bool = False):
+        """The deterministic action for one observation (``explore`` must be False)."""
+        if explore:
+            raise ValueError("an exported policy is deterministic: explore must be False")
+        obs = np.asarray(obs, np.float32).reshape(1, -1)
+        action = self._serve(observation=tf.constant(obs))["action"].numpy()[0]
+        return int(action) if self.discrete else action
+
+    def close(self) -> None:
+        """Nothing to release (an agent needs ``close``; the evaluation loop calls it)."""
