@@ -356,5 +356,6 @@ def _run_ray(todo: list[RunSpec], address: str | None, publish) -> None:
         try:
             record = ray.get(done[0])
         except Exception as exc:  # noqa: BLE001 - the task's worker died
-            record = _base_record(spec, error=f"ray task failed: {type(exc).__name__}")
+            record = _base_record(spec, error=f"ray task failed: {type(exc).__name__}: "
+                                  f"{one_line(exc, 300)}")
         publish(record, spec)

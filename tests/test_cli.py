@@ -400,6 +400,10 @@ BAD = [
                                           "{run}", "--resume"],
         ["step-000000400", "loop.json", "eval_steps", "resets"], prepare="loop-missing-keys",
         in_subprocess=False),
+    Bad("evaluate-video-of-env-without-render-mode", ["evaluate", "--run", "{run}",
+                                                      "--episodes", "1", "--render-video"],
+        ["BnrlToyEnv-v0", "render_mode='rgb_array'", "TypeError"], prepare="toy-env",
+        in_subprocess=False),
     # The benchmark and report commands.
     Bad("benchmark-duplicate-variants", ["benchmark", "--variants", "none,none,batch"],
         ["--variants", "'none' given twice"], in_subprocess=False),
@@ -457,6 +461,10 @@ def _prepare(case: Bad, root: Path, finished_run: Path) -> list[str]:
             (ckpt / "replay.npz").unlink()
         elif case.prepare == "garble-replay":
             (ckpt / "replay.npz").write_bytes((ckpt / "replay.npz").read_bytes()[:300])
+        elif case.prepare == "toy-env":  # a custom env whose constructor takes no render_mode
+            config = run_copy / "config.yaml"
+            config.write_text(config.read_text().replace(
+                "env: Pendulum-v1", "env: tests._custom_env:BnrlToyEnv-v0"))
         elif case.prepare == "loop-missing-keys":
             state = json.loads((ckpt / "loop.json").read_text())
             del state["eval_steps"], state["resets"]

@@ -137,9 +137,6 @@ def test_learning_starts_beyond_the_run_is_warned(capsys, tmp_path):
     assert code == 0
     assert _one_line(err) == ("bnrl: warning: learning_starts (60) >= steps (60): the run acts "
                               "randomly and never takes a gradient step")
-    code, _, err = _main(["train", "--steps", "60", "--logdir", str(tmp_path / "b"), "--quiet",
-                          *TINY], capsys)
-    assert code == 0 and err == ""
 
 
 # ------------------------------------------------------------- a failed start leaves no trace
@@ -165,10 +162,11 @@ def test_a_run_that_fails_to_start_removes_what_it_made(fault, tmp_path, monkeyp
         assert "not enough memory" in line and "buffer_size" in line
     assert not (tmp_path / "new").exists()  # the run directory and the parents it made
 
-    monkeypatch.setattr(loop, "build_agent", real_build)
-    code, out, err = _main(args, capsys)  # the same command now runs
-    assert code == 0, err
-    assert checkpoint.latest(logdir).name == "step-000000060"
+    if fault == "ctrl-c":
+        monkeypatch.setattr(loop, "build_agent", real_build)
+        code, out, err = _main(args, capsys)  # the same command now runs
+        assert code == 0 and err == "", err  # (and warns about nothing)
+        assert checkpoint.latest(logdir).name == "step-000000060"
 
 
 def test_a_second_trainer_on_a_locked_run_directory_is_refused(tmp_path, capsys):
@@ -244,7 +242,7 @@ def test_disk_full_mid_run_keeps_the_last_checkpoint_and_resumes(tmp_path, monke
         logdir = root / "run"
         # Scalars every 5 updates and no eval before the end: the first write to fail is
         # TensorBoard's (its writer thread's error must come out as the same one line).
-        args = ["train", "--steps", "300", "--eval-every", "300", "--log-every", "5",
+        args = ["train", "--steps", "200", "--eval-every", "200", "--log-every", "5",
                 "--checkpoint-every", "100", "--logdir", str(logdir), "--quiet", *TINY]
         code, _, err = _main(args, capsys)
         line = _one_line(err)
@@ -263,7 +261,7 @@ def test_disk_full_mid_run_keeps_the_last_checkpoint_and_resumes(tmp_path, monke
         code, out, err = _main([*args, "--resume"], capsys)
         assert code == 0, err
         summary = json.loads((logdir / "summary.json").read_text())
-        assert summary["steps"] == 300 and summary["eval_steps"] == [300]
+        assert summary["steps"] == 200 and summary["eval_steps"] == [200]
         assert _temporaries(logdir) == []
 
 

@@ -8,6 +8,7 @@ run writes lives in its directory: ``config.yaml`` (resolved settings), TensorBo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -404,7 +405,7 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted at env step {step}; {_kept(run_dir)}") from None
     except Exception as exc:
-        if not _is_write_failure(exc):
+        if not _is_write_failure(exc, run_dir):
             raise
         raise StorageError(f"{_write_failure(exc)}; {_kept(run_dir)}") from None
     finally:
@@ -449,7 +450,7 @@ def _start_failure(exc: BaseException, held: RunDirectory) -> BaseException:
     if isinstance(exc, KeyboardInterrupt):
         return KeyboardInterrupt(f"interrupted while starting; {kept}: run the same command "
                                  "again")
-    if _is_write_failure(exc):
+    if _is_write_failure(exc, held.path):
         return StorageError(f"{_write_failure(exc)}; {kept}")
     if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
         reason = _first_line(exc) or "out of memory"
@@ -462,11 +463,20 @@ def _start_failure(exc: BaseException, held: RunDirectory) -> BaseException:
 _EVENT_WRITER = "tensorboard.summary.writer"
 
 
-def _is_write_failure(exc: BaseException) -> bool:
-    """A file of the run could not be written: an OSError or StorageError, or an error of
-    TensorBoard's event writer (TensorFlow's file system reports ENOSPC as an OpError)."""
-    if isinstance(exc, OSError | StorageError):
+# Errors of writing a file, whatever file it is; other OSErrors count when they name a run file
+# (an env's own OSError is the env's bug and keeps its traceback).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
+def _is_write_failure(exc: BaseException, run_dir: Path) -> bool:
+    """A file of the run could not be written: a StorageError, an OSError of writing, or an
+    error of TensorBoard's event writer (TensorFlow's file system reports ENOSPC as an
+    OpError)."""
+    if isinstance(exc, StorageError):
         return True
+    if isinstance(exc, OSError):
+        name = os.path.abspath(str(exc.filename or ""))
+        return exc.errno in _WRITE_ERRNOS or name.startswith(os.path.abspath(run_dir) + os.sep)
     tb = exc.__traceback__
     while tb is not None:
         if tb.tb_frame.f_globals.get("__name__", "").startswith(_EVENT_WRITER):
