@@ -70,22 +70,25 @@ _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _setting(text: str) -> tuple[str, object]:
-    import yaml
+    from bnrl.training.config import load_yaml
+    from bnrl.training.errors import UserError, one_line
 
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{one_line(text, 100)}'")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise argparse.ArgumentTypeError(f"cannot parse the value in '{text}'") from None
+        return key.strip(), load_yaml(value, f"'{one_line(text, 100)}'")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(f"cannot parse the value: {exc}") from None
 
 
 TRAIN_EPILOG = """\
 agents: dqn (Discrete actions), ddpg, td3, sac, crossq (Box actions).
 norms:  none, batch (BatchNormalization), batch_renorm (Batch Renorm, CrossQ clipping), layer.
 Presets in configs/<ENV_ID>.yaml are applied first; --config FILE (YAML with `train:` and
-`agent:` sections) overrides them; flags and --set override both. Agent settings (--set KEY=VALUE):
+`agent:` sections; `train:` takes every run setting, agent and env included) overrides them;
+flags and --set override both (a flag left out overrides nothing). Values are YAML 1.2
+(3e-4 is a number); aliases (*name) are not accepted. Agent settings (--set KEY=VALUE):
   all agents: gamma batch_size buffer_size learning_starts train_freq gradient_steps hidden
               critic_norm critic_input_norm bn_momentum bn_epsilon target_bn tau
               intra_op_threads inter_op_threads
@@ -101,7 +104,9 @@ examples:
   python run.py train --agent dqn --env CartPole-v1 --set hidden=[128,128] --logdir runs/dqn
   python run.py train --logdir runs/dqn --resume --agent dqn --env CartPole-v1
 The run directory gets config.yaml, TensorBoard events (tensorboard --logdir DIR), metrics.csv,
-checkpoints/ and summary.json.
+checkpoints/ and summary.json. --resume is the same command again: its settings must equal the
+saved ones, except --steps (not below the latest checkpoint), --checkpoint-every, --log-every,
+keep_checkpoints and the thread counts. A run that fails to start removes what it made.
 """
 
 
@@ -129,11 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one agent on one environment",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=TRAIN_EPILOG)
-    train.add_argument("--agent", choices=AGENTS, default="sac", help="algorithm (default sac)")
-    train.add_argument("--env", default="Pendulum-v1",
-                       help="gymnasium id or module:EnvId (default Pendulum-v1)")
+    train.add_argument("--agent", choices=AGENTS, help="algorithm (default sac)")
+    train.add_argument("--env", help="gymnasium id or module:EnvId (default Pendulum-v1)")
     train.add_argument("--steps", type=_positive_int, help="env steps (default: preset or 20000)")
-    train.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    train.add_argument("--seed", type=_non_negative_int, help="seed (default 0)")
     train.add_argument("--logdir", help="run directory (default runs/AGENT-ENV-NORM-sSEED)")
     train.add_argument("--critic-norm", choices=NORMS,
                        help="normalization of the critic / Q-network (default none)")
@@ -152,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override the env's time limit")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --logdir from its latest checkpoint")
+    train.add_argument("--without-replay", action="store_true",
+                       help="with --resume: continue with an empty replay buffer (for a "
+                       "checkpoint whose replay.npz is lost or damaged)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
 
     evaluate = sub.add_parser(
@@ -188,26 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from bnrl.training import resolve, train
 
-    if args.actor_norm is not None and args.agent == "dqn":
-        raise_user("dqn has no actor: use --critic-norm for its Q-network")
+    if args.without_replay and not args.resume:
+        raise_user("--without-replay only applies to --resume")
     agent_overrides = dict(args.settings)
     # The flags win over --set critic_norm=... / actor_norm=..., but only when given.
-    for key in ("critic_norm", "actor_norm"):
-        if getattr(args, key) is not None:
-            agent_overrides[key] = getattr(args, key)
+    if args.critic_norm is not None:
+        agent_overrides["critic_norm"] = args.critic_norm
     train_overrides = dict(steps=args.steps, seed=args.seed, eval_every=args.eval_every,
                            eval_episodes=args.eval_episodes,
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                            max_episode_steps=args.max_episode_steps)
     config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
+    if args.actor_norm is not None:  # the agent may come from --config: known only now
+        if config.agent == "dqn":
+            raise_user("dqn has no actor: use --critic-norm for its Q-network")
+        agent_overrides["actor_norm"] = args.actor_norm
+        config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
     norm = config.agent_config_object().critic_norm
     logdir = args.logdir or os.path.join(
-        "runs", f"{args.agent}-{args.env.replace(':', '_').replace('/', '_')}-{norm}-s{args.seed}")
-    summary = train(config, logdir, resume=args.resume, progress="none" if args.quiet else "auto")
+        "runs", f"{config.agent}-{config.env.replace(':', '_').replace('/', '_')}-{norm}"
+        f"-s{config.seed}")
+    summary = train(config, logdir, resume=args.resume, progress="none" if args.quiet else "auto",
+                    replay=not args.without_replay,
+                    warn=lambda message: print(f"bnrl: warning: {message}", file=sys.stderr))
     if not args.quiet:
         final = summary["final_return"]
+        final = "none" if final is None else f"{final:.1f}"
         print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f}s, final eval return "
-              f"{final:.1f}, {summary['updates_per_second']:.0f} updates/s; run dir {logdir}")
+              f"{final}, {summary['updates_per_second']:.0f} updates/s; run dir {logdir}")
     return 0
 
 
@@ -242,7 +257,7 @@ def main(argv=None) -> int:
     from bnrl.training.quiet import quiet_tensorflow
 
     quiet_tensorflow()
-    from bnrl.training.errors import NonFiniteLoss, UserError
+    from bnrl.training.errors import NonFiniteLoss, StorageError, UserError, one_line
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}
     from bnrl.compare.cli import COMMANDS
@@ -251,13 +266,13 @@ def main(argv=None) -> int:
     try:
         return commands[args.command](args)
     except UserError as exc:
-        print(f"bnrl: error: {exc}", file=sys.stderr)
+        print(f"bnrl: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as exc:
-        print(f"bnrl: {exc}", file=sys.stderr)
+    except (NonFiniteLoss, StorageError) as exc:
+        print(f"bnrl: {one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("bnrl: interrupted; continue the run with --resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"bnrl: {one_line(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

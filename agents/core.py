@@ -25,8 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 from bnrl.agents.replay import ReplayBuffer
 from bnrl.networks import Norm, bn_diagnostics, check_wiring, keras, new_graph_session, tf
+from bnrl.training.errors import one_line
+from bnrl.training.files import atomic_write
 
 TARGET_BN_POLICIES = ("copy", "polyak", "frozen")
+MAX_THREADS = 1024
+"""Upper bound of the TensorFlow thread-pool settings (far above any machine's cores)."""
 
 
 @dataclass
@@ -68,18 +72,22 @@ class AgentConfig:
     def validate(self) -> None:
         """Raise ValueError with a one-line message on an impossible setting."""
         for name in ("batch_size", "buffer_size", "train_freq", "gradient_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+            check_range(self, name, 1)
+        check_range(self, "learning_starts", 0)
+        check_range(self, "gamma", 0, 1)
+        check_range(self, "tau", 0, 1, open_low=True)
+        check_range(self, "bn_momentum", 0, 1, open_high=True)
+        check_range(self, "bn_epsilon", 0, open_low=True)
+        # TensorFlow aborts the whole process (in C++) on a negative pool size.
+        for name in ("intra_op_threads", "inter_op_threads"):
+            check_range(self, name, 0, MAX_THREADS)
+        if self.batch_size > self.buffer_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be <= buffer_size "
+                             f"({self.buffer_size}): batches are sampled from the replay buffer")
         if self.target_bn not in TARGET_BN_POLICIES:
             raise ValueError(
                 f"unknown target_bn '{self.target_bn}': use one of {', '.join(TARGET_BN_POLICIES)}"
             )
-        if self.learning_starts < 0:
-            raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
         self.critic_norm_spec()
 
     def critic_norm_spec(self, **overrides) -> Norm:
@@ -87,17 +95,52 @@ class AgentConfig:
                     input_norm=self.critic_input_norm, **overrides)
 
 
-def _coerce(name: str, annotation: str, value):
-    """``value`` checked against a config field's annotation (YAML/flags give loose types)."""
+def check_range(config, name: str, low=None, high=None, *, open_low: bool = False,
+                open_high: bool = False) -> None:
+    """ValueError unless ``config.<name>`` lies between ``low`` and ``high`` (None: no bound).
+
+    ``open_low``/``open_high`` exclude the bound itself. NaN is never in range. A None value (an
+    optional setting left unset) passes.
+    """
+    value = getattr(config, name)
+    if value is None:
+        return
+    above = low is None or (value > low if open_low else value >= low)
+    below = high is None or (value < high if open_high else value <= high)
+    if above and below:
+        return
+    if high is None:
+        accepted = f"{'>' if open_low else '>='} {low}"
+    elif low is None:
+        accepted = f"{'<' if open_high else '<='} {high}"
+    else:
+        accepted = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    raise ValueError(f"{name} must be {accepted}, got {one_line(repr(value), 60)}")
+
+
+# Whole floats up to 2**53 are exact: YAML 1.2 reads 1e6 as a float, and it means a count.
+_EXACT_FLOAT_INT = 2**53
+
+
+def coerce_setting(name: str, annotation: str, value):
+    """``value`` checked against a config field's annotation (YAML/flags give loose types).
+
+    A whole float is accepted for an integer field (``1e6``, as YAML 1.2 reads it); a fraction is
+    not (``steps: 30.7`` would silently never reach a checkpoint step).
+    """
     optional = annotation.endswith("| None")
     kind = annotation.replace("| None", "").strip()
     if value is None and optional:
         return None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
     if kind == "bool" and isinstance(value, bool):
         return value
-    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+    if kind == "int" and isinstance(value, int) and number:
         return value
-    if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+    if kind == "int" and isinstance(value, float) and value.is_integer() and (
+            abs(value) <= _EXACT_FLOAT_INT):
+        return int(value)
+    if kind == "float" and number and (isinstance(value, float) or abs(value) <= 2**1023):
         return float(value)
     if kind == "str" and isinstance(value, str):
         return value
@@ -107,7 +150,7 @@ def _coerce(name: str, annotation: str, value):
     expected = {"bool": "true or false", "int": "an integer", "float": "a number",
                 "str": "a string"}.get(kind, "a list of positive integers such as [256, 256]")
     raise ValueError(f"config key {name} must be {expected}{' or null' if optional else ''}, "
-                     f"got {value!r}")
+                     f"got {one_line(repr(value), 60)}")
 
 
 def config_from_dict(cls, values: dict | None):
@@ -115,14 +158,14 @@ def config_from_dict(cls, values: dict | None):
     one-line error."""
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(str(key) for key in set(values) - set(fields))
     if unknown:
         raise ValueError(
-            f"unknown config key(s) {', '.join(unknown)} for {cls.__name__}: accepted are "
-            f"{', '.join(sorted(fields))}"
+            f"unknown config key(s) {one_line(', '.join(unknown), 200)} for {cls.__name__}: "
+            f"accepted are {', '.join(sorted(fields))}"
         )
     for name, value in values.items():
-        values[name] = _coerce(name, str(fields[name].type), value)
+        values[name] = coerce_setting(name, str(fields[name].type), value)
     config = cls(**values)
     config.validate()
     return config
@@ -406,8 +449,7 @@ class Agent:
         state = {"agent": self.name, "env_steps": self.env_steps,
                  "rng": self.rng.bit_generator.state,
                  "config": dataclasses.asdict(self.config)}
-        with open(os.path.join(directory, "agent.json"), "w") as f:
-            json.dump(state, f)
+        atomic_write(os.path.join(directory, "agent.json"), json.dumps(state))
         if with_buffer:
             self.buffer.save(os.path.join(directory, "replay.npz"))
 

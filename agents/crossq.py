@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bnrl.agents.core import adam
+from bnrl.agents.core import adam, check_range
 from bnrl.agents.sac import SAC, SACConfig
 from bnrl.networks import CROSSQ_RENORM_CLIPPING, tf, training_call
 
@@ -39,8 +39,9 @@ class CrossQConfig(SACConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.policy_delay < 1:
-            raise ValueError(f"policy_delay must be >= 1, got {self.policy_delay}")
+        check_range(self, "policy_delay", 1)
+        check_range(self, "adam_beta1", 0, 1, open_high=True)
+        check_range(self, "renorm_warmup", 0)
 
 
 class CrossQ(SAC):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bnrl.agents.core import Agent, AgentConfig, adam
+from bnrl.agents.core import Agent, AgentConfig, adam, check_range
 from bnrl.networks import q_network, tf, training_call, with_updates
 
 
@@ -43,8 +43,12 @@ class DQNConfig(AgentConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.target_update_interval < 1 or self.exploration_steps < 0:
-            raise ValueError("target_update_interval must be >= 1, exploration_steps >= 0")
+        check_range(self, "learning_rate", 0, open_low=True)
+        check_range(self, "target_update_interval", 1)
+        check_range(self, "exploration_steps", 0)
+        for name in ("exploration_initial_eps", "exploration_final_eps"):
+            check_range(self, name, 0, 1)
+        check_range(self, "max_grad_norm", 0, open_low=True)
 
 
 class DQN(Agent):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from bnrl.training.files import atomic_open
 
 __all__ = ["ReplayBuffer"]
 
@@ -183,8 +183,8 @@ class ReplayBuffer:
         """Write the buffer, including its RNG state, to an `.npz` file at exactly `path`.
 
         The file holds only plain arrays (the RNG state is JSON text in a 0-d unicode
-        array), so it loads with `allow_pickle=False`. It is written to a temporary file
-        first and then renamed, so a crash mid-save never leaves a truncated checkpoint.
+        array), so it loads with `allow_pickle=False`. It is written atomically
+        (`training.files.atomic_open`), so a crash mid-save never leaves a truncated file.
 
         Args:
             path: Destination file; no `.npz` suffix is added.
@@ -199,19 +199,9 @@ class ReplayBuffer:
             size=np.asarray(n),
             rng_state=np.asarray(json.dumps(self._rng.bit_generator.state)),
         )
-        fd, tmp = tempfile.mkstemp(
-            dir=os.path.dirname(os.path.abspath(path)), prefix=".replay-", suffix=".tmp"
-        )
-        try:
-            # A file object, not a name: np.savez would append ".npz" to a name.
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        # A file object, not a name: np.savez would append ".npz" to a name.
+        with atomic_open(path, "wb") as f:
+            np.savez(f, **payload)
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Restore contents, write position and RNG state from a file written by `save`.

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from bnrl.agents.core import Agent, AgentConfig, adam, after, minimize
+from bnrl.agents.core import Agent, AgentConfig, adam, after, check_range, minimize
 from bnrl.networks import (
     Norm,
     critic,
@@ -42,10 +42,12 @@ class SACConfig(AgentConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_critics < 1:
-            raise ValueError(f"n_critics must be >= 1, got {self.n_critics}")
-        if self.init_alpha <= 0:
-            raise ValueError(f"init_alpha must be > 0, got {self.init_alpha}")
+        check_range(self, "learning_rate", 0, open_low=True)
+        check_range(self, "n_critics", 1)
+        check_range(self, "init_alpha", 0, open_low=True)
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise ValueError(f"target_entropy must be a finite number or null, got "
+                             f"{self.target_entropy}")
         Norm(self.actor_norm)
 
 

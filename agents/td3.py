@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from bnrl.agents.core import Agent, AgentConfig, adam, minimize
+from bnrl.agents.core import Agent, AgentConfig, adam, check_range, minimize
 from bnrl.networks import Norm, critic, deterministic_actor, tf, training_call, with_updates
 
 
@@ -53,8 +53,14 @@ class TD3Config(AgentConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_critics < 1 or self.policy_delay < 1:
-            raise ValueError("n_critics and policy_delay must be >= 1")
+        for name in ("learning_rate", "actor_learning_rate"):
+            check_range(self, name, 0, open_low=True)
+        for name in ("n_critics", "policy_delay"):
+            check_range(self, name, 1)
+        for name in ("target_policy_noise", "target_noise_clip", "action_noise_std", "ou_theta",
+                     "critic_l2"):
+            check_range(self, name, 0)
+        check_range(self, "action_at", 0, len(self.hidden))
         if self.action_noise not in ("gaussian", "ou", "none"):
             raise ValueError(f"unknown action_noise '{self.action_noise}': use gaussian, ou, none")
         Norm(self.actor_norm)

@@ -31,7 +31,6 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -241,7 +240,9 @@ def main(argv=None) -> int:
               f"({100 * (after - before) / before:+.1f}%)")
     results["peak_rss_mb"] = peak_rss_mb()
     print(f"peak RSS {results['peak_rss_mb']:.0f} MB")
-    Path(args.json).write_text(json.dumps(results, indent=1))
+    from bnrl.training.files import atomic_write
+
+    atomic_write(args.json, json.dumps(results, indent=1))
     return 0
 
 

@@ -11,9 +11,14 @@ from bnrl.compare.grid import QUICK
 
 
 def _csv(text: str) -> list[str]:
+    import argparse
+
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise ValueError("empty list")
+        raise argparse.ArgumentTypeError(f"expected a comma list, got '{text}'")
+    duplicates = sorted({item for item in items if items.count(item) > 1})
+    if duplicates:  # the same runs twice, counted twice in every statistic
+        raise argparse.ArgumentTypeError(f"'{', '.join(duplicates)}' given twice in '{text}'")
     return items
 
 
@@ -51,10 +56,9 @@ def add_benchmark_commands(sub, positive_int, agents, norms) -> None:
 
 
 def cmd_benchmark(args) -> int:
-    from bnrl.compare.grid import plan, run_grid
-    from bnrl.compare.report import GYM_THRESHOLDS, write_report
     from bnrl.envs import AGENT_ACTION_SPACES
-    from bnrl.training.errors import UserError
+    from bnrl.training.errors import StorageError, UserError
+    from bnrl.training.files import lock_directory
 
     quick = all(getattr(args, k) is None for k in ("agent", "env", "variants", "seeds", "steps"))
     agents = args.agent or QUICK["agents"]
@@ -73,9 +77,36 @@ def cmd_benchmark(args) -> int:
                             "batch_renorm, layer")
     if args.config and not Path(args.config).is_file():
         raise UserError(f"config file not found: {args.config}")
-    _check_envs(agents, envs)
-    _check_configs(agents, envs, variants, args.config, steps, args.eval_every)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a directory")
+    _check_runs(agents, envs, variants, args.config, steps, args.eval_every)
     workers = args.workers or os.cpu_count() or 1
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = lock_directory(out)
+    except BlockingIOError:
+        raise UserError(f"another benchmark is running in {out}: wait for it to finish or "
+                        "choose another --out") from None
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror}") from None
+    try:
+        return _benchmark(args, out, agents, envs, variants, seeds, steps, workers)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            "benchmark interrupted; finished runs are kept and interrupted ones continue from "
+            "their last checkpoint: run the same command again") from None
+    except OSError as exc:
+        raise StorageError(f"cannot write in {out}: {exc.strerror} ({exc.filename}); finished "
+                           "runs are kept: run the same command again") from None
+    finally:
+        os.close(lock)
+
+
+def _benchmark(args, out: Path, agents, envs, variants, seeds, steps, workers) -> int:
+    """Plan, run and report the grid in ``out`` (locked by the caller)."""
+    from bnrl.compare.grid import plan, run_grid
+    from bnrl.compare.report import GYM_THRESHOLDS, write_report
+
     specs = plan(out, agents, envs, variants, seeds, steps, args.config, args.extend, workers,
                  args.eval_every)
     started = time.time()
@@ -97,45 +128,42 @@ def cmd_benchmark(args) -> int:
     return 0 if not failed else 1
 
 
-def _check_envs(agents, envs) -> None:
-    """Fail fast, with one line, on an env id or agent/space mismatch before any run starts."""
-    from bnrl.envs import EnvError, make_env
-    from bnrl.training.errors import UserError
-
-    for env_id in envs:
-        for agent in agents:
-            try:
-                make_env(env_id, 0, agent=agent).close()
-            except EnvError as exc:
-                raise UserError(str(exc)) from None
-
-
-def _check_configs(agents, envs, variants, config_file, steps, eval_every) -> None:
-    """Resolve every run's settings as its worker will, so that a --config key an agent does
-    not accept fails now with one line instead of as one failed run per grid cell."""
+def _check_runs(agents, envs, variants, config_file, steps, eval_every) -> None:
+    """Resolve every run's settings as its worker will, and make its env, so that a --config key
+    an agent does not accept, a bad env or a too big replay buffer fails now with one line
+    instead of as one failed run per grid cell."""
     from bnrl.training import resolve
+    from bnrl.training.loop import check_run
 
     for agent in agents:
         for env_id in envs:
             for variant in variants:
-                resolve(agent, env_id, config_file, {"steps": steps, "eval_every": eval_every},
-                        {"critic_norm": variant})
+                check_run(resolve(agent, env_id, config_file,
+                                  {"steps": steps, "eval_every": eval_every},
+                                  {"critic_norm": variant}))
 
 
 def cmd_report(args) -> int:
     import json
 
-    from bnrl.compare.report import GYM_THRESHOLDS, write_report
+    from bnrl.compare.report import GYM_THRESHOLDS, check_runs, write_report
     from bnrl.training.errors import UserError
 
     results = Path(args.dir) / "results.json"
     if not results.is_file():
         raise UserError(f"{args.dir} has no results.json: run `run.py benchmark --out {args.dir}`")
     try:
-        runs = json.loads(results.read_text())["runs"]
+        runs = json.loads(results.read_text(encoding="utf-8"))["runs"]
+    except OSError as exc:
+        raise UserError(f"cannot read {results}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{results} is not a bnrl results file") from None
-    print(f"report: {write_report(runs, args.dir, GYM_THRESHOLDS)}", file=sys.stdout)
+    check_runs(runs, str(results))
+    try:
+        report = write_report(runs, args.dir, GYM_THRESHOLDS)
+    except OSError as exc:
+        raise UserError(f"cannot write the report in {args.dir}: {exc.strerror}") from None
+    print(f"report: {report}", file=sys.stdout)
     return 0
 
 

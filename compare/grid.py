@@ -4,20 +4,30 @@ Each run is a normal ``run.py train`` directory under ``OUT/runs/<agent>/<env>/<
 (so ``tensorboard --logdir OUT`` shows all variants side by side and ``run.py evaluate`` works
 on any of them). ``OUT/grid.json`` records the grid; re-running the same command skips finished
 runs and resumes or redoes the others; ``OUT/results.json`` is rewritten as each run finishes.
-Runs go to worker processes (one fresh process per run, TensorFlow limited to its share of the
-cores) or, with ``backend="ray"``, to Ray tasks on an existing cluster.
+Runs go to worker processes (one fresh Python process per run, TensorFlow limited to its share
+of the cores) or, with ``backend="ray"``, to Ray tasks on an existing cluster.
+
+Local runs are isolated: a run whose process dies for any reason (SIGKILL, a segfault, the OOM
+killer) is recorded as failed with the cause and the last lines of its log
+(``runs/<agent>/<env>/<variant>/seed<k>.log``), and every other run still runs. Workers die with
+the benchmark process (``PR_SET_PDEATHSIG``), so killing it leaves no orphan training on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnrl.training.errors import UserError
+from bnrl.training.errors import UserError, one_line
+from bnrl.training.files import atomic_write
 
 QUICK = dict(agents=["sac"], envs=["Pendulum-v1"], variants=["none", "batch"], seeds=3,
              steps=6000)
@@ -55,22 +65,38 @@ def _merge_grid(old: dict, new: dict) -> dict:
     return merged
 
 
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+# What grid.json holds, by type (eval_every was added later: None when absent).
+_GRID_FIELDS = {"agents": list, "envs": list, "variants": list, "seeds": int, "steps": int,
+                "config": (str, type(None)), "eval_every": (int, type(None))}
+
+
+def _read_grid(path: Path) -> dict:
+    """The recorded grid of a benchmark directory; UserError when it is not one."""
+    try:
+        grid = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
+        raise UserError(f"{path} is unreadable ({reason}): move it away or choose another "
+                        "--out") from None
+    if isinstance(grid, dict):
+        grid.setdefault("eval_every", None)  # grid.json of a version that did not record it
+    bad = sorted(key for key, kind in _GRID_FIELDS.items()
+                 if not isinstance(grid, dict) or not isinstance(grid.get(key), kind)
+                 or (kind is list and not all(isinstance(v, str) for v in grid[key])))
+    if bad:
+        raise UserError(f"{path} is not a bnrl benchmark record (bad or missing "
+                        f"{', '.join(bad)}): move it away or choose another --out")
+    return grid
 
 
 def plan(out: Path, agents, envs, variants, seeds: int, steps: int, config_file=None,
          extend: bool = False, workers: int = 1, eval_every: int | None = None) -> list[RunSpec]:
     """Check or record ``OUT/grid.json`` and return every run of the grid."""
-    config_text = Path(config_file).read_text() if config_file else None
+    config_text = Path(config_file).read_text(encoding="utf-8") if config_file else None
     grid = _grid_record(agents, envs, variants, seeds, steps, config_text, eval_every)
     grid_file = out / "grid.json"
     if grid_file.exists():
-        old = json.loads(grid_file.read_text())
-        old.setdefault("eval_every", None)  # grid.json of a version that did not record it
+        old = _read_grid(grid_file)
         if old != grid:
             if not extend:
                 raise UserError(
@@ -85,7 +111,7 @@ def plan(out: Path, agents, envs, variants, seeds: int, steps: int, config_file=
                     "another --out")
             grid = _merge_grid(old, grid)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_json(grid_file, grid)
+    atomic_write(grid_file, json.dumps(grid, indent=1))
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     return [RunSpec(a, e, v, s, grid["steps"], config_file,
                     str(out / "runs" / a / e.replace(":", "_") / v / f"seed{s}"), threads,
@@ -101,11 +127,13 @@ def _describe(grid: dict) -> str:
 
 
 def finished(spec: RunSpec) -> dict | None:
-    """The run's summary when it completed the grid's step budget, else None."""
-    path = Path(spec.run_dir) / "summary.json"
-    if not path.exists():
+    """The run's summary when it completed the grid's step budget, else None (an unreadable
+    summary counts as unfinished: the run resumes from its last checkpoint and rewrites it)."""
+    try:
+        summary = json.loads((Path(spec.run_dir) / "summary.json").read_text(encoding="utf-8"))
+        _record_from_summary(summary)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    summary = json.loads(path.read_text())
     return summary if summary.get("steps") == spec.steps else None
 
 
@@ -141,8 +169,11 @@ def run_one(spec: RunSpec) -> dict:
     except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the grid
         lines = str(exc).strip().splitlines()
         record["error"] = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-        Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(spec.run_dir) / "error.txt").write_text(traceback.format_exc())
+        try:
+            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(spec.run_dir) / "error.txt", traceback.format_exc())
+        except OSError:
+            pass  # the record carries the error; the traceback is only lost with a full disk
     return record
 
 
@@ -171,13 +202,14 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
 
     def publish(record: dict, spec: RunSpec) -> None:
         records[spec.key] = record
-        _atomic_json(out / "results.json",
-                     {"runs": [records[k] for k in order if k in records]})
+        atomic_write(out / "results.json", json.dumps(
+            {"runs": [records[k] for k in order if k in records]}, indent=1))
         if on_result is not None:
             on_result(record, len(records), len(specs))
 
     if not todo:
-        _atomic_json(out / "results.json", {"runs": [records[k] for k in order]})
+        atomic_write(out / "results.json", json.dumps(
+            {"runs": [records[k] for k in order]}, indent=1))
     elif backend == "ray":
         _run_ray(todo, address, publish)
     else:
@@ -186,23 +218,122 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
 
 
 def _run_local(todo: list[RunSpec], workers: int, publish) -> None:
-    import multiprocessing
+    """Run each spec in a fresh Python process of its own, ``workers`` at a time.
 
-    # spawn: a fresh interpreter per run (no forked TensorFlow state); one run per process so
-    # each run's memory is returned to the system when it ends.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                             max_tasks_per_child=1) as pool:
-        pending = {pool.submit(run_one, spec): spec for spec in todo}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                spec = pending.pop(future)
-                try:
-                    record = future.result()
-                except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory)
-                    record = _base_record(spec, error=f"worker process died: {type(exc).__name__}")
-                publish(record, spec)
+    One process per run, not a process pool: a pool breaks when one worker dies (SIGKILL, a
+    segfault, the OOM killer) and fails every run queued behind it (issue 11). Each run's
+    memory also goes back to the system when it ends. Stopping (Ctrl-C) stops the workers.
+    """
+    queue, running = list(todo), {}
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                spec = queue.pop(0)
+                running[_start_worker(spec)] = spec
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                spec = running.pop(proc)
+                publish(_worker_record(spec, proc.returncode), spec)
+    finally:
+        _stop(list(running))
+
+
+# The worker imports the same bnrl as this process, installed or a checkout: run.py, run under
+# the name "__mp_main__", makes its own directory the bnrl package (and does nothing else).
+_WORKER = ("import json, runpy, sys; payload = json.loads(sys.argv[2]); "
+           "sys.path[:] = payload['path']; runpy.run_path(sys.argv[1], run_name='__mp_main__'); "
+           "from bnrl.compare.grid import worker_main; worker_main(payload)")
+
+
+def _log_file(spec: RunSpec) -> Path:
+    """A run's worker log, next to (not in) its run directory, which train() wants empty."""
+    return Path(spec.run_dir).with_name(Path(spec.run_dir).name + ".log")
+
+
+def _result_file(spec: RunSpec) -> Path:
+    return Path(spec.run_dir).with_name(Path(spec.run_dir).name + ".result.json")
+
+
+def _start_worker(spec: RunSpec) -> subprocess.Popen:
+    import bnrl
+
+    log = _log_file(spec)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _result_file(spec).unlink(missing_ok=True)
+    payload = {"spec": dataclasses.asdict(spec), "result": str(_result_file(spec)),
+               "parent": os.getpid(), "path": sys.path}
+    run_py = Path(bnrl.__file__).with_name("run.py")
+    with open(log, "wb") as out:  # a log stream, not a result: no atomic write
+        return subprocess.Popen([sys.executable, "-c", _WORKER, str(run_py), json.dumps(payload)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+
+def worker_main(payload: dict) -> None:
+    """A local worker process: train one run and leave its record for the benchmark."""
+    _die_with_parent(payload["parent"])
+    record = run_one(RunSpec(**payload["spec"]))
+    atomic_write(payload["result"], json.dumps(record))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when the benchmark process dies, however it dies, so
+    that no orphan keeps training into a run directory (Linux ``PR_SET_PDEATHSIG``)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the benchmark died before the line above took effect
+        os._exit(1)
+
+
+def _worker_record(spec: RunSpec, returncode: int) -> dict:
+    """The record a worker left, or a failed record saying how its process ended."""
+    result = _result_file(spec)
+    if returncode == 0:
+        try:
+            record = json.loads(result.read_text(encoding="utf-8"))
+            result.unlink()
+            return record
+        except (OSError, ValueError):
+            pass
+    if returncode < 0:
+        try:
+            cause = f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            cause = f"killed by signal {-returncode}"
+        if returncode == -signal.SIGKILL:
+            cause += " (out of memory, or killed)"
+    else:
+        cause = f"exited with code {returncode} without a result"
+    tail = _log_tail(_log_file(spec))
+    return _base_record(spec, error=f"worker process {cause}"
+                        + (f"; last log lines: {tail}" if tail else "")
+                        + f" (log: {_log_file(spec)})")
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(one_line(line, 150) for line in last)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Terminate running workers (their runs resume from their last checkpoint next time)."""
+    for proc in procs:
+        proc.terminate()
+    deadline = time.time() + 10
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _run_ray(todo: list[RunSpec], address: str | None, publish) -> None:
@@ -225,5 +356,6 @@ def _run_ray(todo: list[RunSpec], address: str | None, publish) -> None:
         try:
             record = ray.get(done[0])
         except Exception as exc:  # noqa: BLE001 - the task's worker died
-            record = _base_record(spec, error=f"ray task failed: {type(exc).__name__}")
+            record = _base_record(spec, error=f"ray task failed: {type(exc).__name__}: "
+                                  f"{one_line(exc, 300)}")
         publish(record, spec)

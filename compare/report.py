@@ -14,8 +14,6 @@ Failed runs are listed in the report but excluded from every statistic.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ from bnrl.compare.stats import (
     steps_to_threshold,
     verdict,
 )
+from bnrl.training.errors import UserError
+from bnrl.training.files import atomic_open, atomic_write
 
 # Return at which an environment counts as solved (gymnasium's
 # ``spec.reward_threshold`` where one exists). Pendulum-v1 has no official
@@ -54,6 +54,51 @@ _EXTRA_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 _DASH = "—"
 
 Run = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- #
+# Input validation
+# --------------------------------------------------------------------------- #
+_NUMBER = (int, float)
+# Fields every run record needs, and fields that are None or of a type.
+_REQUIRED_FIELDS = {"agent": str, "env": str, "variant": str, "seed": int, "status": str}
+_OPTIONAL_FIELDS = {"error": str, "run_dir": str, "final_return": _NUMBER, "auc": _NUMBER,
+                    "wall_time_s": _NUMBER, "updates_per_second": _NUMBER, "eval_steps": list,
+                    "eval_returns": list, "bn_stats": dict}
+
+
+def check_runs(runs: Any, source: str) -> None:
+    """One-line UserError, naming ``source`` and the first bad record, unless ``runs`` is a
+    non-empty list of run records (schema in the module docstring)."""
+    if not isinstance(runs, list):
+        raise UserError(f"{source}: 'runs' must be a list of run records, not a "
+                        f"{type(runs).__name__}")
+    if not runs:
+        raise UserError(f"{source} lists no runs: nothing to report")
+    for index, run in enumerate(runs):
+        problem = _record_problem(run)
+        if problem:
+            raise UserError(f"{source}: run {index} is not a bnrl run record ({problem})")
+
+
+def _record_problem(run: Any) -> str | None:
+    if not isinstance(run, dict):
+        return f"a {type(run).__name__}, not a mapping"
+    for key, kind in _REQUIRED_FIELDS.items():
+        if not isinstance(run.get(key), kind) or isinstance(run.get(key), bool):
+            return f"bad or missing {key}"
+    for key, kind in _OPTIONAL_FIELDS.items():
+        value = run.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"bad {key}"
+    series = [("eval_steps", run.get("eval_steps")), ("eval_returns", run.get("eval_returns"))]
+    series += [(f"bn_stats.{k}", v) for k, v in (run.get("bn_stats") or {}).items()]
+    for key, values in series:
+        try:
+            np.asarray(values if values is not None else [], dtype=float)
+        except (TypeError, ValueError):
+            return f"non-numeric {key}"
+    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -130,33 +175,10 @@ def _one_line(error: Any) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory, then ``os.replace``.
-
-    A reader (or a crash mid-write) never sees a half-written report.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_savefig(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG atomically (see ``_atomic_write_text``)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; figures are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG, atomically (through a file object)."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def _group(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[Run]]]:
@@ -277,7 +299,7 @@ def _plot_curves(
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="best")
     fig.suptitle("Evaluation return: mean over seeds, 95% bootstrap CI band", fontsize=11)
-    _atomic_savefig(fig, path)
+    _save_figure(fig, path)
 
 
 def _bn_series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -314,7 +336,7 @@ def _plot_bn_stats(
     if not rows:
         fig = _new_figure(6.0, 2.0)
         fig.text(0.5, 0.5, "no BN variant in this benchmark", ha="center", va="center")
-        _atomic_savefig(fig, path)
+        _save_figure(fig, path)
         return False
 
     fig = _new_figure(4.4 * len(BN_KEYS), 3.0 * len(rows))
@@ -340,7 +362,7 @@ def _plot_bn_stats(
                 ax.legend(fontsize=8, loc="best")
     fig.suptitle("Critic BN statistics: mean over seeds (thick), each seed (thin)",
                  fontsize=11)
-    _atomic_savefig(fig, path)
+    _save_figure(fig, path)
     return True
 
 
@@ -482,7 +504,7 @@ def write_report(
         runs: Run records, i.e. ``results.json["runs"]`` (schema in the module
             docstring).
         out_dir: Directory for the outputs; created if missing. Every file is
-            written atomically (temp file + ``os.replace``).
+            written atomically (``training.files``).
         thresholds: Return threshold per env id; defaults to ``GYM_THRESHOLDS``.
 
     Returns:
@@ -515,5 +537,5 @@ def write_report(
     lines += _method_note(has_bn)
 
     report = out / "report.md"
-    _atomic_write_text(report, "\n".join(lines))
+    atomic_write(report, "\n".join(lines))
     return report

@@ -10,11 +10,17 @@ training loop seeds its env's first reset with the run's seed and its eval env w
 so exactly the training env of the seed-``FAILING_SEED`` run fails, after the replay warm-up.
 With ``BNRL_FAILING_ENV_OFF=1`` in the environment (grid workers inherit it) nothing fails: the
 "fixed" env a rerun retries the failed run with.
+
+``BnrlSelfKilling-v0`` is the same env, but its failing instance prints ``KILL_LINE`` and kills
+its own process with SIGKILL (as the OOM killer would), so nothing of Python's runs after it.
+``BnrlBrokenConstructor-v0`` raises in its constructor.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from typing import Any
 
 import gymnasium as gym
@@ -22,6 +28,8 @@ import numpy as np
 from gymnasium import spaces
 
 ENV_ID = "BnrlFailing-v0"
+KILLING_ENV_ID = "BnrlSelfKilling-v0"
+KILL_LINE = "self-killing env: SIGKILL now"
 FAILING_SEED = 1
 FAIL_AFTER = 120
 MESSAGE = "simulated env crash"
@@ -57,5 +65,23 @@ class FailingEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._obs.copy(), reward, False, False, {}
 
 
+class SelfKillingEnv(FailingEnv):
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._fail and self._steps + 1 >= FAIL_AFTER and not os.environ.get(
+                "BNRL_FAILING_ENV_OFF"):
+            print(KILL_LINE, file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)
+
+
+class BrokenConstructorEnv(FailingEnv):
+    def __init__(self) -> None:
+        raise ValueError("this env's constructor fails")
+
+
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point=FailingEnv, max_episode_steps=50)
+if KILLING_ENV_ID not in gym.registry:
+    gym.register(id=KILLING_ENV_ID, entry_point=SelfKillingEnv, max_episode_steps=50)
+if "BnrlBrokenConstructor-v0" not in gym.registry:
+    gym.register(id="BnrlBrokenConstructor-v0", entry_point=BrokenConstructorEnv)

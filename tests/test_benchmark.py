@@ -1,8 +1,9 @@
 """End-to-end tests of ``run.py benchmark`` / ``run.py report`` (compare/grid.py, compare/cli.py).
 
 Every grid here is tiny (SAC with 32-unit nets, a few hundred env steps) so the whole module runs
-in a few minutes on 2 cores; the grid's worker processes are real (spawned) and so are the Ray
-tasks. The 4-run grid is trained once per module and shared by the tests that only read it; tests
+in a few minutes on 2 cores; the grid's worker processes are real (one fresh Python process per
+run) and so are the Ray tasks.
+The 4-run grid is trained once per module and shared by the tests that only read it; tests
 that change a benchmark work on their own copy.
 """
 
@@ -11,12 +12,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from bnrl import run
 from bnrl.compare import grid
+from bnrl.training import files
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -27,6 +32,7 @@ train: {eval_episodes: 1, checkpoint_every: 300}
 RUN_KEYS = ("eval_steps", "eval_returns", "final_return", "auc", "wall_time_s",
             "updates_per_second")
 FAILING_ENV = "tests._failing_env:BnrlFailing-v0"
+KILLING_ENV = "tests._failing_env:BnrlSelfKilling-v0"
 
 
 def _grid_args(out: Path, config: Path, *extra: str, variants: str = "none,batch",
@@ -73,8 +79,8 @@ def _pythonpath_with_repo() -> str:
 def _repo_on_pythonpath(monkeypatch):
     """Ray workers are separate processes that do not get pytest's sys.path (``pythonpath = .``
     in pyproject.toml), so they need PYTHONPATH to import the repo's packages and
-    tests._failing_env. (Spawned grid workers receive the parent's sys.path from
-    multiprocessing anyway; PYTHONPATH makes them independent of that too.)"""
+    tests._failing_env. (Local grid workers receive the benchmark's sys.path anyway; PYTHONPATH
+    makes them independent of that too.)"""
     monkeypatch.setenv("PYTHONPATH", _pythonpath_with_repo())
 
 
@@ -272,6 +278,95 @@ def test_failed_run_is_reported_and_others_finish(config_file, capsys, monkeypat
     assert "Runs: 2 total, 2 ok, 0 failed" in (out / "report.md").read_text()
 
 
+def test_a_run_killed_by_sigkill_fails_alone(config_file, capsys, tmp_path):
+    """A worker process that dies (SIGKILL, as the OOM killer sends) is recorded with its cause
+    and its log's last lines; the run queued behind it (seed 2, 2 workers) still runs."""
+    from tests import _failing_env
+
+    out = tmp_path / "out"
+    argv = _grid_args(out, config_file, variants="none", seeds=3, steps=200, env=KILLING_ENV)
+    rc, stdout, _ = _bench(capsys, argv)
+    assert rc == 1
+    runs = _runs(out)
+    assert [(r["seed"], r["status"]) for r in runs] == [(0, "ok"), (1, "failed"), (2, "ok")]
+    assert runs[2]["eval_steps"] == [100, 200] and runs[2]["final_return"] is not None
+    killed = runs[1]
+    log = Path(killed["run_dir"] + ".log")
+    assert killed["error"] == (f"worker process killed by SIGKILL (out of memory, or killed); "
+                               f"last log lines: {_failing_env.KILL_LINE} (log: {log})")
+    assert _failing_env.KILL_LINE in log.read_text()
+    assert "FAILED: worker process killed by SIGKILL" in stdout
+    assert "Runs: 3 total, 2 ok, 1 failed" in (out / "report.md").read_text()
+    os.close(files.lock_directory(killed["run_dir"]))  # its lock died with it: resumable
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its parent's reaping is left
+
+
+def test_killing_the_benchmark_kills_its_workers_and_a_second_one_is_refused(config_file,
+                                                                            capsys, tmp_path):
+    """SIGKILL of the benchmark's own process leaves no orphan training on, and while it runs a
+    second benchmark on the same --out stops at once."""
+    out = tmp_path / "out"
+    argv = _grid_args(out, config_file, variants="none", seeds=2, steps=50_000)
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *argv], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dirs = [out / "runs" / "sac" / "Pendulum-v1" / "none" / f"seed{k}" for k in (0, 1)]
+    workers = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not all(
+                (d / "config.yaml").exists() for d in run_dirs):
+            time.sleep(0.5)
+        assert proc.poll() is None, "the benchmark ended early"
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = [int(pid) for pid in children]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+
+        rc, stdout, err = _bench(capsys, argv)
+        assert rc == 2 and stdout == ""
+        assert f"another benchmark is running in {out}" in _one_error_line(err)
+
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), "orphaned workers still run"
+    finally:
+        for pid in [proc.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    for run_dir in run_dirs:  # no one holds the run directories any more
+        os.close(files.lock_directory(run_dir))
+
+
+def test_ctrl_c_stops_the_workers_and_says_how_to_continue(config_file, capsys, monkeypatch,
+                                                          tmp_path):
+    started = []
+    real_start = grid._start_worker
+
+    def start_then_ctrl_c(spec):
+        if started:  # Ctrl-C while the first worker runs
+            raise KeyboardInterrupt
+        started.append(real_start(spec))
+        return started[-1]
+
+    monkeypatch.setattr(grid, "_start_worker", start_then_ctrl_c)
+    rc, _, err = _bench(capsys, _grid_args(tmp_path / "out", config_file, variants="none"))
+    assert rc == 130
+    assert err.splitlines() == [  # benchmark takes no --resume: it just resumes
+        "bnrl: benchmark interrupted; finished runs are kept and interrupted ones continue from "
+        "their last checkpoint: run the same command again"]
+    assert len(started) == 1 and started[0].poll() is not None  # stopped, not orphaned
+
+
 def test_retry_after_a_failure_before_the_run_started(config_file, monkeypatch, tmp_path):
     """A run that failed before train() wrote config.yaml (e.g. its env could not be made in the
     worker) leaves only error.txt in its directory; the retry must not trip over it."""
@@ -286,7 +381,7 @@ def test_retry_after_a_failure_before_the_run_started(config_file, monkeypatch, 
     assert [p.name for p in run_dir.iterdir()] == ["error.txt"]
 
     def fake_train(config, run_dir, resume=False, progress="auto", threads=None):
-        prepare_run_dir(run_dir, config, resume)  # what train() does first with the directory
+        prepare_run_dir(run_dir, config, resume).release()  # what train() does first with it
         return {"eval_steps": [100, 200], "eval_returns": [-1.0, -0.5], "final_return": -0.5,
                 "wall_time_s": 1.0, "updates_per_second": 10.0, "bn_stats": {}}
 

@@ -116,14 +116,16 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ fixtures
+SAC_BN = ["--agent", "sac", "--env", "Pendulum-v1", "--steps", "400", "--seed", "0",
+          "--critic-norm", "batch", "--log-every", "20", "--eval-every", "200",
+          "--eval-episodes", "1", "--checkpoint-every", "200", *TINY_AC]
+
+
 @pytest.fixture(scope="module")
 def sac_bn_run(tmp_path_factory) -> Path:
     """SAC on Pendulum-v1 with a batch-normalized critic, 400 steps, scalars every 20 updates."""
     run_dir = tmp_path_factory.mktemp("sac_bn") / "run"
-    _train_quiet(["--agent", "sac", "--env", "Pendulum-v1", "--steps", "400", "--seed", "0",
-                  "--logdir", str(run_dir), "--critic-norm", "batch", "--log-every", "20",
-                  "--eval-every", "200", "--eval-episodes", "1", "--checkpoint-every", "200",
-                  *TINY_AC])
+    _train_quiet([*SAC_BN, "--logdir", str(run_dir)])
     return run_dir
 
 
@@ -235,13 +237,18 @@ class Bad:
     id: str
     args: list[str]  # {d}: the case's own directory; {run}: a copy of a finished run
     needs: list[str]  # substrings of the one stderr line
-    files: dict[str, str] = field(default_factory=dict)  # written into {d} first
+    files: dict[str, str | bytes] = field(default_factory=dict)  # written into {d} first
     prepare: str | None = None  # what to do to the copied run's latest checkpoint
     in_subprocess: bool = True  # False: run.main in this process (same checks, cheaper)
     xfail: str | None = None
 
 
 _QUICK = ["--steps", "30"]  # if a case wrongly starts training, it stops soon
+# A "billion laughs" config: 9**6 strings once its aliases are expanded.
+_ALIAS_BOMB = "train:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  {c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcde", "bcdef"))
+_BENCH = ["benchmark", "--agent", "sac", "--env", "Pendulum-v1", "--variants", "none",
+          "--seeds", "1", "--steps", "30"]
 BAD = [
     # In a subprocess each (real stderr: TensorFlow's C++ logging would show there).
     Bad("agent-unknown", ["train", "--agent", "foo"], ["foo", "dqn", "ddpg", "td3", "sac",
@@ -310,6 +317,97 @@ BAD = [
         in_subprocess=False),
     Bad("set-wrong-hidden", ["train", "--set", "hidden=abc", *_QUICK], ["hidden", "abc"],
         in_subprocess=False),
+    # Issue 11: every setting validated before anything is made (TensorFlow would abort in C++
+    # on a negative thread count: a subprocess).
+    Bad("set-threads-negative", ["train", "--set", "intra_op_threads=-5", *_QUICK],
+        ["intra_op_threads", "[0, 1024]", "-5"]),
+    Bad("set-learning-rate-negative", ["train", "--set", "learning_rate=-3e-4", *_QUICK],
+        ["learning_rate", "> 0", "-0.0003"], in_subprocess=False),
+    Bad("set-batch-over-buffer", ["train", "--set", "batch_size=512", "--set",
+                                  "buffer_size=100", *_QUICK],
+        ["batch_size (512)", "buffer_size (100)"], in_subprocess=False),
+    Bad("set-buffer-beyond-memory", ["train", "--set", "buffer_size=1e11", *_QUICK],
+        ["buffer_size 100000000000", "GiB", "lower buffer_size"], in_subprocess=False),
+    Bad("seed-2-to-the-63", ["train", "--seed", str(2**63), *_QUICK],
+        ["--seed", "4294967295", str(2**63)], in_subprocess=False),
+    Bad("config-seed-string", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["seed", "integer", "'five'"], files={"c.yaml": "train: {seed: five}\n"},
+        in_subprocess=False),
+    Bad("config-steps-not-a-number", ["train", "--config", "{d}/c.yaml"],
+        ["steps", "integer", "'abc'"], files={"c.yaml": "train:\n  steps: abc\n"},
+        in_subprocess=False),
+    Bad("config-steps-fraction", ["train", "--config", "{d}/c.yaml"], ["steps", "30.7"],
+        files={"c.yaml": "train:\n  steps: 30.7\n"}, in_subprocess=False),
+    Bad("config-not-utf8", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["c.yaml", "UTF-8", "0xff"], files={"c.yaml": b"train:\n  steps: \xff\xfe\n"},
+        in_subprocess=False),
+    Bad("config-alias-bomb", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["c.yaml", "line 3", "aliases"], files={"c.yaml": _ALIAS_BOMB}, in_subprocess=False),
+    Bad("config-huge-value", ["train", "--config", "{d}/c.yaml", *_QUICK], ["hidden", "..."],
+        files={"c.yaml": "agent:\n  hidden: " + "x" * 100_000 + "\n"}, in_subprocess=False),
+    Bad("env-module-fails-at-import", ["train", "--env", "tests._import_failing_env:X-v0",
+                                       *_QUICK],
+        ["importing module 'tests._import_failing_env'", "RuntimeError", "broken"],
+        in_subprocess=False),
+    Bad("env-constructor-raises", ["train", "--env",
+                                   "tests._failing_env:BnrlBrokenConstructor-v0", *_QUICK],
+        ["BnrlBrokenConstructor-v0", "ValueError", "constructor fails"], in_subprocess=False),
+    Bad("logdir-is-a-file", ["train", "--logdir", "{d}/f", *_QUICK], ["/f is a file", "--logdir"],
+        files={"f": "x"}, in_subprocess=False),
+    Bad("logdir-under-a-file", ["train", "--logdir", "{d}/f/run", *_QUICK],
+        ["cannot create run directory", "Not a directory"], files={"f": "x"},
+        in_subprocess=False),
+    Bad("without-replay-without-resume", ["train", "--without-replay", *_QUICK],
+        ["--without-replay", "--resume"], in_subprocess=False),
+    # --resume compares the whole configuration and checks every part of the checkpoint.
+    Bad("resume-other-critic-norm", ["train", *SAC_BN, "--critic-norm", "none", "--logdir",
+                                     "{run}", "--resume"],
+        ["cannot resume", "critic_norm (saved 'batch', given 'none')", "only steps"],
+        in_subprocess=False),
+    Bad("resume-other-set-and-seed", ["train", *SAC_BN, "--set", "tau=0.01", "--seed", "1",
+                                      "--logdir", "{run}", "--resume"],
+        ["seed (saved 0, given 1)", "tau (saved 0.005, given 0.01)"], in_subprocess=False),
+    Bad("resume-steps-below-checkpoint", ["train", *SAC_BN, "--steps", "100", "--logdir",
+                                          "{run}", "--resume"],
+        ["--steps 100", "step 400"], in_subprocess=False),
+    Bad("resume-missing-dir", ["train", "--logdir", "{d}/nope", "--resume", *_QUICK],
+        ["cannot resume", "no such run directory"], in_subprocess=False),
+    Bad("resume-missing-replay", ["train", *SAC_BN, "--steps", "600", "--logdir", "{run}",
+                                  "--resume"],
+        ["step-000000400", "no replay.npz", "--without-replay"], prepare="delete-replay",
+        in_subprocess=False),
+    Bad("resume-garbled-replay", ["train", *SAC_BN, "--steps", "600", "--logdir", "{run}",
+                                  "--resume"],
+        ["step-000000400", "replay.npz is unreadable", "--without-replay"],
+        prepare="garble-replay", in_subprocess=False),
+    Bad("resume-loop-json-missing-keys", ["train", *SAC_BN, "--steps", "600", "--logdir",
+                                          "{run}", "--resume"],
+        ["step-000000400", "loop.json", "eval_steps", "resets"], prepare="loop-missing-keys",
+        in_subprocess=False),
+    Bad("evaluate-video-of-env-without-render-mode", ["evaluate", "--run", "{run}",
+                                                      "--episodes", "1", "--render-video"],
+        ["BnrlToyEnv-v0", "render_mode='rgb_array'", "TypeError"], prepare="toy-env",
+        in_subprocess=False),
+    # The benchmark and report commands.
+    Bad("benchmark-duplicate-variants", ["benchmark", "--variants", "none,none,batch"],
+        ["--variants", "'none' given twice"], in_subprocess=False),
+    Bad("benchmark-out-is-a-file", [*_BENCH, "--out", "{d}/f"], ["--out", "is a file"],
+        files={"f": "x"}, in_subprocess=False),
+    Bad("benchmark-corrupt-grid-json", [*_BENCH, "--out", "{d}/out"],
+        ["grid.json", "not JSON", "move it away"], files={"out/grid.json": "{\"agents\": ["},
+        in_subprocess=False),
+    Bad("benchmark-grid-json-missing-keys", [*_BENCH, "--out", "{d}/out"],
+        ["grid.json", "envs, seeds, steps", "move it away"],
+        files={"out/grid.json": '{"agents": ["sac"], "variants": ["none"]}'},
+        in_subprocess=False),
+    Bad("report-empty-runs", ["report", "{d}"], ["results.json", "no runs"],
+        files={"results.json": '{"runs": []}'}, in_subprocess=False),
+    Bad("report-malformed-run", ["report", "{d}"], ["results.json", "run 1", "seed"],
+        files={"results.json": json.dumps({"runs": [
+            {"agent": "sac", "env": "Pendulum-v1", "variant": "none", "seed": 0,
+             "status": "ok"},
+            {"agent": "sac", "env": "Pendulum-v1", "variant": "none", "seed": "0",
+             "status": "ok"}]})}, in_subprocess=False),
 ]
 
 
@@ -324,8 +422,12 @@ def _logdir_digest(args: list[str]) -> dict[str, str] | None:
 def _prepare(case: Bad, root: Path, finished_run: Path) -> list[str]:
     d = root / case.id
     d.mkdir()
-    for name, text in case.files.items():
-        (d / name).write_text(text)
+    for name, content in case.files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            (d / name).write_bytes(content)
+        else:
+            (d / name).write_text(content)
     run_copy = d / "run"
     if any("{run}" in a for a in case.args):
         shutil.copytree(finished_run, run_copy)
@@ -339,6 +441,18 @@ def _prepare(case: Bad, root: Path, finished_run: Path) -> list[str]:
             data.write_bytes(data.read_bytes()[:100])
         elif case.prepare == "delete-index":
             (ckpt / "model.index").unlink()
+        elif case.prepare == "delete-replay":
+            (ckpt / "replay.npz").unlink()
+        elif case.prepare == "garble-replay":
+            (ckpt / "replay.npz").write_bytes((ckpt / "replay.npz").read_bytes()[:300])
+        elif case.prepare == "toy-env":  # a custom env whose constructor takes no render_mode
+            config = run_copy / "config.yaml"
+            config.write_text(config.read_text().replace(
+                "env: Pendulum-v1", "env: tests._custom_env:BnrlToyEnv-v0"))
+        elif case.prepare == "loop-missing-keys":
+            state = json.loads((ckpt / "loop.json").read_text())
+            del state["eval_steps"], state["resets"]
+            (ckpt / "loop.json").write_text(json.dumps(state))
     args = [a.replace("{d}", str(d)).replace("{run}", str(run_copy)) for a in case.args]
     if args[0] == "train" and "--logdir" not in args:
         args += ["--logdir", str(d / "out")]
@@ -373,6 +487,7 @@ def test_bad_input_exits_2_with_one_line(case, request, sac_bn_run, tmp_path, ca
     assert code == 2, (args, code, stderr, stdout[-2000:])
     for needed in case.needs:
         assert needed in line, f"{needed!r} not in {line!r}"
+    assert len(line) <= 600, f"{len(line)} characters"
     if before is None:
         assert not _logdir_digest(args), "bad input must not create the run directory"
     else:  # an existing directory: nothing in it may change
@@ -452,6 +567,26 @@ def test_resume_after_kill_9_continues_one_run(resumed_run):
 
     assert _checkpoint_steps(run_dir)[-1] == 1200
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_without_replay_continues_with_an_empty_buffer(sac_bn_run, tmp_path):
+    """A checkpoint whose replay.npz is lost resumes only when asked to (the matrix pins the
+    refusal), and then with an empty buffer; everything else continues."""
+    import numpy as np
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(sac_bn_run, run_dir)
+    (run_dir / "checkpoints" / "step-000000400" / "replay.npz").unlink()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = _main(["train", *SAC_BN, "--steps", "500", "--logdir", str(run_dir), "--resume",
+                      "--without-replay"])
+    assert code == 0, out.getvalue()
+    assert "resumed" in out.getvalue() and "from step 400" in out.getvalue()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 500 and summary["eval_steps"] == [200, 400, 500]
+    with np.load(run_dir / "checkpoints" / "step-000000500" / "replay.npz") as replay:
+        assert int(replay["size"]) == 100  # only what the resumed run collected
 
 
 # --------------------------------------------------------------------------------- 5. evaluate

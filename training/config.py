@@ -2,34 +2,114 @@
 
 A run is described by ``RunConfig`` (what the training loop needs) and the agent's config
 dataclass (what the agent needs). Both are saved resolved as ``config.yaml`` in the run
-directory, which is what ``--resume`` and ``evaluate`` read back.
+directory, which is what ``--resume`` compares against and ``evaluate`` reads back.
+
+Every setting is read with one YAML loader (``load_yaml``): YAML 1.2 numbers (``3e-4`` is a
+float, as in JSON), no aliases. The whole resolved configuration is validated (types, ranges,
+cross-field rules) by ``resolve`` before anything is written. This module imports no TensorFlow
+(the agents are imported when a configuration is resolved), so the command line can use
+``load_yaml`` while it parses arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from bnrl import configs  # presets ship as package data
-from bnrl.agents import agent_class, config_from_dict
 from bnrl.training.errors import UserError
 
 PRESET_DIR = Path(configs.__file__).resolve().parent
+
+SEED_MAX = 2**32 - 1
+"""Largest seed: the agents derive per-network seeds (seed * 1000 + k) that must fit in int64."""
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Config files are a few lines; a bigger one is not a bnrl config."""
+
+RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every",
+             "agent_config.intra_op_threads", "agent_config.inter_op_threads")
+"""Settings ``--resume`` may change: when to stop (``steps``, never below the checkpoint's
+step), bookkeeping, and the thread pools (speed only). Every other setting must equal the saved
+one, or the resumed run would silently be a different experiment."""
+
+DEFAULT_AGENT, DEFAULT_ENV = "sac", "Pendulum-v1"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats and without aliases.
+
+    PyYAML implements YAML 1.1, where a float needs a dot: ``3e-4`` (SAC's documented learning
+    rate) would be the string "3e-4". YAML 1.2 and JSON read it as a number.
+    Aliases are refused: nested ones expand exponentially (a 542-byte "billion laughs" file took
+    gigabytes, issue 11), and settings never need them.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted in settings",
+                self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str, source: str):
+    """Parse settings text (YAML 1.2 numbers, no aliases); a one-line UserError naming
+    ``source`` when it is malformed."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise UserError(f"malformed YAML in {source}{where}: {problem}") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Load a YAML mapping; UserError on a missing, unreadable, huge, non-UTF-8 or malformed
+    file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: "
+                        "expected a YAML file of settings")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                        f"at offset {exc.start})") from None
+    data = load_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping (train:, agent:), "
+                        f"not a {type(data).__name__}")
+    return data
 
 
 @dataclass
 class RunConfig:
     """What the training loop needs; every field can be set in YAML under ``train:``."""
 
-    agent: str = "sac"
+    agent: str = DEFAULT_AGENT
     """Agent name: dqn, ddpg, td3, sac, crossq."""
-    env: str = "Pendulum-v1"
+    env: str = DEFAULT_ENV
     """Gymnasium id, or 'module:EnvId' for a user's registered env."""
     seed: int = 0
-    """Seeds the env, the agent's graph, replay and exploration."""
+    """Seeds the env, the agent's graph, replay and exploration (0 to 2**32 - 1)."""
     steps: int = 20_000
     """Environment steps to train for."""
     eval_every: int = 2_000
@@ -48,21 +128,48 @@ class RunConfig:
     """Fields of the agent's config dataclass (see ``python run.py train --help``)."""
 
     def validate(self) -> None:
+        """Check (and normalize: ``1e4`` steps is 10000) every field; UserError, one line."""
+        from bnrl.agents.core import coerce_setting
+
+        for f in dataclasses.fields(self):
+            if f.name == "agent_config":
+                if not isinstance(self.agent_config, dict):
+                    raise UserError("agent settings must be a mapping of agent config keys")
+                continue
+            try:
+                setattr(self, f.name, coerce_setting(f.name, str(f.type), getattr(self, f.name)))
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
         if self.steps < 1:
             raise UserError(f"--steps must be a positive integer, got {self.steps}")
         for name in ("eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints",
-                     "log_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be >= 0, got {self.seed}")
+                     "log_every", "max_episode_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise UserError(f"--seed must be in [0, {SEED_MAX}], got {self.seed}")
 
     def agent_config_object(self):
         """The agent's config dataclass built from ``agent_config`` (UserError on bad keys)."""
+        from bnrl.agents import agent_class, config_from_dict
+
         try:
             return config_from_dict(agent_class(self.agent).config_class, self.agent_config)
         except (ValueError, TypeError) as exc:
             raise UserError(str(exc)) from None
+
+    def warnings(self) -> list[str]:
+        """Legal but probably unintended combinations, as one-line messages."""
+        agent = self.agent_config_object()
+        found = []
+        if agent.learning_starts >= self.steps:
+            found.append(f"learning_starts ({agent.learning_starts}) >= steps ({self.steps}): "
+                         "the run acts randomly and never takes a gradient step")
+        elif agent.batch_size > self.steps:
+            found.append(f"batch_size ({agent.batch_size}) > steps ({self.steps}): the replay "
+                         "buffer never holds a batch, so no gradient step is taken")
+        return found
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -73,93 +180,109 @@ class RunConfig:
         return data
 
 
-_RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent_config", "agent", "env"}
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    """Load a YAML mapping; UserError on a missing, unreadable or malformed file."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"malformed YAML in {path}{where}: expected a mapping of "
-                        "settings") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping (train:, agent:), "
-                        f"not a {type(data).__name__}")
-    return data
+_RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent_config"}
 
 
 def preset(env_id: str, agent: str) -> dict:
     """The ``configs/<env_id>.yaml`` preset for ``agent`` as ``{'train': .., 'agent': ..}``."""
     path = PRESET_DIR / f"{env_id.replace(':', '_')}.yaml"
-    if not path.exists():
+    if "/" in env_id or not path.exists():
         return {"train": {}, "agent": {}}
     data = read_yaml(path)
     return {"train": dict(data.get("train") or {}),
             "agent": dict((data.get("agents") or {}).get(agent) or {})}
 
 
-def _merge_user_file(path, train: dict, agent_cfg: dict) -> None:
+def _read_user_file(path) -> tuple[dict, dict]:
+    """The ``train:`` and ``agent:`` sections of a ``--config`` file."""
     data = read_yaml(path)
-    unknown = sorted(set(data) - {"train", "agent"})
+    unknown = sorted(str(key) for key in set(data) - {"train", "agent"})
     if unknown:
         raise UserError(f"unknown top-level key(s) {', '.join(unknown)} in {path}: "
                         "accepted are train (run settings) and agent (agent settings)")
-    for section, target in (("train", train), ("agent", agent_cfg)):
+    sections = []
+    for section in ("train", "agent"):
         values = data.get(section) or {}
         if not isinstance(values, dict):
             raise UserError(f"'{section}' in {path} must be a mapping of settings")
-        target.update(values)
+        sections.append(dict(values))
+    return sections[0], sections[1]
 
 
-def resolve(agent: str, env: str, config_file=None, train_overrides: dict | None = None,
+def resolve(agent: str | None = None, env: str | None = None, config_file=None,
+            train_overrides: dict | None = None,
             agent_overrides: dict | None = None) -> RunConfig:
     """Merge defaults, the env preset, a user YAML file and flags into a validated RunConfig.
 
+    Precedence, for every key: defaults < preset < ``config_file`` < arguments. Only given
+    values override: None (a flag left out) never does.
+
     Args:
-      agent: agent name.
-      env: env id.
+      agent: agent name, or None for the config file's ``train: {agent: ..}`` or sac.
+      env: env id, or None for the config file's ``train: {env: ..}`` or Pendulum-v1.
       config_file: optional YAML with ``train:`` and ``agent:`` sections.
-      train_overrides: RunConfig fields from flags (None values are ignored).
-      agent_overrides: agent config fields from flags (None values are ignored).
+      train_overrides: RunConfig fields from flags.
+      agent_overrides: agent config fields from flags.
+
+    Raises:
+      UserError: any unknown key, wrong type or out-of-range value, in one line.
     """
-    try:
+    file_train, file_agent = _read_user_file(config_file) if config_file else ({}, {})
+    given_train = {**file_train, **_given(train_overrides), **_given(dict(agent=agent, env=env))}
+    given_agent = {**file_agent, **_given(agent_overrides)}
+    from bnrl.agents import agent_class
+    from bnrl.agents.core import coerce_setting
+
+    try:  # the agent and env pick the preset, so they are checked first
+        agent = coerce_setting("agent", "str", given_train.get("agent", DEFAULT_AGENT))
+        env = coerce_setting("env", "str", given_train.get("env", DEFAULT_ENV))
         agent_class(agent)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     base = preset(env, agent)
-    train, agent_cfg = base["train"], base["agent"]
-    if config_file is not None:
-        _merge_user_file(config_file, train, agent_cfg)
-    train.update({k: v for k, v in (train_overrides or {}).items() if v is not None})
-    agent_cfg.update({k: v for k, v in (agent_overrides or {}).items() if v is not None})
-    unknown = sorted(set(train) - _RUN_KEYS)
+    train = {**base["train"], **given_train}
+    unknown = sorted(str(key) for key in set(train) - _RUN_KEYS)
     if unknown:
         raise UserError(f"unknown train setting(s) {', '.join(unknown)}: accepted are "
                         f"{', '.join(sorted(_RUN_KEYS))}")
-    try:
-        config = RunConfig(agent=agent, env=env, agent_config=agent_cfg, **train)
-    except TypeError as exc:
-        raise UserError(f"bad train settings: {exc}") from None
+    config = RunConfig(agent_config={**base["agent"], **given_agent}, **train)
     config.validate()
     config.agent_config_object()  # reject bad agent keys/values now, not after env creation
     return config
 
 
-def from_dict(data: dict) -> RunConfig:
-    """Rebuild a RunConfig from a saved ``config.yaml``."""
-    try:
-        config = RunConfig(**data)
-    except TypeError as exc:
-        raise UserError(f"saved config is not a bnrl run config: {exc}") from None
+def _given(values: dict | None) -> dict:
+    return {k: v for k, v in (values or {}).items() if v is not None}
+
+
+def from_dict(data: dict, source: str = "saved config") -> RunConfig:
+    """Rebuild and validate a RunConfig from a saved ``config.yaml``."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(str(key) for key in set(data) - known)
+    missing = sorted({"agent", "env", "seed", "steps"} - set(data))
+    if unknown or missing:
+        problem = f"unknown keys {', '.join(unknown)}" if unknown else (
+            f"missing {', '.join(missing)}")
+        raise UserError(f"{source} is not a bnrl run config ({problem})")
+    config = RunConfig(**data)
     config.validate()
+    config.agent_config_object()
     return config
+
+
+def changed_settings(saved: RunConfig, config: RunConfig) -> list[str]:
+    """The settings (``key (saved X, given Y)``) in which ``config`` differs from ``saved``,
+    other than those in ``RESUMABLE``."""
+    old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+    changed = []
+    for key in dict.fromkeys([*old, *new]):
+        if key not in RESUMABLE and old.get(key) != new.get(key):
+            changed.append(f"{key.removeprefix('agent_config.')} (saved {old.get(key)!r}, "
+                           f"given {new.get(key)!r})")
+    return changed
+
+
+def _flat(data: dict) -> dict:
+    flat = {k: v for k, v in data.items() if k != "agent_config"}
+    flat.update({f"agent_config.{k}": v for k, v in data["agent_config"].items()})
+    return flat

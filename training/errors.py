@@ -7,3 +7,19 @@ class UserError(Exception):
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept (exit code 1)."""
+
+
+class StorageError(RuntimeError):
+    """A file of a running run could not be written (disk full, quota, I/O error); everything
+    complete before it is kept and the run can be resumed (exit code 1)."""
+
+
+def one_line(text: object, limit: int = 500) -> str:
+    """``text`` as one line of at most ``limit`` characters: an error message stays one readable
+    line whatever the input (a pasted file, a megabyte-long YAML value, a multi-line reason).
+    The middle goes, so that both what failed and the advice at the end stay."""
+    line = " ".join(str(text).split())
+    if len(line) <= limit:
+        return line
+    tail = limit // 3
+    return f"{line[:limit - tail - 5]} ... {line[-tail:]}"

@@ -5,13 +5,16 @@ the data is written to a temporary file in the same directory, flushed and fsync
 the target (``os.replace`` is atomic on POSIX), and the directory is fsync'ed so that the rename
 itself survives a power cut. A reader, or a run killed at any moment, sees the old file or the new
 one, never a torn one. On any error the temporary file is removed and the old file is untouched.
+
+``lock_directory`` keeps a second process from writing into the same run or benchmark directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -24,6 +27,18 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file next to ``path``, created with the mode ``open`` would give it (0666 less the
+    umask; ``tempfile.mkstemp`` makes 0600 files, unreadable to the people results are for)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -40,16 +55,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     if mode == "w":
         kwargs.setdefault("encoding", "utf-8")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file: name the target
         raise
     fsync_dir(path.parent)
 
@@ -58,3 +75,25 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically and durably."""
     with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
+
+
+def lock_directory(directory: str | os.PathLike) -> int:
+    """Take an exclusive lock on ``directory`` for this process, without waiting.
+
+    The lock is a ``flock`` on the directory's own descriptor (no lock file to clean up). It is
+    released when the returned descriptor is closed, and by the kernel when the process dies,
+    SIGKILL included, so a crashed run never leaves a stale lock. Child processes do not inherit
+    it (the descriptor is close-on-exec).
+
+    Raises:
+      BlockingIOError: another process holds the lock.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:
+        pass  # a filesystem without flock (some network mounts): work unlocked rather than not
+    return fd

@@ -14,10 +14,10 @@ offers every scalar tag as a metric.
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 
+from bnrl.training.files import atomic_open
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
@@ -91,12 +91,10 @@ class ScalarLogger:
         self.scalars({"eval/mean_return": mean, "eval/std_return": std}, step)
         self._writer.flush()  # as durable as the metrics.csv row below
         self.eval_rows.append((step, mean, std))
-        tmp = self._csv.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(self._csv, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["step", "eval_mean_return", "eval_std_return"])
             writer.writerows(self.eval_rows)
-        os.replace(tmp, self._csv)
 
     def _read_csv(self) -> list[tuple[int, float, float]]:
         if not self._csv.exists():

@@ -7,13 +7,17 @@ run writes lives in its directory: ``config.yaml`` (resolved settings), TensorBo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +25,9 @@ import yaml
 from bnrl.agents import make_agent
 from bnrl.envs import EnvError, make_env
 from bnrl.training import checkpoint
-from bnrl.training.config import RunConfig, from_dict, read_yaml
-from bnrl.training.errors import NonFiniteLoss, UserError
-from bnrl.training.files import fsync_dir
+from bnrl.training.config import RESUMABLE, RunConfig, changed_settings, from_dict, read_yaml
+from bnrl.training.errors import NonFiniteLoss, StorageError, UserError, one_line
+from bnrl.training.files import atomic_write, fsync_dir, lock_directory
 from bnrl.training.logger import ScalarLogger, flatten_settings
 from gymnasium.wrappers import RecordEpisodeStatistics
 
@@ -32,12 +36,65 @@ _BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap"
 
 
 def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None):
-    """The env of a run, with EnvError turned into a UserError."""
+    """The env of a run; any failure to make it (unknown id, a module that fails to import, a
+    constructor that raises) is a one-line UserError."""
     try:
         return make_env(config.env, seed, agent=config.agent,
                         max_episode_steps=config.max_episode_steps, render_mode=render_mode)
     except EnvError as exc:
         raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a user's env module can raise anything
+        module = config.env.partition(":")[0] if ":" in config.env else None
+        if module and module not in sys.modules:  # a failed import leaves nothing there
+            where = f"importing module {module!r} for {config.env!r} failed"
+        else:
+            mode = f" with render_mode={render_mode!r}" if render_mode else ""
+            where = f"making environment {config.env!r}{mode} failed"
+        raise UserError(f"{where}: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return one_line(lines[0], 200) if lines else ""
+
+
+def check_run(config: RunConfig) -> None:
+    """What can be checked before a run writes anything: its env can be made, and its replay
+    buffer fits in this machine's memory (a too big one is a MemoryError at start-up, or worse,
+    the OOM killer hours later). One-line UserErrors."""
+    env = make_run_env(config, config.seed)
+    try:
+        capacity = config.agent_config_object().buffer_size
+        needed = capacity * _transition_bytes(env)
+    finally:
+        env.close()
+    memory = _memory_bytes()
+    if memory is not None and needed > memory:
+        raise UserError(f"buffer_size {capacity} needs {needed / 2**30:.1f} GiB of replay memory "
+                        f"on {config.env}, more than the {memory / 2**30:.1f} GiB of this "
+                        "machine: lower buffer_size")
+
+
+def _transition_bytes(env) -> int:
+    """Replay bytes of one transition (``agents.replay``: float32 obs and next obs, reward and
+    done flag; int64 discrete or float32 continuous actions)."""
+    obs = int(np.prod(env.observation_space.shape))
+    space = env.action_space
+    action = 8 if space.shape == () else 4 * int(np.prod(space.shape))
+    return 4 * (2 * obs + 2) + action
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory, or the container's limit when lower; None when unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = ""
+    return min(total, int(limit)) if limit.isdigit() else total
 
 
 def build_agent(config: RunConfig, env, threads: int | None = None):
@@ -106,71 +163,190 @@ class Progress:
             self._bar.close()
 
 
-def prepare_run_dir(run_dir, config: RunConfig, resume: bool) -> RunConfig:
-    """Create a new run directory, or check and reload an existing one for ``--resume``."""
+@dataclass
+class RunDirectory:
+    """A run directory held by one ``train`` call.
+
+    It is locked (``files.lock_directory``) while the run trains, so that a second trainer on
+    the same directory (the same command twice, a re-run while an orphaned benchmark worker
+    still trains) fails at once instead of interleaving checkpoints.
+    """
+
+    path: Path
+    lock: int | None
+    created: list[Path]
+    """Directories this call created, deepest first (empty for a resumed run)."""
+    new: bool
+    """A new run (its directory was empty), not a resumed one."""
+
+    def discard(self) -> None:
+        """Remove what a new run made when it failed to start, so that the same command can be
+        run again; a resumed run's directory is left as it was."""
+        if not self.new:
+            return
+        if self.created and self.created[0] == self.path:
+            shutil.rmtree(self.path, ignore_errors=True)
+            _remove_empty(self.created[1:])
+            return
+        for part in self.path.iterdir():  # it was empty when this run locked it
+            if part.is_dir() and not part.is_symlink():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+
+def prepare_run_dir(run_dir, config: RunConfig, resume: bool) -> RunDirectory:
+    """Create and lock a new run directory (writing ``config.yaml``), or lock an existing one and
+    check that ``config`` may continue it (``--resume``).
+
+    A resumed run must have the saved settings except those in ``config.RESUMABLE``, and may not
+    end before its latest checkpoint. Nothing is changed on any error (one-line UserError).
+    The caller releases the returned directory.
+    """
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
     if resume:
-        if not saved.exists():
-            raise UserError(f"cannot resume {run_dir}: no config.yaml there (not a bnrl run)")
-        old = from_dict(read_yaml(saved))
-        if (old.agent, old.env, old.seed) != (config.agent, config.env, config.seed):
-            raise UserError(
-                f"cannot resume {run_dir}: it is {old.agent} on {old.env} seed {old.seed}, "
-                f"not {config.agent} on {config.env} seed {config.seed}")
-        old.steps = config.steps  # resuming may extend the step goal
-        config = old
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"run directory {run_dir} already exists: pass --resume to continue it "
-                        "or choose another --logdir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".yaml.tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-    os.replace(tmp, saved)
-    return config
+        if not run_dir.is_dir():
+            raise UserError(f"cannot resume {run_dir}: no such run directory")
+        created = []
+    else:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"run directory {run_dir} is a file: choose another --logdir")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise UserError(f"run directory {run_dir} already exists: pass --resume to continue "
+                            "it or choose another --logdir")
+        created = _make_dirs(run_dir)
+    try:
+        lock = lock_directory(run_dir)
+    except BlockingIOError:
+        _remove_empty(created)
+        raise UserError(f"run directory {run_dir} is in use by another bnrl process (a training "
+                        "run or benchmark worker): wait for it to end or choose another "
+                        "--logdir") from None
+    held = RunDirectory(run_dir, lock, created, new=False)
+    try:
+        if resume:
+            _check_resume(run_dir, config)
+        elif any(run_dir.iterdir()):  # filled meanwhile by another process
+            raise UserError(f"run directory {run_dir} already exists: pass --resume to continue "
+                            "it or choose another --logdir")
+        else:
+            held.new = True
+            _write_config(run_dir, config)
+    except BaseException:
+        held.discard()
+        held.release()
+        raise
+    return held
+
+
+def _make_dirs(run_dir: Path) -> list[Path]:
+    """``mkdir -p run_dir``; returns the directories it created, deepest first."""
+    missing, parent = [], run_dir
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    created = []
+    try:
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue  # made meanwhile by another process: not this run's to remove
+            created.insert(0, directory)
+    except OSError as exc:
+        _remove_empty(created)
+        raise UserError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    return created
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """rmdir each directory (deepest first) while they are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _write_config(run_dir: Path, config: RunConfig) -> None:
+    try:
+        atomic_write(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    except OSError as exc:
+        raise UserError(f"cannot write in run directory {run_dir}: {exc.strerror}") from None
+
+
+def _check_resume(run_dir: Path, config: RunConfig) -> None:
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        raise UserError(f"cannot resume {run_dir}: no config.yaml there (not a bnrl run)")
+    saved = from_dict(read_yaml(saved_file), str(saved_file))
+    if (saved.agent, saved.env) != (config.agent, config.env):
+        raise UserError(
+            f"cannot resume {run_dir}: it is {saved.agent} on {saved.env} seed {saved.seed}, "
+            f"not {config.agent} on {config.env} seed {config.seed}")
+    changed = changed_settings(saved, config)
+    if changed:
+        shown = "; ".join(changed[:4]) + (f"; {len(changed) - 4} more" if changed[4:] else "")
+        may = ", ".join(key.removeprefix("agent_config.") for key in RESUMABLE)
+        raise UserError(f"cannot resume {run_dir} with other settings: {shown}. A resumed run "
+                        f"keeps its settings; only {may} may change")
+    newest = checkpoint.latest(run_dir)
+    if newest is not None and config.steps < checkpoint.step_of(newest):
+        raise UserError(f"cannot resume {run_dir} with --steps {config.steps}: its latest "
+                        f"checkpoint is at step {checkpoint.step_of(newest)}; pass --steps >= "
+                        f"{checkpoint.step_of(newest)}")
 
 
 def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "auto",
-          threads: int | None = None) -> dict:
+          threads: int | None = None, replay: bool = True, warn=None) -> dict:
     """Train one agent on one env, as described by ``config``, in ``run_dir``.
 
     Args:
       config: resolved run configuration.
-      run_dir: the run directory (must not exist unless ``resume``).
-      resume: continue from the latest complete checkpoint of ``run_dir``.
+      run_dir: the run directory (must not exist, or be empty, unless ``resume``).
+      resume: continue from the latest complete checkpoint of ``run_dir``; ``config`` must equal
+        the saved one except for ``config.RESUMABLE``.
       progress: ``auto`` (bar on a terminal, lines otherwise), ``bar``, ``plain`` or ``none``.
       threads: TensorFlow threads for this run (benchmark workers share the cores).
+      replay: when resuming, load the checkpoint's replay buffer, which must be intact; False
+        continues with an empty buffer.
+      warn: called with each of ``config.warnings()`` once every check has passed.
 
     Returns:
       The run summary (also written to ``summary.json``).
 
     Raises:
-      UserError: bad input (one line, for the command line).
+      UserError: bad input (one line, for the command line). Nothing is written before the whole
+        configuration is checked; a new run that fails to start removes what it made.
       NonFiniteLoss: a loss became NaN/inf; the last good checkpoint is kept.
+      StorageError: a file could not be written; the run resumes from its last checkpoint.
+      KeyboardInterrupt: with a message saying what was kept and how to continue.
     """
     run_dir = Path(run_dir)
-    make_run_env(config, config.seed).close()  # bad env ids fail before the run dir exists
-    config = prepare_run_dir(run_dir, config, resume)
-    # Episode returns and lengths are counted by gymnasium's own wrapper.
-    env = RecordEpisodeStatistics(make_run_env(config, config.seed))
-    eval_env = make_run_env(config, config.seed + 10_000)
-    agent = build_agent(config, env, threads)
-    state = {"episodes": 0, "resets": 0, "eval_steps": [], "eval_returns": [],
-             "bn_history": {"steps": []}, "wall_time_s": 0.0, "train_time_s": 0.0}
-    ckpt = checkpoint.latest(run_dir) if resume else None
-    if ckpt is not None:
-        state = checkpoint.load_loop_state(ckpt)
-        checkpoint.restore_agent(agent, ckpt)
-        state["resets"] += 1
+    check_run(config)  # a bad env or a too big replay fails before anything is written
+    held = prepare_run_dir(run_dir, config, resume)
+    for message in config.warnings() if warn is not None else ():
+        warn(message)
+    hook = threading.excepthook
+    threading.excepthook = _quiet_event_writer_thread(hook)
+    try:
+        env, eval_env, agent, state, ckpt, logger = _start(config, held, threads, replay)
+    except BaseException as exc:
+        held.discard()
+        held.release()
+        threading.excepthook = hook
+        raise _start_failure(exc, held) from None
     step = agent.env_steps
     bar = Progress(config.steps, step, progress, f"{config.agent}/{config.env}/s{config.seed}")
     if ckpt is not None:
         bar.write(f"resumed {run_dir} from step {step} ({ckpt.name})")
     elif resume:
         bar.write(f"no complete checkpoint in {run_dir}: starting from step 0")
-    logger = ScalarLogger(run_dir, resume_step=step if resume else None)
-    logger.session_start(flatten_settings(config.to_dict()))
     # A fresh episode on every (re)start; the seed moves on so a resumed run explores anew.
     obs, _ = env.reset(seed=config.seed + 1_000_003 * state["resets"])
     eval_env.reset(seed=config.seed + 10_000 + 1_000_003 * state["resets"])
@@ -220,17 +396,126 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 checkpoint.save(run_dir, step, agent, state, config.keep_checkpoints)
         summary = _summary(config, agent, state, time.time() - started, train_time)
         logger.session_end(_final_metrics(summary), step)
+        logger.close()
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted at env step {step}; {_kept(run_dir)}") from None
+    except Exception as exc:
+        if not _is_write_failure(exc, run_dir):
+            raise
+        raise StorageError(f"{_write_failure(exc)}; {_kept(run_dir)}") from None
     finally:
         bar.close()
-        logger.close()
-        env.close()
-        eval_env.close()
-    agent.close()
-    tmp = run_dir / "summary.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, run_dir / "summary.json")
+        _close_quietly(logger, env, eval_env, agent)
+        held.release()
+        threading.excepthook = hook
     return summary
+
+
+def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: bool):
+    """Envs, agent (restored when resuming), loop state and logger of a run; whatever was made
+    is closed again when a later part fails."""
+    run_dir, resume, made = held.path, not held.new, []
+    try:
+        # Episode returns and lengths are counted by gymnasium's own wrapper.
+        env = RecordEpisodeStatistics(make_run_env(config, config.seed))
+        made.append(env)
+        eval_env = make_run_env(config, config.seed + 10_000)
+        made.append(eval_env)
+        agent = build_agent(config, env, threads)
+        made.append(agent)
+        state = {"episodes": 0, "resets": 0, "eval_steps": [], "eval_returns": [],
+                 "bn_history": {"steps": []}, "wall_time_s": 0.0, "train_time_s": 0.0}
+        ckpt = checkpoint.latest(run_dir) if resume else None
+        if ckpt is not None:
+            ckpt = checkpoint.restore_agent(agent, ckpt, replay=replay)
+            state = checkpoint.load_loop_state(ckpt)
+            state["resets"] += 1
+        if resume:  # only now: a resume that fails to start leaves the run as it was
+            _write_config(run_dir, config)
+        logger = ScalarLogger(run_dir, resume_step=agent.env_steps if resume else None)
+        logger.session_start(flatten_settings(config.to_dict()))
+    except BaseException:
+        _close_quietly(*reversed(made))
+        raise
+    return env, eval_env, agent, state, ckpt, logger
+
+
+def _start_failure(exc: BaseException, held: RunDirectory) -> BaseException:
+    """The one-line error for a run that failed to start (its directory is already back as it
+    was)."""
+    kept = "nothing was kept" if held.new else f"{held.path} is unchanged"
+    if isinstance(exc, KeyboardInterrupt):
+        return KeyboardInterrupt(f"interrupted while starting; {kept}: run the same command "
+                                 "again")
+    if _is_write_failure(exc, held.path):
+        return StorageError(f"{_write_failure(exc)}; {kept}")
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
+        reason = _first_line(exc) or "out of memory"
+        return UserError(f"not enough memory to build the run ({reason}); {kept}: lower "
+                         "buffer_size or the network widths")
+    return exc
+
+
+# TensorBoard's event writer, whose background thread does the writing.
+_EVENT_WRITER = "tensorboard.summary.writer"
+
+
+# Errors of writing a file, whatever file it is; other OSErrors count when they name a run file
+# (an env's own OSError is the env's bug and keeps its traceback).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
+def _is_write_failure(exc: BaseException, run_dir: Path) -> bool:
+    """A file of the run could not be written: a StorageError, an OSError of writing, or an
+    error of TensorBoard's event writer (TensorFlow's file system reports ENOSPC as an
+    OpError)."""
+    if isinstance(exc, StorageError):
+        return True
+    if isinstance(exc, OSError):
+        name = os.path.abspath(str(exc.filename or ""))
+        return exc.errno in _WRITE_ERRNOS or name.startswith(os.path.abspath(run_dir) + os.sep)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(_EVENT_WRITER):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _write_failure(exc: BaseException) -> str:
+    if isinstance(exc, StorageError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot write {exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return f"cannot write the TensorBoard events: {_first_line(exc)}"
+
+
+def _quiet_event_writer_thread(previous):
+    """A ``threading.excepthook`` that skips the traceback of TensorBoard's writer thread: the
+    writer raises the same error again in the training thread at its next call, where it becomes
+    a one-line StorageError."""
+
+    def hook(args):
+        if not type(args.thread).__module__.startswith(_EVENT_WRITER):
+            previous(args)
+
+    return hook
+
+
+def _kept(run_dir: Path) -> str:
+    """What an interrupted or failed run keeps, and how to continue it."""
+    newest = checkpoint.latest(run_dir)
+    kept = (f"{run_dir} keeps its checkpoint at step {checkpoint.step_of(newest)}"
+            if newest is not None else f"{run_dir} has no checkpoint yet")
+    return f"{kept}: continue with the same command and --resume"
+
+
+def _close_quietly(*parts) -> None:
+    """Close envs/agent/logger on the way out of a failure without hiding that failure."""
+    for part in parts:
+        with contextlib.suppress(Exception):
+            part.close()
 
 
 def _check_finite(scalars: dict, step: int) -> None:
