@@ -1,12 +1,13 @@
 """The named pieces every agent's update is assembled from.
 
-An agent's ``_build_update(batch)`` reads top to bottom like a CleanRL training step: TD target
-(``critic_pass`` + ``td_target``) -> critic step with the BN updates of its one training-mode pass
-(``gradient_step``) -> delayed actor step -> temperature step (``temperature_step``); the target
-update (``target_update``) and the ``Schedule`` of which pieces run at update ``i`` are put
-together by ``assemble``. Every piece is a function of the tensors it is given (the batch's input
-tensors, never placeholders read from ``self``), so that the whole update is one function of its
-inputs.
+An agent's ``_build_update(batch, noise, pieces)`` reads top to bottom like a CleanRL training
+step: TD target (``critic_pass`` + ``td_target``) -> critic step with the BN updates of its one
+training-mode pass (``gradient_step``) -> when ``pieces`` has it, the delayed actor step ->
+temperature step (``temperature_step``). The core adds the target update (``target_update``) and
+builds one such function per variant of the agent's ``Schedule`` (which pieces run at update
+``i``). Every piece is a function of the tensors it is given (the batch's input tensors and noise
+drawn outside, never placeholders read from ``self``), so that a variant is one function of its
+inputs, with nothing shared between variants but variables and optimizers.
 
 Order inside the one ``sess.run`` is explicit: critic step -> actor step (its critic reads see the
 new critic, as in SB3 and CleanRL) -> temperature step -> target update. It is threaded through
@@ -115,7 +116,9 @@ def critic_pass(critic: keras.Model, inputs, next_inputs, target: keras.Model | 
             q, updates = training_call(critic, inputs)
     online = early
     if need_online_next and early is None:
-        # A training-mode call whose updates are not collected changes no statistics.
+        # A training-mode call whose update ops are not run changes no statistics (in a graph,
+        # only fetched ops run; inside a tf.function every created update op would run, so
+        # such calls would need a BN path that creates none).
         online = _next_half(q_joint) if joint_batch else critic(next_inputs, training=True)
     if target is None:
         q_next = online

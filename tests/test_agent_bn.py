@@ -42,16 +42,23 @@ DISCRETE_ACT = gym.spaces.Discrete(N_ACTIONS)
 
 SMALL = dict(hidden=(32, 32), batch_size=BATCH, learning_starts=0)
 ACTOR_SMALL = dict(actor_hidden=(32, 32))
+# The pre-remedy BN settings (one training-mode pass on (s, a), targets and actor-loss critic in
+# inference mode), which the "auto" defaults no longer pick with critic_norm=batch.
+PLAIN = dict(critic_batch="separate", target="polyak", bootstrap_mode="inference")
+ACTOR_PLAIN = dict(PLAIN, actor_loss_mode="inference")
 # case id -> (agent name, config). Every critic normalizes its state input too, so that the
 # input BN layer's batch statistics are exactly those of the observations fed.
 BN_CASES = {
-    "dqn": ("dqn", dict(SMALL, critic_norm="batch", critic_input_norm=True)),
-    "ddpg": ("ddpg", dict(SMALL, **ACTOR_SMALL, critic_norm="batch", critic_input_norm=True,
-                          actor_norm="batch")),
-    "td3": ("td3", dict(SMALL, **ACTOR_SMALL, critic_norm="batch", critic_input_norm=True,
-                        actor_norm="batch")),
-    "sac": ("sac", dict(SMALL, **ACTOR_SMALL, critic_norm="batch", critic_input_norm=True,
-                        actor_norm="batch")),
+    "dqn": ("dqn", dict(SMALL, **PLAIN, critic_norm="batch", critic_input_norm=True)),
+    "ddpg": ("ddpg", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+                          critic_input_norm=True, actor_norm="batch")),
+    "td3": ("td3", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+                        critic_input_norm=True, actor_norm="batch")),
+    "sac": ("sac", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+                        critic_input_norm=True, actor_norm="batch")),
+    # TD3's defaults with a BN critic (joint pass, target critic in training mode).
+    "td3-defaults": ("td3", dict(SMALL, **ACTOR_SMALL, critic_norm="batch",
+                                 critic_input_norm=True, actor_norm="batch")),
     # CrossQ's defaults: Batch Renorm in critic and actor, critic input norm on.
     "crossq-renorm": ("crossq", dict(SMALL, **ACTOR_SMALL, hidden=(64, 64))),
     "crossq-batch": ("crossq", dict(SMALL, **ACTOR_SMALL, hidden=(64, 64), critic_norm="batch",
@@ -143,12 +150,13 @@ def bn_agent(request):
 # ------------------------------------------------------------------------- 1. EMA, once per step
 def test_moving_statistics_move_once_per_update(bn_agent):
     """k = 3 updates: the state-input BN layer of every critic head follows the EMA of the
-    biased moments of exactly the observations fed (joint obs/next_obs batch for CrossQ), the
-    first hidden BN layer the EMA of its pre-activations, and the actor's first BN layer moves
-    only on the steps that train the actor."""
+    biased moments of exactly the observations fed (the joint obs/next_obs batch of a joint
+    critic pass: CrossQ, BN defaults), the first hidden BN layer the EMA of its
+    pre-activations, and the actor's first BN layer moves only on the steps that train the
+    actor."""
     agent = bn_agent
     critic = agent.critic_models[0]
-    crossq = agent.name == "crossq"
+    joint = agent.config.setting("critic_batch") == "joint"
     input_layers = [layer for layer in bn_layers(critic) if layer.name.endswith("_bn_in")]
     n_heads = getattr(agent.config, "n_critics", 1)
     assert len(input_layers) == n_heads  # q_bn_in (DQN) or q0_bn_in, q1_bn_in
@@ -176,14 +184,14 @@ def test_moving_statistics_move_once_per_update(bn_agent):
         agent.update(batch)
 
         assert agent.updates_done == updates_before + 1
-        fed = np.concatenate([batch["obs"], batch["next_obs"]]) if crossq else batch["obs"]
+        fed = np.concatenate([batch["obs"], batch["next_obs"]]) if joint else batch["obs"]
         for layer in input_layers:
             renorm = _is_renorm(layer)
             exp_mean, exp_var = _expected_moving(before[layer.name], fed, renorm)
             got_mean, got_var = _run(agent, [layer.moving_mean, layer.moving_variance])
             np.testing.assert_allclose(got_mean, exp_mean, atol=ATOL, err_msg=layer.name)
             np.testing.assert_allclose(got_var, exp_var, atol=ATOL, err_msg=layer.name)
-            if crossq:
+            if joint:
                 # The joint batch, not obs alone: its statistics differ by far more than ATOL.
                 obs_only, _ = _expected_moving(before[layer.name], batch["obs"], renorm)
                 assert np.abs(obs_only - exp_mean).max() > 100 * ATOL
@@ -195,7 +203,7 @@ def test_moving_statistics_move_once_per_update(bn_agent):
                         np.abs(got_var - before[layer.name]["moving_variance"]).max())
             assert moved > 1e-5, layer.name
 
-        if not crossq:
+        if not joint:
             # First hidden BN layer: pre-activations of this step's forward pass (pre-step weights)
             # on the training-mode-normalized input.
             bn_in = before[input_layers[0].name]
@@ -352,7 +360,7 @@ def test_target_networks_follow_target_bn_policy(name, policy):
 def test_target_networks_exist_except_for_crossq(bn_agent):
     agent = bn_agent
     targets = [t for _, t in agent.target_pairs]
-    if agent.name == "crossq":
+    if agent.config.setting("target") == "none":
         assert targets == []
     else:
         assert targets
@@ -497,7 +505,8 @@ def test_log_returns_post_step_diagnostics(bn_agent):
         assert np.isfinite(out["bn_Q_train_eval_gap"]) and out["bn_Q_train_eval_gap"] >= 0
         assert expected["bn_Q_moving_mean"] > 0  # moved from its init
     # Every variant these updates can use (DQN syncs only every 2500, DDPG runs all pieces).
-    assert seen == {agent.schedule.variant(i) for i in range(agent.updates_done, agent.updates_done + 6)}
+    n = agent.updates_done
+    assert seen == {agent.schedule.variant(i) for i in range(n, n + 6)}
 
 
 NO_BN_CASES = {
