@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bnrl.agents.core import Agent, AgentConfig
-from bnrl.agents.update import Schedule, Update, adam, critic_pass, gradient_step, td_target
+from bnrl.agents.update import Schedule, Update, adam, critic_pass, critic_update, td_target
 from bnrl.networks import q_network, tf
 
 
@@ -109,11 +109,8 @@ class DQN(Agent):
         # Q step (gradient norm clipped, SB3), with the BN updates of its training-mode pass.
         q = tf.gather(values.q, b.action, axis=1, batch_dims=1)
         loss = tf.reduce_mean(tf.compat.v1.losses.huber_loss(y, q, reduction="none"))
-        q_step = gradient_step(self.optimizer, loss, self.q.trainable_variables, values.updates,
-                               clip_norm=c.max_grad_norm, name="q_step")
-        return Update(critic_step=q_step,
-                      critic_scalars={"losses/q_loss": loss, "losses/q_values": tf.reduce_mean(q)},
-                      critic_inputs=values.inputs)
+        return critic_update(self.optimizer, loss, q, self.q, values, loss_name="losses/q_loss",
+                             clip_norm=c.max_grad_norm, name="q_step")
 
     def _build_act(self):
         return tf.argmax(self.q(self.obs_ph, training=False), axis=1)

@@ -21,6 +21,7 @@ from bnrl.agents.update import (
     Update,
     adam,
     critic_pass,
+    critic_update,
     gradient_step,
     td_target,
     temperature_step,
@@ -124,19 +125,13 @@ class SAC(Agent):
         # Critic step, with the BN updates of its one training-mode pass.
         q = values.q
         critic_loss = 0.5 * tf.reduce_sum(tf.reduce_mean(tf.square(q - y[:, None]), axis=0))
-        critic_step = gradient_step(self.critic_optimizer, critic_loss,
-                                    self.critic.trainable_variables, values.updates,
-                                    name="critic_step")
-        update = Update(critic_step=critic_step,
-                        critic_scalars={"losses/critic_loss": critic_loss,
-                                        "losses/q_values": tf.reduce_mean(q)},
-                        critic_inputs=values.inputs)
+        update = critic_update(self.critic_optimizer, critic_loss, q, self.critic, values)
         if ACTOR not in pieces:
             return update
 
         # Delayed actor step. Model calls inside this block read their variables after the
         # critic step; the critic's training-mode call here collects no updates.
-        with tf.control_dependencies([critic_step]):
+        with tf.control_dependencies([update.critic_step]):
             dist, actor_updates = training_call(self.actor, b.obs)
             action, logp, _ = squashed_gaussian(dist, noise["action"])
             q_pi = tf.reduce_min(self.critic(

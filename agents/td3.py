@@ -17,7 +17,16 @@ from typing import ClassVar
 
 import numpy as np
 from bnrl.agents.core import ActorCriticConfig, Agent
-from bnrl.agents.update import ACTOR, Schedule, Update, adam, critic_pass, gradient_step, td_target
+from bnrl.agents.update import (
+    ACTOR,
+    Schedule,
+    Update,
+    adam,
+    critic_pass,
+    critic_update,
+    gradient_step,
+    td_target,
+)
 from bnrl.networks import Norm, critic, deterministic_actor, tf, training_call
 
 
@@ -163,19 +172,13 @@ class TD3(Agent):
         if c.critic_l2 > 0:
             kernels = [v for v in self.critic.trainable_variables if "kernel" in v.name]
             critic_loss += c.critic_l2 * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
-        critic_step = gradient_step(self.critic_optimizer, critic_loss,
-                                    self.critic.trainable_variables, values.updates,
-                                    name="critic_step")
-        update = Update(critic_step=critic_step,
-                        critic_scalars={"losses/critic_loss": critic_loss,
-                                        "losses/q_values": tf.reduce_mean(q)},
-                        critic_inputs=values.inputs)
+        update = critic_update(self.critic_optimizer, critic_loss, q, self.critic, values)
         if ACTOR not in pieces:
             return update
 
         # Delayed actor step on the first critic head, reading the new critic; the critic's
         # training-mode call here collects no updates.
-        with tf.control_dependencies([critic_step]):
+        with tf.control_dependencies([update.critic_step]):
             action, actor_updates = training_call(self.actor, b.obs)
             q_pi = self.critic([b.obs, action],
                                training=c.setting("actor_loss_mode") == "training")[:, 0]

@@ -2,12 +2,13 @@
 
 An agent's ``_build_update(batch, noise, pieces)`` reads top to bottom like a CleanRL training
 step: TD target (``critic_pass`` + ``td_target``) -> critic step with the BN updates of its one
-training-mode pass (``gradient_step``) -> when ``pieces`` has it, the delayed actor step ->
-temperature step (``temperature_step``). The core adds the target update (``target_update``) and
-builds one such function per variant of the agent's ``Schedule`` (which pieces run at update
-``i``). Every piece is a function of the tensors it is given (the batch's input tensors and noise
-drawn outside, never placeholders read from ``self``), so that a variant is one function of its
-inputs, with nothing shared between variants but variables and optimizers.
+training-mode pass (``critic_update``) -> when ``pieces`` has it, the delayed actor step
+(``gradient_step``) -> temperature step (``temperature_step``). The core adds the target update
+(``target_update``) and builds one such function per variant of the agent's ``Schedule`` (which
+pieces run at update ``i``). Every piece is a function of the tensors it is given (the batch's
+input tensors and noise drawn outside, never placeholders read from ``self``), so that a variant
+is one function of its inputs, with nothing shared between variants but variables and
+optimizers.
 
 Order inside the one ``sess.run`` is explicit: critic step -> actor step (its critic reads see the
 new critic, as in SB3 and CleanRL) -> temperature step -> target update. It is threaded through
@@ -171,6 +172,18 @@ def gradient_step(optimizer, loss, variables: Sequence, bn_updates: Sequence,
         grads, _ = tf.clip_by_global_norm(grads, clip_norm)
         step = optimizer.apply_gradients(zip(grads, var_list, strict=True))
     return with_updates(step, bn_updates, name=name)
+
+
+def critic_update(optimizer, loss, q, critic: keras.Model, values: CriticPass,
+                  loss_name: str = "losses/critic_loss", clip_norm: float | None = None,
+                  name: str = "critic_step") -> Update:
+    """The critic step on ``loss`` with the BN updates of the critic pass, as the start of the
+    variant's ``Update`` (scalars: the loss and the mean of ``q``, the trained Q)."""
+    step = gradient_step(optimizer, loss, critic.trainable_variables, values.updates,
+                         clip_norm=clip_norm, name=name)
+    return Update(critic_step=step,
+                  critic_scalars={loss_name: loss, "losses/q_values": tf.reduce_mean(q)},
+                  critic_inputs=values.inputs)
 
 
 def temperature_step(optimizer, loss, log_alpha: tf.Variable, actor_step: tf.Operation):
