@@ -90,15 +90,21 @@ Presets in configs/<ENV_ID>.yaml are applied first; --config FILE (YAML with `tr
 flags and --set override both (a flag left out overrides nothing). Values are YAML 1.2
 (3e-4 is a number); aliases (*name) are not accepted. Agent settings (--set KEY=VALUE):
   all agents: gamma batch_size buffer_size learning_starts train_freq gradient_steps hidden
-              critic_norm critic_input_norm bn_momentum bn_epsilon target_bn tau
-              intra_op_threads inter_op_threads
+              critic_norm critic_input_norm critic_norm_position bn_momentum bn_epsilon
+              target_bn tau adam_beta1 intra_op_threads inter_op_threads
+              BN remedies (docs/bn-critics.md): critic_batch (auto, separate, joint)
+              target (auto, polyak, none) bootstrap_mode (auto, inference, training)
+              renorm_warmup renorm_rmax renorm_dmax
   dqn:    learning_rate target_update_interval exploration_steps exploration_initial_eps
           exploration_final_eps max_grad_norm double_q dueling
   td3/ddpg: learning_rate actor_learning_rate actor_hidden actor_norm actor_input_norm n_critics
           policy_delay target_policy_noise target_noise_clip action_noise action_noise_std
-          ou_theta action_at norm_after_action critic_l2
+          ou_theta action_at norm_after_action critic_l2 actor_loss_mode (auto, inference,
+          training)
   sac:    learning_rate actor_hidden actor_norm n_critics init_alpha autotune_alpha target_entropy
-  crossq: the sac settings and adam_beta1 policy_delay renorm_warmup
+          policy_delay actor_loss_mode
+  crossq: the sac settings, with CrossQ's defaults (joint critic pass, no target network,
+          Batch Renorm with warm-up, Adam beta1 0.5, policy_delay 3)
 examples:
   python run.py train --agent sac --env Pendulum-v1 --critic-norm batch --steps 20000
   python run.py train --agent dqn --env CartPole-v1 --set hidden=[128,128] --logdir runs/dqn

@@ -1,17 +1,13 @@
 """The Session-based agent core every bnrl agent is built on.
 
 An agent owns a ``tf.Graph`` and a ``tf.compat.v1.Session``. The graph is built once, in small
-``_build_*`` steps (Dopamine style), checked with ``networks.check_wiring`` so that no BN layer is
-left stale or updated twice, and then finalized: nothing adds ops during training. One gradient
-step is one ``sess.run`` (through a ``make_callable``) that applies every optimizer step, every
-BN moving-average update of every training-mode call and the target updates.
-
-Order inside that one run is explicit, because resource-variable reads and writes in one run are
-otherwise unordered (and results would depend on thread scheduling):
-critic step (with its BN updates) -> actor step, whose critic reads see the new critic (as in
-SB3 and CleanRL) -> target update. ``after(deps, x)`` threads that order through ``tf.identity``
-rather than building optimizer ops inside ``control_dependencies`` blocks, which made Grappler find
-a cycle and skip passes (docs/keras-batchnorm.md, section 9).
+``_build_*`` steps (Dopamine style): the agent's networks, its ``Schedule``, and one train op per
+variant of that schedule (the set of pieces an update runs: critic step, delayed actor step,
+target update). Each variant is ``_build_variant(batch, noise, pieces)``, a function of its input
+tensors that builds everything the variant runs from the named pieces of ``agents.update``; random
+noise is drawn outside it. The train ops are checked with ``networks.check_wiring`` so that no BN
+layer is left stale or updated twice, and the graph is then finalized: nothing adds ops during
+training. One gradient step is one ``sess.run`` (through a ``make_callable``) of one variant.
 """
 
 from __future__ import annotations
@@ -19,18 +15,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from bnrl.agents.replay import ReplayBuffer
-from bnrl.networks import Norm, bn_diagnostics, check_wiring, keras, new_graph_session, tf
+from bnrl.agents.update import TARGET, Batch, Schedule, Update, target_update, target_update_ops
+from bnrl.networks import Norm, bn_diagnostics, check_wiring, new_graph_session, tf
 from bnrl.training.errors import one_line
 from bnrl.training.files import atomic_write
 
 TARGET_BN_POLICIES = ("copy", "polyak", "frozen")
 MAX_THREADS = 1024
 """Upper bound of the TensorFlow thread-pool settings (far above any machine's cores)."""
+# The BN settings of issue 12 and their values; "auto" picks the agent's ``bn_defaults`` when the
+# critic has plain BN and the pre-remedy behaviour (``PLAIN``) otherwise.
+BN_SETTINGS = {"critic_batch": ("separate", "joint"), "target": ("polyak", "none"),
+               "bootstrap_mode": ("inference", "training"),
+               "actor_loss_mode": ("inference", "training")}
+PLAIN = {"critic_batch": "separate", "target": "polyak", "bootstrap_mode": "inference",
+         "actor_loss_mode": "inference"}
 
 
 @dataclass
@@ -64,6 +68,37 @@ class AgentConfig:
     ``tau_non_trainable=1``), ``polyak`` like the weights, or ``frozen`` at initialization."""
     tau: float = 0.005
     """Polyak coefficient of the target weights."""
+    critic_norm_position: str = "pre_activation"
+    """Where the critic's hidden normalization goes: ``pre_activation`` (Dense -> Norm -> ReLU,
+    Ioffe & Szegedy 2015, DDPG) or ``post_activation`` (Dense -> ReLU -> Norm, CrossQ)."""
+    critic_batch: str = "auto"
+    """Rows of the critic's one training-mode pass. ``separate``: the batch ``(s, a)`` alone.
+    ``joint``: ``concat([s, s'])`` / ``concat([a, a'])``, split, gradient stopped on the next
+    half, so one set of batch statistics covers both and the moving statistics are updated once
+    per step from all ``2B`` rows (CrossQ, Bhatt et al. ICLR 2024). ``auto``: the agent's
+    ``bn_defaults`` when ``critic_norm`` is ``batch``, ``separate`` otherwise."""
+    target: str = "auto"
+    """``polyak``: target networks (critic, and actor for TD3/DDPG) polyak-averaged with ``tau``,
+    their BN statistics by ``target_bn``. ``none``: no target networks; the TD target bootstraps
+    from the online critic (from the joint pass with ``critic_batch=joint``) and TD3/DDPG take next
+    actions from the online actor (CrossQ). ``auto``: the agent's ``bn_defaults`` when
+    ``critic_norm`` is ``batch``, ``polyak`` otherwise."""
+    bootstrap_mode: str = "auto"
+    """BN mode of the networks that compute the TD target (target critic, or the online critic
+    without one; DQN's double-Q argmax too). ``inference``: moving statistics (DDPG paper, SB3).
+    ``training``: the batch statistics of the rows they see (``s'``, or the joint batch with
+    ``critic_batch=joint``, so that bootstrap and trained Q are normalized alike), with no
+    statistics update. ``auto``: the agent's ``bn_defaults`` when ``critic_norm`` is ``batch``,
+    ``inference`` otherwise."""
+    renorm_warmup: int = 0
+    """Updates during which Batch Renorm (critic and actor) is pinned to plain BN (r = 1,
+    d = 0) before its corrections are allowed (CrossQ: 100k)."""
+    renorm_rmax: float = 3.0
+    """Batch Renorm's clip of r to [1 / rmax, rmax] (Ioffe 2017; CrossQ: 3)."""
+    renorm_dmax: float = 5.0
+    """Batch Renorm's clip of d to [-dmax, dmax] (Ioffe 2017; CrossQ: 5)."""
+    adam_beta1: float = 0.9
+    """Adam beta1 of every optimizer (Kingma & Ba: 0.9; CrossQ: 0.5)."""
     intra_op_threads: int = 0
     """TensorFlow threads inside one op (0: TensorFlow's choice)."""
     inter_op_threads: int = 2
@@ -89,10 +124,51 @@ class AgentConfig:
                 f"unknown target_bn '{self.target_bn}': use one of {', '.join(TARGET_BN_POLICIES)}"
             )
         self.critic_norm_spec()
+        self._check_bn_settings()
+
+    # The BN settings each agent picks for a critic with plain BN (the "auto" values; issue 12).
+    bn_defaults: ClassVar[dict[str, str]] = {}
+
+    def setting(self, name: str) -> str:
+        """The value of BN setting ``name`` with ``auto`` resolved (see ``bn_defaults``)."""
+        value = getattr(self, name)
+        if value != "auto":
+            return value
+        return (self.bn_defaults.get(name, PLAIN[name]) if self.critic_norm == "batch"
+                else PLAIN[name])
+
+    def _check_bn_settings(self) -> None:
+        for name, choices in BN_SETTINGS.items():
+            value = getattr(self, name, "auto")
+            if value != "auto" and value not in choices:
+                raise ValueError(f"unknown {name} '{value}': use auto, {', '.join(choices)}")
+        if (self.setting("critic_batch"), self.setting("target"),
+                self.setting("bootstrap_mode")) == ("joint", "none", "inference"):
+            raise ValueError("critic_batch=joint with target=none bootstraps from its own "
+                             "training-mode pass: use bootstrap_mode=training or target=polyak")
+        if self.setting("target") == "none" and self.target_bn != "copy":
+            raise ValueError(f"target_bn={self.target_bn} needs target networks but target=none: "
+                             "leave target_bn at copy or use target=polyak")
+        check_range(self, "renorm_warmup", 0)
+        check_range(self, "renorm_rmax", 1)
+        check_range(self, "renorm_dmax", 0)
+        check_range(self, "adam_beta1", 0, 1, open_high=True)
 
     def critic_norm_spec(self, **overrides) -> Norm:
         return Norm(self.critic_norm, self.bn_momentum, self.bn_epsilon,
-                    input_norm=self.critic_input_norm, **overrides)
+                    input_norm=self.critic_input_norm, position=self.critic_norm_position,
+                    **overrides)
+
+
+@dataclass
+class ActorCriticConfig(AgentConfig):
+    """Settings shared by the agents with an actor (DDPG, TD3, SAC, CrossQ)."""
+
+    actor_loss_mode: str = "auto"
+    """BN mode of the critic inside the actor loss. ``inference``: moving statistics (DDPG
+    paper, CrossQ, SB3). ``training``: the batch statistics of ``(s, pi(s))``, with no statistics
+    update, i.e. the actor climbs the Q the critic is trained as. ``auto``: the agent's
+    ``bn_defaults`` when ``critic_norm`` is ``batch``, ``inference`` otherwise."""
 
 
 def check_range(config, name: str, low=None, high=None, *, open_low: bool = False,
@@ -171,52 +247,14 @@ def config_from_dict(cls, values: dict | None):
     return config
 
 
-def after(deps, tensor):
-    """``tensor`` (any nesting) made to wait for ``deps`` through ``tf.identity``."""
-    deps = [d for d in tf.nest.flatten(deps) if d is not None]
-    with tf.control_dependencies(deps):
-        return tf.nest.map_structure(tf.identity, tensor)
-
-
-def target_update_ops(online: keras.Model, target: keras.Model, tau, bn_policy: str):
-    """Polyak the target's weights towards ``online``; its BN statistics follow ``bn_policy``.
-
-    All of the model's variables are covered, not only ``trainable_variables``: otherwise the
-    target's moving statistics stay at 0/1 for ever (SB3 GH #996).
-
-    Args:
-      online: the online network.
-      target: its copy, same builder and sizes.
-      tau: polyak coefficient for trainable weights (1.0 = hard copy).
-      bn_policy: ``copy`` (tau 1 for non-trainable variables), ``polyak``, or ``frozen``.
-
-    Returns:
-      A list of assign ops.
-    """
-    ops = []
-    trainable = {v.ref() for v in online.trainable_weights}
-    for src, dst in zip(online.weights, target.weights, strict=True):
-        if src.shape != dst.shape:
-            raise ValueError(f"target variable {dst.name} does not match {src.name}")
-        if src.ref() in trainable:
-            rate = tau
-        elif bn_policy == "copy":
-            rate = 1.0
-        elif bn_policy == "polyak":
-            rate = tau
-        else:
-            continue
-        value = src if rate == 1.0 else (1.0 - rate) * dst + rate * src
-        ops.append(dst.assign(value, read_value=False))
-    return ops
-
-
 class Agent:
     """Base class: graph, session, replay, acting, one-``sess.run`` updates, save/restore.
 
-    Subclasses implement ``_build_networks`` and ``_build_train_ops``, and ``_act_numpy`` when
-    acting needs more than one forward pass. Public API: ``act``, ``observe``, ``train_step``,
-    ``update``, ``save``, ``restore``.
+    Subclasses implement three build steps: ``_build_networks`` (the Keras models),
+    ``_build_update(batch)`` (the update as an ``agents.update.Update`` of named pieces, its
+    ``Schedule`` included) and ``_build_act`` (the acting output), and ``_postprocess_action``
+    when acting needs more than the network's output. Public API: ``act``, ``observe``,
+    ``train_step``, ``update``, ``save``, ``restore``, and ``schedule``.
 
     Args:
       observation_space: a 1-D ``gymnasium.spaces.Box``.
@@ -247,12 +285,14 @@ class Agent:
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.compat.v1.set_random_seed(self.seed)
-            self._build_placeholders()
+            batch = self._build_placeholders()
             self._build_networks()
-            self._build_train_ops()
+            self.schedule = self._build_schedule()
+            self._build_train_ops(batch, self._build_noise(batch))
             self._build_counter()
             self._build_wiring_check()
             self._build_diagnostics()
+            self.act_output = self._build_act()
             self._build_io()
         self.sess = new_graph_session(self.graph, self.config.intra_op_threads,
                                       self.config.inter_op_threads)
@@ -264,7 +304,7 @@ class Agent:
         self.graph.finalize()
 
     # ----------------------------------------------------------------------------- graph building
-    def _build_placeholders(self):
+    def _build_placeholders(self) -> Batch:
         f32 = tf.float32
         self.obs_ph = tf.compat.v1.placeholder(f32, [None, self.obs_dim], "obs")
         if self.discrete:
@@ -280,6 +320,7 @@ class Agent:
         # step (stateless RNG), so a restored agent draws exactly what the original would have.
         self.num_updates = tf.compat.v1.train.get_or_create_global_step()
         self._models_built = 0
+        return Batch(*self.batch_phs)
 
     def _model_seed(self) -> int:
         """A distinct initializer seed per network: tf-keras initializers ignore the graph seed
@@ -287,19 +328,56 @@ class Agent:
         self._models_built += 1
         return self.seed * 1000 + self._models_built
 
-    def _step_seed(self, salt: int):
-        return tf.stack([tf.cast(self.num_updates, tf.int32) * 7 + salt, self.seed])
+    def _step_noise(self, batch: Batch, width: int, salt: int) -> tf.Tensor:
+        """Standard normal noise ``[batch, width]`` of this step (stateless, seeded by the update
+        counter, so a restored agent draws what the original would have)."""
+        shape = tf.stack([tf.shape(batch.obs)[0], width])
+        seed = tf.stack([tf.cast(self.num_updates, tf.int32) * 7 + salt, self.seed])
+        return tf.random.stateless_normal(shape, seed=seed)
 
     def _build_networks(self):
-        """Create the Keras models: set ``self.critic_models`` (BN diag prefix ``Q``) and
-        ``self.actor_models`` (prefix ``pi``), and ``self.target_pairs`` [(online, target)]."""
+        """Create the Keras models and their optimizers: set ``self.critic_models`` (BN
+        diagnostics prefix ``Q``), ``self.actor_models`` (prefix ``pi``) and
+        ``self.target_pairs`` [(online, target)]."""
         raise NotImplementedError
 
-    def _build_train_ops(self):
-        """Set ``self.train_ops`` {variant: op}, ``self.scalars`` {name: tensor},
-        ``self.critic_step``
-        and ``self.act_output`` (deterministic action / Q-values for the acting path)."""
+    def _build_schedule(self) -> Schedule:
+        """Which pieces run at update ``i``."""
         raise NotImplementedError
+
+    def _build_noise(self, batch: Batch) -> dict:
+        """The random noise of one update, by name, drawn outside the update (``_step_noise``)."""
+        return {}
+
+    def _build_update(self, batch: Batch, noise: dict, pieces: tuple[str, ...]) -> Update:
+        """The critic step, and the actor step when ``pieces`` has one, on ``batch``."""
+        raise NotImplementedError
+
+    def _build_act(self) -> tf.Tensor:
+        """The acting output on ``self.obs_ph`` (inference mode): action, Q-values or dist."""
+        raise NotImplementedError
+
+    def _build_variant(self, batch: Batch, noise: dict, pieces: tuple[str, ...]):
+        """Everything one variant runs, as a function of its input tensors: the agent's steps,
+        then the target update (reading the online networks after the steps).
+
+        Returns:
+          ``(train_op, scalars, update)``.
+        """
+        update = self._build_update(batch, noise, pieces)
+        ops = update.steps()
+        if TARGET in pieces:
+            ops += target_update(self.target_pairs, self.config.tau, self.config.target_bn,
+                                 update.steps())
+        return tf.group(*ops, name="step_" + "_".join(pieces)), update.scalars(), update
+
+    def _build_train_ops(self, batch: Batch, noise: dict):
+        """One train op per variant of the schedule (``self.train_ops``), with its scalars
+        (``self.scalars``) and pieces (``self.updates_built``)."""
+        self.train_ops, self.scalars, self.updates_built = {}, {}, {}
+        for variant, pieces in self.schedule.variants().items():
+            (self.train_ops[variant], self.scalars[variant],
+             self.updates_built[variant]) = self._build_variant(batch, noise, pieces)
 
     def _build_counter(self):
         """Count the update at the very end of every variant, after all of its ops: every read
@@ -308,7 +386,8 @@ class Agent:
         for variant, op in self.train_ops.items():
             with tf.control_dependencies([op]):
                 count = self.num_updates.assign_add(1, read_value=False)
-            self.train_ops[variant] = tf.group(op, count, name=f"train_{variant}")
+            self.train_ops[variant] = tf.group(op, count,
+                                               name="train_" + variant.replace("+", "_"))
 
     def _build_wiring_check(self):
         for variant, op in self.train_ops.items():
@@ -318,25 +397,22 @@ class Agent:
                                    + "; ".join(problems))
 
     def _build_diagnostics(self):
-        """BN diagnostics per train-op variant, read after that variant's step, and the gap
-        between Q with batch statistics and with moving statistics on the trained batch."""
+        """BN diagnostics per variant, read after that variant's step, with the gap between Q
+        with batch statistics and with moving statistics on the rows the critic's training-mode
+        pass saw (the joint batch with ``critic_batch=joint``), read after its critic step."""
         self.diagnostics = {}
         for variant, op in self.train_ops.items():
             diag = dict(bn_diagnostics(self.critic_models, "Q", after=op))
             diag.update(bn_diagnostics(self.actor_models, "pi", after=op))
+            if "bn_Q_moving_mean" in diag:
+                update = self.updates_built[variant]
+                # Built inside the block so that every variable read of both calls (weights and
+                # moving statistics) follows the critic step and its BN updates.
+                with tf.control_dependencies([update.critic_step]):
+                    q_batch = self.critic_models[0](update.critic_inputs, training=True)
+                    q_moving = self.critic_models[0](update.critic_inputs, training=False)
+                diag["bn_Q_train_eval_gap"] = tf.reduce_mean(tf.abs(q_batch - q_moving))
             self.diagnostics[variant] = diag
-        self.train_eval_gap = None
-        if any("bn_Q_moving_mean" in d for d in self.diagnostics.values()):
-            # Built inside the block so that every variable read of both calls (weights and
-            # moving statistics) follows the critic step and its BN updates.
-            with tf.control_dependencies([self.critic_step]):
-                inputs = self._gap_inputs()
-                q_batch = self.critic_models[0](inputs, training=True)
-                q_moving = self.critic_models[0](inputs, training=False)
-            self.train_eval_gap = tf.reduce_mean(tf.abs(q_batch - q_moving))
-
-    def _gap_inputs(self):
-        return [self.obs_ph, self.action_ph]
 
     def _build_io(self):
         init = [tf.compat.v1.global_variables_initializer()]
@@ -355,15 +431,33 @@ class Agent:
             fetches = [op] + [self.scalars[variant][n] for n in names]
             log_names = names + list(self.diagnostics[variant])
             log_fetches = fetches + list(self.diagnostics[variant].values())
-            if self.train_eval_gap is not None:
-                log_names.append("bn_Q_train_eval_gap")
-                log_fetches.append(self.train_eval_gap)
             self._train_fns[variant] = (
                 (names, self.sess.make_callable(fetches, list(self.batch_phs))),
                 (log_names, self.sess.make_callable(log_fetches, list(self.batch_phs))),
             )
         self._act_fn = self.sess.make_callable(self.act_output, [self.obs_ph])
         self._num_updates_fn = self.sess.make_callable(self.num_updates)
+
+    # ------------------------------------------------------------------------------- BN settings
+    def _renorm_clipping(self) -> dict:
+        """Batch Renorm's r/d clipping; during ``renorm_warmup`` updates r in [1, 1], d in
+        [0, 0], which is plain BN (Keras accepts tensors as bounds)."""
+        c = self.config
+        clipping = {"rmax": c.renorm_rmax, "rmin": 1.0 / c.renorm_rmax, "dmax": c.renorm_dmax}
+        if c.renorm_warmup == 0:
+            return clipping
+        warm = tf.cast(self.num_updates, tf.int64) < c.renorm_warmup
+        return {k: tf.where(warm, 0.0 if k == "dmax" else 1.0, v) for k, v in clipping.items()}
+
+    def _critic_norm(self) -> Norm:
+        """The critic's / Q-network's normalization, as the config sets it."""
+        return self.config.critic_norm_spec(renorm_clipping=self._renorm_clipping())
+
+    def _actor_norm(self, kind: str, input_norm: bool = False) -> Norm:
+        """An actor's normalization (same momentum, epsilon and Batch Renorm clipping)."""
+        c = self.config
+        return Norm(kind, c.bn_momentum, c.bn_epsilon, input_norm=input_norm,
+                    renorm_clipping=self._renorm_clipping())
 
     # ------------------------------------------------------------------------------ public API
     @property
@@ -418,21 +512,12 @@ class Agent:
         Returns:
           Scalars of this step (losses, Q means, ...), by name.
         """
-        variant = self._variant(self._updates)
+        variant = self.schedule.variant(self._updates)
         names, fn = self._train_fns[variant][1 if log else 0]
         values = fn(batch["obs"], batch["action"], batch["reward"], batch["next_obs"],
                     batch["done"])
         self._updates += 1
         return {n: float(np.mean(v)) for n, v in zip(names, values[1:], strict=True)}
-
-    def _variant(self, update_index: int) -> str:
-        return "full"
-
-    def next_update_is_complete(self) -> bool:
-        """Whether the next update runs every loss (TD3/CrossQ delay their actor), so that a
-        logging step reports all scalars."""
-        variant = self._variant(self._updates)
-        return len(self.scalars[variant]) == max(len(s) for s in self.scalars.values())
 
     # ------------------------------------------------------------------------------ save/restore
     def save(self, directory: str, with_buffer: bool = True) -> None:
@@ -470,24 +555,3 @@ class Agent:
 
     def close(self) -> None:
         self.sess.close()
-
-    # ------------------------------------------------------------------------------- helpers
-    def _norm(self, kind: str, **overrides) -> Norm:
-        return Norm(kind, self.config.bn_momentum, self.config.bn_epsilon, **overrides)
-
-    def _targets(self, tau) -> list:
-        return [op for online, target in self.target_pairs
-                for op in target_update_ops(online, target, tau, self.config.target_bn)]
-
-
-def adam(lr: float, beta1: float = 0.9, beta2: float = 0.999):
-    """A fresh Adam optimizer (never a default argument: each network needs its own slots)."""
-    return tf.compat.v1.train.AdamOptimizer(lr, beta1=beta1, beta2=beta2)
-
-
-def minimize(optimizer, loss, variables: Sequence):
-    """``apply_gradients`` of ``loss`` w.r.t. ``variables`` (skipping those with no gradient)."""
-    grads = optimizer.compute_gradients(loss, var_list=list(variables))
-    grads = [(g, v) for g, v in grads if g is not None]
-    return optimizer.apply_gradients(grads)
-

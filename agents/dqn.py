@@ -1,21 +1,39 @@
 """DQN (Mnih et al. 2015) with double Q-learning (van Hasselt et al. 2016) and a Huber loss.
 
-One ``sess.run`` per gradient step. Variant ``train``: the Q step with its BN updates. Variant
-``sync`` (every ``target_update_interval`` updates): the same step, then the target copy (BN
-statistics by the ``target_bn`` policy). Defaults follow SB3; configs/CartPole-v1.yaml has the
-RL Zoo settings.
+One ``sess.run`` per gradient step, read top to bottom in ``_build_update``: TD target (double Q:
+the online network picks the next action, the target network values it) -> Q step with the BN
+updates of its training-mode pass -> every ``target_update_interval``-th update: target copy (BN
+statistics by the ``target_bn`` policy). Defaults follow SB3; configs/CartPole-v1.yaml has the RL
+Zoo settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from bnrl.agents.core import Agent, AgentConfig, adam, check_range
-from bnrl.networks import q_network, tf, training_call, with_updates
+from bnrl.agents.core import Agent, AgentConfig, check_range
+from bnrl.agents.update import Schedule, Update, adam, critic_pass, critic_update, td_target
+from bnrl.networks import q_network, tf
 
 
 @dataclass
 class DQNConfig(AgentConfig):
+    """DQN's settings.
+
+    BN defaults (``bn_defaults``, what the ``auto`` BN settings become with
+    ``critic_norm=batch``): ``critic_batch=joint`` and ``bootstrap_mode=training``: one
+    training-mode pass over ``concat([s, s'])``, the target network (and the double-Q argmax, from
+    that pass) in training mode on the same joint batch. Measured with ``python run.py train
+    --agent dqn --env CartPole-v1 --critic-norm batch --steps 40000`` (the RL Zoo preset of
+    configs/), final return for seeds 0 / 1 / 2: 255 / 500 / 500 with these defaults, 122 / 260 /
+    156 with plain BN, 500 / 500 / 147 without BN. The preset oscillates with or without BN, and
+    no BN setting tried held 400 on all three seeds (docs/bn-critics.md lists them); without a
+    target network DQN diverges, hence ``double_q`` needs ``target=polyak``.
+    """
+
+    bn_defaults: ClassVar[dict[str, str]] = {"critic_batch": "joint", "bootstrap_mode": "training"}
+
     learning_rate: float = 1e-4
     """Adam learning rate (SB3)."""
     batch_size: int = 32
@@ -49,6 +67,9 @@ class DQNConfig(AgentConfig):
         for name in ("exploration_initial_eps", "exploration_final_eps"):
             check_range(self, name, 0, 1)
         check_range(self, "max_grad_norm", 0, open_low=True)
+        if self.double_q and self.setting("target") == "none":
+            raise ValueError("double_q values the next action with a target network but "
+                             "target=none: set double_q=false or target=polyak")
 
 
 class DQN(Agent):
@@ -58,49 +79,45 @@ class DQN(Agent):
 
     def _build_networks(self):
         c = self.config
-        self.q, self.target_q = (
-            q_network(self.obs_dim, self.n_actions, c.hidden, c.critic_norm_spec(), c.dueling,
-                      name=n, seed=self._model_seed())
-            for n in ("q_network", "target_q_network"))
+        polyak = c.setting("target") == "polyak"
+
+        def q_net(name):
+            return q_network(self.obs_dim, self.n_actions, c.hidden, self._critic_norm(),
+                             c.dueling, name=name, seed=self._model_seed())
+
+        self.q = q_net("q_network")
+        self.target_q = q_net("target_q_network") if polyak else None
         self.critic_models, self.actor_models = [self.q], []
-        self.target_pairs = [(self.q, self.target_q)]
+        self.target_pairs = [(self.q, self.target_q)] if polyak else []
+        self.optimizer = adam(c.learning_rate, c.adam_beta1)
 
-    def _build_train_ops(self):
+    def _build_schedule(self) -> Schedule:
+        interval = self.config.target_update_interval
+        return Schedule(target_every=interval if self.target_pairs else None)
+
+    def _build_update(self, b, noise, pieces) -> Update:
         c = self.config
-        q_next_target = self.target_q(self.next_obs_ph, training=False)
+        # TD target. Double Q: the online network picks the next action (in the bootstrap mode),
+        # the target network values it.
+        values = critic_pass(self.q, b.obs, b.next_obs, self.target_q,
+                             joint_batch=c.setting("critic_batch") == "joint",
+                             bootstrap_training=c.setting("bootstrap_mode") == "training",
+                             online_next=c.double_q)
         if c.double_q:
-            best = tf.argmax(self.q(self.next_obs_ph, training=False), axis=1)
-            q_next = tf.gather(q_next_target, best, axis=1, batch_dims=1)
+            best = tf.argmax(values.q_next_online, axis=1)
+            q_next = tf.gather(values.q_next, best, axis=1, batch_dims=1)
         else:
-            q_next = tf.reduce_max(q_next_target, axis=1)
-        # done is 1 only for true terminations: a time-limit truncation bootstraps.
-        y = tf.stop_gradient(self.reward_ph + c.gamma * (1.0 - self.done_ph) * q_next)
-        # The double-Q argmax reads the online BN moving statistics: the training call, whose
-        # update ops write them, is built to run after the target.
-        with tf.control_dependencies([y]):
-            q_all, updates = training_call(self.q, self.obs_ph)
-        q = tf.gather(q_all, self.action_ph, axis=1, batch_dims=1)
+            q_next = tf.reduce_max(values.q_next, axis=1)
+        y = td_target(b.reward, b.done, c.gamma, q_next)
+
+        # Q step (gradient norm clipped, SB3), with the BN updates of its training-mode pass.
+        q = tf.gather(values.q, b.action, axis=1, batch_dims=1)
         loss = tf.reduce_mean(tf.compat.v1.losses.huber_loss(y, q, reduction="none"))
-        opt = adam(c.learning_rate)
-        grads, variables = zip(*opt.compute_gradients(loss, self.q.trainable_variables),
-                               strict=True)
-        grads, _ = tf.clip_by_global_norm(grads, c.max_grad_norm)
-        self.critic_step = with_updates(
-            opt.apply_gradients(zip(grads, variables, strict=True)), updates,
-            name="q_step")
-        with tf.control_dependencies([self.critic_step]):
-            sync = self._targets(c.tau)
-        scalars = {"losses/q_loss": loss, "losses/q_values": tf.reduce_mean(q)}
-        self.train_ops = {"train": self.critic_step,
-                          "sync": tf.group(self.critic_step, *sync, name="train_sync")}
-        self.scalars = {"train": scalars, "sync": scalars}
-        self.act_output = tf.argmax(self.q(self.obs_ph, training=False), axis=1)
+        return critic_update(self.optimizer, loss, q, self.q, values, loss_name="losses/q_loss",
+                             clip_norm=c.max_grad_norm, name="q_step")
 
-    def _gap_inputs(self):
-        return self.obs_ph
-
-    def _variant(self, update_index: int) -> str:
-        return "sync" if (update_index + 1) % self.config.target_update_interval == 0 else "train"
+    def _build_act(self):
+        return tf.argmax(self.q(self.obs_ph, training=False), axis=1)
 
     @property
     def epsilon(self) -> float:

@@ -16,10 +16,9 @@ Networks are tiny (hidden [32, 32]; CrossQ's critic [64, 64]) so that the file s
 
 from __future__ import annotations
 
-import bnrl.agents.crossq
-import bnrl.agents.dqn
 import bnrl.agents.sac
 import bnrl.agents.td3
+import bnrl.agents.update
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -43,24 +42,33 @@ DISCRETE_ACT = gym.spaces.Discrete(N_ACTIONS)
 
 SMALL = dict(hidden=(32, 32), batch_size=BATCH, learning_starts=0)
 ACTOR_SMALL = dict(actor_hidden=(32, 32))
+# The pre-remedy BN settings (one training-mode pass on (s, a), targets and actor-loss critic in
+# inference mode), which the "auto" defaults no longer pick with critic_norm=batch.
+PLAIN = dict(critic_batch="separate", target="polyak", bootstrap_mode="inference")
+ACTOR_PLAIN = dict(PLAIN, actor_loss_mode="inference")
 # case id -> (agent name, config). Every critic normalizes its state input too, so that the
 # input BN layer's batch statistics are exactly those of the observations fed.
 BN_CASES = {
-    "dqn": ("dqn", dict(SMALL, critic_norm="batch", critic_input_norm=True)),
-    "ddpg": ("ddpg", dict(SMALL, **ACTOR_SMALL, critic_norm="batch", critic_input_norm=True,
-                          actor_norm="batch")),
-    "td3": ("td3", dict(SMALL, **ACTOR_SMALL, critic_norm="batch", critic_input_norm=True,
-                        actor_norm="batch")),
-    "sac": ("sac", dict(SMALL, **ACTOR_SMALL, critic_norm="batch", critic_input_norm=True,
-                        actor_norm="batch")),
+    "dqn": ("dqn", dict(SMALL, **PLAIN, critic_norm="batch", critic_input_norm=True)),
+    "ddpg": ("ddpg", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+                          critic_input_norm=True, actor_norm="batch")),
+    "td3": ("td3", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+                        critic_input_norm=True, actor_norm="batch")),
+    "sac": ("sac", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+                        critic_input_norm=True, actor_norm="batch")),
+    # TD3's defaults with a BN critic (joint pass, target critic in training mode).
+    "td3-defaults": ("td3", dict(SMALL, **ACTOR_SMALL, critic_norm="batch",
+                                 critic_input_norm=True, actor_norm="batch")),
     # CrossQ's defaults: Batch Renorm in critic and actor, critic input norm on.
     "crossq-renorm": ("crossq", dict(SMALL, **ACTOR_SMALL, hidden=(64, 64))),
     "crossq-batch": ("crossq", dict(SMALL, **ACTOR_SMALL, hidden=(64, 64), critic_norm="batch",
                                     actor_norm="batch")),
 }
-# Variants whose sess.run also trains the actor / updates the targets.
-ACTOR_VARIANTS = {"ddpg": {"full"}, "td3": {"full"}, "sac": {"full"}, "crossq": {"full"}}
-TARGET_VARIANTS = {"dqn": {"sync"}, "ddpg": {"full"}, "td3": {"full"}, "sac": {"full"}}
+
+
+def _runs(variant: str, piece: str) -> bool:
+    """Whether a train-op variant (pieces joined by '+') runs ``piece``."""
+    return piece in variant.split("+")
 
 
 def _spaces(name: str):
@@ -142,12 +150,13 @@ def bn_agent(request):
 # ------------------------------------------------------------------------- 1. EMA, once per step
 def test_moving_statistics_move_once_per_update(bn_agent):
     """k = 3 updates: the state-input BN layer of every critic head follows the EMA of the
-    biased moments of exactly the observations fed (joint obs/next_obs batch for CrossQ), the
-    first hidden BN layer the EMA of its pre-activations, and the actor's first BN layer moves
-    only on the steps that train the actor."""
+    biased moments of exactly the observations fed (the joint obs/next_obs batch of a joint
+    critic pass: CrossQ, BN defaults), the first hidden BN layer the EMA of its
+    pre-activations, and the actor's first BN layer moves only on the steps that train the
+    actor."""
     agent = bn_agent
     critic = agent.critic_models[0]
-    crossq = agent.name == "crossq"
+    joint = agent.config.setting("critic_batch") == "joint"
     input_layers = [layer for layer in bn_layers(critic) if layer.name.endswith("_bn_in")]
     n_heads = getattr(agent.config, "n_critics", 1)
     assert len(input_layers) == n_heads  # q_bn_in (DQN) or q0_bn_in, q1_bn_in
@@ -157,7 +166,7 @@ def test_moving_statistics_move_once_per_update(bn_agent):
     batches = [_batch(rng, agent) for _ in range(3)]
     variants = []
     for batch in batches:
-        variant = agent._variant(agent.updates_done)
+        variant = agent.schedule.variant(agent.updates_done)
         variants.append(variant)
         before = {layer.name: _layer_values(agent, layer) for layer in bn_layers(critic)}
         first = "q" if agent.name == "dqn" else "q0"
@@ -175,14 +184,14 @@ def test_moving_statistics_move_once_per_update(bn_agent):
         agent.update(batch)
 
         assert agent.updates_done == updates_before + 1
-        fed = np.concatenate([batch["obs"], batch["next_obs"]]) if crossq else batch["obs"]
+        fed = np.concatenate([batch["obs"], batch["next_obs"]]) if joint else batch["obs"]
         for layer in input_layers:
             renorm = _is_renorm(layer)
             exp_mean, exp_var = _expected_moving(before[layer.name], fed, renorm)
             got_mean, got_var = _run(agent, [layer.moving_mean, layer.moving_variance])
             np.testing.assert_allclose(got_mean, exp_mean, atol=ATOL, err_msg=layer.name)
             np.testing.assert_allclose(got_var, exp_var, atol=ATOL, err_msg=layer.name)
-            if crossq:
+            if joint:
                 # The joint batch, not obs alone: its statistics differ by far more than ATOL.
                 obs_only, _ = _expected_moving(before[layer.name], batch["obs"], renorm)
                 assert np.abs(obs_only - exp_mean).max() > 100 * ATOL
@@ -194,7 +203,7 @@ def test_moving_statistics_move_once_per_update(bn_agent):
                         np.abs(got_var - before[layer.name]["moving_variance"]).max())
             assert moved > 1e-5, layer.name
 
-        if not crossq:
+        if not joint:
             # First hidden BN layer: pre-activations of this step's forward pass (pre-step weights)
             # on the training-mode-normalized input.
             bn_in = before[input_layers[0].name]
@@ -210,7 +219,7 @@ def test_moving_statistics_move_once_per_update(bn_agent):
 
         if actor_bn is not None:
             got_mean, got_var = _run(agent, [actor_bn.moving_mean, actor_bn.moving_variance])
-            if variant in ACTOR_VARIANTS[agent.name]:
+            if _runs(variant, "actor"):
                 h = batch["obs"].astype(np.float64) @ ka + ba
                 exp_mean, exp_var = _expected_moving(actor_before, h, _is_renorm(actor_bn))
             else:  # a critic-only step must not touch the actor's statistics
@@ -218,7 +227,8 @@ def test_moving_statistics_move_once_per_update(bn_agent):
             np.testing.assert_allclose(got_mean, exp_mean, atol=ATOL)
             np.testing.assert_allclose(got_var, exp_var, atol=ATOL)
     if agent.name in ("td3", "crossq"):
-        assert {"critic", "full"} <= set(variants)  # both kinds of step were exercised
+        # both kinds of step were exercised
+        assert {_runs(v, "actor") for v in variants} == {True, False}
 
 
 # ------------------------------------------------------------------ 2. acting changes nothing
@@ -280,7 +290,7 @@ def test_acting_and_evaluating_leave_all_variables_unchanged(bn_agent):
 
 
 # ---------------------------------------------------------------------------- 3. target networks
-# The policy code is shared (agents.core.target_update_ops); which variants update targets and
+# The policy code is shared (agents.update.target_update_ops); which variants update targets and
 # which pairs exist is per agent: "copy" for every agent with targets, the others for DQN / TD3.
 TARGET_CASES = [("dqn", "copy"), ("ddpg", "copy"), ("td3", "copy"), ("sac", "copy"),
                 ("td3", "frozen"), ("dqn", "polyak"), ("td3", "polyak")]
@@ -304,7 +314,7 @@ def test_target_networks_follow_target_bn_policy(name, policy):
     checked_stat = checked_weight = False
     variants = []
     for _ in range(4):
-        variant = agent._variant(agent.updates_done)
+        variant = agent.schedule.variant(agent.updates_done)
         variants.append(variant)
         targets_before = {t.name: _run(agent, t.weights) for _, t in pairs}
         agent.update(_batch(rng, agent))
@@ -315,7 +325,7 @@ def test_target_networks_follow_target_bn_policy(name, policy):
             for src, old_t, new_o, new_t in zip(online.weights, targets_before[target.name],
                                                 new_online, new_target, strict=True):
                 what = f"{variant}: {src.name}"
-                if variant not in TARGET_VARIANTS[name]:
+                if not _runs(variant, "target"):
                     np.testing.assert_array_equal(new_t, old_t, err_msg=what)
                 elif src.ref() in trainable:
                     np.testing.assert_allclose(new_t, (1 - tau) * old_t + tau * new_o,
@@ -330,9 +340,9 @@ def test_target_networks_follow_target_bn_policy(name, policy):
                     np.testing.assert_allclose(new_t, (1 - tau) * old_t + tau * new_o,
                                                atol=1e-6, err_msg=what)
                     checked_stat = checked_stat or not np.allclose(new_t, old_t)
-    assert set(variants) & TARGET_VARIANTS[name]
-    if name in ("dqn", "td3"):
-        assert set(variants) - TARGET_VARIANTS[name]  # also steps that leave the target alone
+    assert any(_runs(v, "target") for v in variants)
+    if name in ("dqn", "td3"):  # also steps that leave the target alone
+        assert not all(_runs(v, "target") for v in variants)
     assert checked_weight
     assert checked_stat == (policy != "frozen")
     target_bn = [layer for _, t in pairs for layer in bn_layers(t)]
@@ -350,7 +360,7 @@ def test_target_networks_follow_target_bn_policy(name, policy):
 def test_target_networks_exist_except_for_crossq(bn_agent):
     agent = bn_agent
     targets = [t for _, t in agent.target_pairs]
-    if agent.name == "crossq":
+    if agent.config.setting("target") == "none":
         assert targets == []
     else:
         assert targets
@@ -438,7 +448,7 @@ MISWIRED = [("dqn", "drop_critic"), ("td3", "drop_critic"), ("sac", "drop_critic
 
 @pytest.mark.parametrize("case,mode", MISWIRED)
 def test_miswired_agent_is_refused(case, mode, monkeypatch):
-    for module in (bnrl.agents.dqn, bnrl.agents.td3, bnrl.agents.sac, bnrl.agents.crossq):
+    for module in (bnrl.agents.update, bnrl.agents.td3, bnrl.agents.sac):
         monkeypatch.setattr(module, "training_call", _patched_training_call(mode))
     name, config = BN_CASES[case]
     expected = "never updated" if mode.startswith("drop") else "updated 2 times"
@@ -478,7 +488,7 @@ def test_log_returns_post_step_diagnostics(bn_agent):
         if i % 2:  # shifts the logged steps' phase, so that every variant gets logged
             plain_keys = set(agent.update(_batch(rng, agent)))
             assert plain_keys and not [k for k in plain_keys if k.startswith("bn")]
-        seen.add(agent._variant(agent.updates_done))
+        seen.add(agent.schedule.variant(agent.updates_done))
         out = agent.update(_batch(rng, agent), log=True)
         assert agent.updates_done == n + 1 + i % 2  # logging does not take another step
         expected = _expected_diagnostics(agent, agent.critic_models, "Q")
@@ -494,8 +504,9 @@ def test_log_returns_post_step_diagnostics(bn_agent):
             assert out[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
         assert np.isfinite(out["bn_Q_train_eval_gap"]) and out["bn_Q_train_eval_gap"] >= 0
         assert expected["bn_Q_moving_mean"] > 0  # moved from its init
-    # Every variant these updates can use (DQN syncs only every 2500, DDPG is always "full").
-    assert seen == {agent._variant(i) for i in range(agent.updates_done, agent.updates_done + 6)}
+    # Every variant these updates can use (DQN syncs only every 2500, DDPG runs all pieces).
+    n = agent.updates_done
+    assert seen == {agent.schedule.variant(i) for i in range(n, n + 6)}
 
 
 NO_BN_CASES = {

@@ -91,7 +91,7 @@ def test_termination_cuts_bootstrap_truncation_keeps_it(name):
     if name == "ddpg":
         config.update(actor_hidden=(16, 16), target_policy_noise=0.0)
     agent = _build(name, config)
-    variant = agent._variant(0)
+    variant = agent.schedule.variant(0)
     for online, target in agent.target_pairs:  # the targets start as exact copies
         for a, b in zip(agent.sess.run(online.weights), agent.sess.run(target.weights),
                         strict=True):
@@ -206,11 +206,11 @@ def test_same_seed_same_batches_identical_numbers(pair):
     batches = [_batch(rng, a, 16) for _ in range(7)]
     start, seen = a.updates_done, set()
     for i, batch in enumerate(batches):
-        seen.add(a._variant(a.updates_done))
+        seen.add(a.schedule.variant(a.updates_done))
         log = i % 3 == 2
         out_a, out_b = a.update(batch, log=log), b.update(batch, log=log)
         assert out_a == out_b  # exactly, every loss and diagnostic
-    assert seen == {a._variant(i) for i in range(start, start + 7)}  # every variant ran
+    assert seen == {a.schedule.variant(i) for i in range(start, start + 7)}  # every variant ran
     assert a.updates_done == b.updates_done == start + 7
     for va, vb in zip(_all_values(a), _all_values(b), strict=True):
         np.testing.assert_array_equal(va, vb)
@@ -311,13 +311,13 @@ def test_no_unordered_variable_access_in_a_step(pair):
     that was ordered, 6-8% of DQN steps gave another gap for two agents in identical states)."""
     agent = pair[0]
     for variant, op in agent.train_ops.items():
-        fetches = [op, *agent.scalars[variant].values(), *agent.diagnostics[variant].values(),
-                   agent.train_eval_gap]
+        gap = agent.diagnostics[variant]["bn_Q_train_eval_gap"]
+        fetches = [op, *agent.scalars[variant].values(), *agent.diagnostics[variant].values()]
         assert _unordered_accesses(fetches) == [], variant
         # The gap's critic reads come after the critic step and its BN updates.
-        gap_reads = [r for r in ancestors(agent.train_eval_gap) - ancestors(op)
-                     if r.type == "ReadVariableOp"]
-        assert gap_reads and all(agent.critic_step in ancestors(r) for r in gap_reads)
+        critic_step = agent.updates_built[variant].critic_step
+        gap_reads = [r for r in ancestors(gap) - ancestors(op) if r.type == "ReadVariableOp"]
+        assert gap_reads and all(critic_step in ancestors(r) for r in gap_reads)
 
 
 # --------------------------------------------------------------------------- 4. config errors

@@ -374,7 +374,7 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 for _ in range(agent.config.gradient_steps):
                     # Log the first complete update (actor included) once log_every have passed.
                     log_due = log_due or agent.updates_done % config.log_every == 0
-                    log = log_due and agent.next_update_is_complete()
+                    log = log_due and agent.schedule.is_complete(agent.updates_done)
                     log_due = log_due and not log
                     scalars = agent.train_step(log=log)
                     _check_finite(scalars, step)

@@ -1,0 +1,305 @@
+"""The named pieces every agent's update is assembled from.
+
+An agent's ``_build_update(batch, noise, pieces)`` reads top to bottom like a CleanRL training
+step: TD target (``critic_pass`` + ``td_target``) -> critic step with the BN updates of its one
+training-mode pass (``critic_update``) -> when ``pieces`` has it, the delayed actor step
+(``gradient_step``) -> temperature step (``temperature_step``). The core adds the target update
+(``target_update``) and builds one such function per variant of the agent's ``Schedule`` (which
+pieces run at update ``i``). Every piece is a function of the tensors it is given (the batch's
+input tensors and noise drawn outside, never placeholders read from ``self``), so that a variant
+is one function of its inputs, with nothing shared between variants but variables and
+optimizers.
+
+Order inside the one ``sess.run`` is explicit: critic step -> actor step (its critic reads see the
+new critic, as in SB3 and CleanRL) -> temperature step -> target update. It is threaded through
+``after`` (``tf.identity``) or through control dependencies of model calls and assign ops, never by
+building optimizer ops inside ``control_dependencies`` blocks (that made Grappler find a cycle and
+skip passes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bnrl.networks import keras, tf, training_call, with_updates
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The input tensors of one update (placeholders today; any tensors will do)."""
+
+    obs: tf.Tensor
+    action: tf.Tensor
+    reward: tf.Tensor
+    next_obs: tf.Tensor
+    done: tf.Tensor
+
+
+def after(deps, tensor):
+    """``tensor`` (any nesting) made to wait for ``deps`` through ``tf.identity``."""
+    deps = [d for d in tf.nest.flatten(deps) if d is not None]
+    with tf.control_dependencies(deps):
+        return tf.nest.map_structure(tf.identity, tensor)
+
+
+# ------------------------------------------------------------------------------- TD target
+@dataclass(frozen=True)
+class CriticPass:
+    """What the critic pass of one update computed.
+
+    Attributes:
+      q: the online critic's output on the batch, from its one training-mode call: the Q that
+        the critic loss trains.
+      q_next: the bootstrap critic's output on the next inputs, gradient stopped.
+      q_next_online: the online critic's output on the next inputs in the bootstrap mode
+        (double-Q argmax), gradient stopped; None unless asked for.
+      updates: the BN update ops of exactly the training-mode call (run them with the step).
+      inputs: the inputs of that call (``concat([x, x'])`` for a joint pass), for the
+        train/eval gap.
+    """
+
+    q: tf.Tensor
+    q_next: tf.Tensor
+    q_next_online: tf.Tensor | None
+    updates: list
+    inputs: object
+
+
+def joint(inputs, next_inputs):
+    """``concat([x, x'])`` row-wise for each input tensor (same nesting as ``inputs``)."""
+    return tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), inputs, next_inputs)
+
+
+def _next_half(joint_output):
+    return tf.split(joint_output, 2, axis=0)[1]
+
+
+def critic_pass(critic: keras.Model, inputs, next_inputs, target: keras.Model | None = None,
+                joint_batch: bool = False, bootstrap_training: bool = False,
+                online_next: bool = False) -> CriticPass:
+    """The critic's one training-mode call and the bootstrap values of the TD target.
+
+    ``joint_batch`` runs the training-mode call once on ``concat([x, x'])`` and splits it
+    (CrossQ, Bhatt et al. 2024): one set of batch statistics, and one statistics update per step,
+    from both halves. Otherwise the call sees ``x`` alone. The bootstrap network is ``target``, or
+    the online critic itself when ``target`` is None. With ``bootstrap_training`` it runs in
+    training mode: BN normalizes with the batch statistics of the rows it sees (``x'``; the joint
+    batch when ``joint_batch``, so that bootstrap and trained Q are normalized alike) and its
+    moving statistics are not updated; otherwise it runs in inference mode (moving statistics).
+
+    Args:
+      critic: the online critic / Q-network.
+      inputs: its inputs on the batch (``[obs, action]`` or ``obs``).
+      next_inputs: the same on the next states (``[next_obs, next_action]`` or ``next_obs``).
+      target: the target network, or None to bootstrap from the online critic.
+      joint_batch: one training-mode pass over the joint batch.
+      bootstrap_training: bootstrap networks in training mode (no statistics update).
+      online_next: also compute the online critic's output on ``next_inputs`` in the bootstrap
+        mode (double Q).
+    """
+    if target is None and joint_batch and not bootstrap_training:
+        raise ValueError("a joint pass bootstraps from its own training-mode output: "
+                         "bootstrap_training must be True without a target network")
+    need_online_next = online_next or target is None
+    early = None
+    if need_online_next and not bootstrap_training:
+        # Reads the online moving statistics: the training call, whose update ops write them,
+        # is built to run after it.
+        early = critic(next_inputs, training=False)
+    both = joint(inputs, next_inputs) if joint_batch else None
+    with tf.control_dependencies([early] if early is not None else []):
+        if joint_batch:
+            q_joint, updates = training_call(critic, both)
+            q = tf.split(q_joint, 2, axis=0)[0]
+        else:
+            q, updates = training_call(critic, inputs)
+    online = early
+    if need_online_next and early is None:
+        # A training-mode call whose update ops are not run changes no statistics (in a graph,
+        # only fetched ops run; inside a tf.function every created update op would run, so
+        # such calls would need a BN path that creates none).
+        online = _next_half(q_joint) if joint_batch else critic(next_inputs, training=True)
+    if target is None:
+        q_next = online
+    elif joint_batch and bootstrap_training:
+        q_next = _next_half(target(both, training=True))
+    else:
+        q_next = target(next_inputs, training=bootstrap_training)
+    return CriticPass(q=q, q_next=tf.stop_gradient(q_next),
+                      q_next_online=tf.stop_gradient(online) if online_next else None,
+                      updates=updates, inputs=both if joint_batch else inputs)
+
+
+def td_target(reward, done, gamma: float, next_value):
+    """``r + gamma * (1 - done) * V(s')`` with the gradient stopped.
+
+    ``done`` is 1 only for true terminations: a time-limit truncation bootstraps.
+    """
+    return tf.stop_gradient(reward + gamma * (1.0 - done) * next_value)
+
+
+# ------------------------------------------------------------------------------------ steps
+def adam(lr: float, beta1: float = 0.9, beta2: float = 0.999):
+    """A fresh Adam optimizer (never a default argument: each network needs its own slots)."""
+    return tf.compat.v1.train.AdamOptimizer(lr, beta1=beta1, beta2=beta2)
+
+
+def minimize(optimizer, loss, variables: Sequence):
+    """``apply_gradients`` of ``loss`` w.r.t. ``variables`` (skipping those with no gradient)."""
+    grads = optimizer.compute_gradients(loss, var_list=list(variables))
+    grads = [(g, v) for g, v in grads if g is not None]
+    return optimizer.apply_gradients(grads)
+
+
+def gradient_step(optimizer, loss, variables: Sequence, bn_updates: Sequence,
+                  clip_norm: float | None = None, name: str = "step") -> tf.Operation:
+    """One optimizer step on ``loss`` grouped with the BN updates of its training-mode call.
+
+    Args:
+      optimizer: a ``tf.compat.v1.train.Optimizer``.
+      loss: scalar loss.
+      variables: the variables it trains.
+      bn_updates: update ops of the training-mode call the loss was computed from.
+      clip_norm: clip the gradients to this global norm (DQN, SB3's ``max_grad_norm``).
+      name: name of the grouped op.
+    """
+    if clip_norm is None:
+        step = minimize(optimizer, loss, variables)
+    else:
+        grads, var_list = zip(*optimizer.compute_gradients(loss, list(variables)), strict=True)
+        grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+        step = optimizer.apply_gradients(zip(grads, var_list, strict=True))
+    return with_updates(step, bn_updates, name=name)
+
+
+def critic_update(optimizer, loss, q, critic: keras.Model, values: CriticPass,
+                  loss_name: str = "losses/critic_loss", clip_norm: float | None = None,
+                  name: str = "critic_step") -> Update:
+    """The critic step on ``loss`` with the BN updates of the critic pass, as the start of the
+    variant's ``Update`` (scalars: the loss and the mean of ``q``, the trained Q)."""
+    step = gradient_step(optimizer, loss, critic.trainable_variables, values.updates,
+                         clip_norm=clip_norm, name=name)
+    return Update(critic_step=step,
+                  critic_scalars={loss_name: loss, "losses/q_values": tf.reduce_mean(q)},
+                  critic_inputs=values.inputs)
+
+
+def temperature_step(optimizer, loss, log_alpha: tf.Variable, actor_step: tf.Operation):
+    """SAC's automatic entropy tuning step (Haarnoja et al. 2018b) on ``loss``, ordered after
+    ``actor_step`` so that the actor reads the temperature before it moves."""
+    grads = after(actor_step, tf.gradients(loss, [log_alpha]))
+    return optimizer.apply_gradients(zip(grads, [log_alpha], strict=True))
+
+
+# ----------------------------------------------------------------------------------- targets
+def target_update_ops(online: keras.Model, target: keras.Model, tau, bn_policy: str):
+    """Polyak the target's weights towards ``online``; its BN statistics follow ``bn_policy``.
+
+    All of the model's variables are covered, not only ``trainable_variables``: otherwise the
+    target's moving statistics stay at 0/1 for ever (SB3 GH #996).
+
+    Args:
+      online: the online network.
+      target: its copy, same builder and sizes.
+      tau: polyak coefficient for trainable weights (1.0 = hard copy).
+      bn_policy: ``copy`` (tau 1 for non-trainable variables), ``polyak``, or ``frozen``.
+
+    Returns:
+      A list of assign ops.
+    """
+    ops = []
+    trainable = {v.ref() for v in online.trainable_weights}
+    for src, dst in zip(online.weights, target.weights, strict=True):
+        if src.shape != dst.shape:
+            raise ValueError(f"target variable {dst.name} does not match {src.name}")
+        if src.ref() in trainable:
+            rate = tau
+        elif bn_policy == "copy":
+            rate = 1.0
+        elif bn_policy == "polyak":
+            rate = tau
+        else:
+            continue
+        value = src if rate == 1.0 else (1.0 - rate) * dst + rate * src
+        ops.append(dst.assign(value, read_value=False))
+    return ops
+
+
+def target_update(pairs: Sequence, tau: float, bn_policy: str, steps: Sequence) -> list:
+    """Target update ops of every (online, target) pair, reading the online networks after
+    ``steps`` (the optimizer steps and BN updates of the same update)."""
+    with tf.control_dependencies(list(steps)):
+        return [op for online, target in pairs
+                for op in target_update_ops(online, target, tau, bn_policy)]
+
+
+# --------------------------------------------------------------------------------- schedule
+CRITIC, ACTOR, TARGET = "critic", "actor", "target"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which pieces run at update ``i`` (counted from 0) and whether that update is complete.
+
+    The critic step runs at every update; the actor step (with the temperature step) at every
+    ``actor_every``-th, the target update at every ``target_every``-th (SB3 counts the same way:
+    update ``i`` runs them when ``(i + 1) % every == 0``). Each distinct set of pieces is one
+    variant, built as its own train op.
+
+    Attributes:
+      actor_every: updates per actor step; None when the agent has no actor (DQN).
+      target_every: updates per target update; None without target networks.
+    """
+
+    actor_every: int | None = None
+    target_every: int | None = None
+
+    def pieces(self, i: int) -> tuple[str, ...]:
+        """The pieces update ``i`` runs, in order, e.g. ``("critic", "actor", "target")``."""
+        out = [CRITIC]
+        if self.actor_every is not None and (i + 1) % self.actor_every == 0:
+            out.append(ACTOR)
+        if self.target_every is not None and (i + 1) % self.target_every == 0:
+            out.append(TARGET)
+        return tuple(out)
+
+    def variant(self, i: int) -> str:
+        """The name of update ``i``'s variant: its pieces joined by ``+``."""
+        return "+".join(self.pieces(i))
+
+    def variants(self) -> dict[str, tuple[str, ...]]:
+        """Every variant some update runs, in order of first use, with its pieces."""
+        period = math.lcm(self.actor_every or 1, self.target_every or 1)
+        return {self.variant(i): self.pieces(i) for i in range(period)}
+
+    def is_complete(self, i: int) -> bool:
+        """Whether update ``i`` computes every loss (the actor's too), so a log reports all."""
+        return self.actor_every is None or ACTOR in self.pieces(i)
+
+
+@dataclass
+class Update:
+    """The pieces one variant of an agent's update built (its ``_build_update`` result).
+
+    Attributes:
+      critic_step: the critic step with its BN updates.
+      critic_scalars: scalars of the critic step (losses, Q means), by TensorBoard tag.
+      critic_inputs: inputs of the critic's training-mode call (the train/eval gap uses them).
+      actor_step: the actor step, temperature step included; None when the variant has none.
+      actor_scalars: scalars of the actor step.
+    """
+
+    critic_step: tf.Operation
+    critic_scalars: dict
+    critic_inputs: object
+    actor_step: tf.Operation | None = None
+    actor_scalars: dict = field(default_factory=dict)
+
+    def steps(self) -> list[tf.Operation]:
+        """The optimizer steps in the order they run."""
+        return [self.critic_step] + ([self.actor_step] if self.actor_step is not None else [])
+
+    def scalars(self) -> dict:
+        return {**self.critic_scalars, **self.actor_scalars}
