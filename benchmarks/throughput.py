@@ -229,8 +229,10 @@ def peer_model(peer: Peer, threads: int):
 def peer_measure(peer: Peer, threads: int, updates: int, loop_steps: int, many: int) -> dict:
     """All measurements of one peer configuration (run in a process of its own)."""
     model = peer_model(peer, threads)
+    # learn() only collects (SB3 trains once num_timesteps > learning_starts): the first
+    # train() below is then the one that compiles SBX's update.
     model.learning_starts = FILL
-    model.learn(FILL + 1)
+    model.learn(FILL)
     delay = getattr(model, "policy_delay", 1)
     out = {}
     if peer.library == "sbx":
