@@ -1,29 +1,43 @@
-"""Throughput of bnrl agents, optionally against Stable-Baselines3 on the same CPU.
+"""Throughput of bnrl agents, optionally against Stable-Baselines3 and SBX on the same CPU.
 
     python benchmarks/throughput.py                       # bnrl only
     python benchmarks/throughput.py --compare-sb3         # + SB3 SAC/TD3, sb3-contrib CrossQ
+    python benchmarks/throughput.py --compare-sbx         # + SBX (SB3 in JAX) SAC/TD3/CrossQ
     python benchmarks/throughput.py --rss-updates 100000  # the 100k-update memory check
 
-Per agent and critic normalization it prints: pure gradient updates/s (buffer filled with random
-transitions, then N updates), full training-loop env steps/s (act + env step + store + one
-update per step), the median latency of one deterministic action, peak RSS, and RSS growth over
-``--rss-updates`` updates. It writes the same as JSON (``--json``).
+Per configuration it measures: gradient updates/s with one update per call (buffer filled with
+random transitions, then N calls), for SBX also with many updates per call
+(``train(gradient_steps=K)``: one jitted ``fori_loop`` over K updates), full training-loop env
+steps/s (act + env step + store + one update per step), the median latency of one deterministic
+action, and bnrl's graph op count and SBX's compile time. It prints three tables: the
+measurements, bnrl's ratios against its matched peers (the targets of issue 13 item 2), and what
+a BN / Batch Renorm critic costs bnrl against no normalization; and writes all samples as JSON.
 
-How settings are matched with SB3 (``--compare-sb3``): the same env (Pendulum-v1), [256, 256]
-actor and critics (CrossQ: [256, 256] critic for both, "equal width"), batch 256, Adam with the
-agents' default learning rates (SAC 3e-4 with both; TD3 1e-3; CrossQ 1e-3 and betas (0.5, 0.999)),
-one gradient step per env step, the same thread count (``torch.set_num_threads`` = TensorFlow's
-intra-op threads = ``--threads``), SB3 in a process of its own (torch crashes in a process where
-TensorFlow ran), learning_starts 0 with the same pre-filled buffer size, and
-each measurement alternates bnrl and SB3 ``--repeats`` times so that machine noise hits both.
-SB3's "pure updates" are ``model.train(gradient_steps=N, batch_size=256)`` after ``learn`` filled
-its buffer; its full loop is ``learn(total_timesteps)``; its latency is ``predict(obs,
-deterministic=True)``.
+How settings are matched: the same env (Pendulum-v1), [256, 256] actor and critics (CrossQ:
+[256, 256] critic too, "equal width"), two critics, batch 256, Adam at the agents' learning rates
+(SAC 3e-4; TD3 1e-3; CrossQ 1e-3 with betas (0.5, 0.999)), one gradient step per env step,
+learning_starts 0 with the same pre-filled buffer size (5000), and the same thread count
+(``--threads``: TensorFlow's intra- and inter-op pools, ``torch.set_num_threads``; JAX uses the
+whole CPU, limited to one thread with ``XLA_FLAGS`` when ``--threads 1``). CrossQ is compared like
+with like: sb3-contrib's and SBX's default CrossQ put Batch Renorm in the actor too, so they are
+matched with bnrl's ``actor_norm=batch_renorm``; bnrl with a Batch Renorm critic only is matched
+with SBX's ``batch_norm_actor=False`` (sb3-contrib has one switch for both, so no such row). The
+remaining architecture differences are small: SBX/sb3-contrib normalize the joint (state, action)
+critic input and put the actor's norm after the activation, bnrl normalizes the state input and
+puts the actor's norm before it. SAC and TD3 peers have no BN: they are matched with bnrl's
+no-BN rows, and the BN rows' cost is the third table.
+
+Every peer runs in a process of its own (torch crashes in a process where TensorFlow ran, and
+separate processes share no thread pools), timed the same way after a warm-up that compiles
+SBX's jitted functions for every ``policy_delay`` phase. Each of ``--repeats`` rounds measures
+all configurations of one agent, in alternating order, so that machine noise hits all of them;
+ratios are medians of the per-round ratios, [min-max] over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -31,6 +45,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -38,6 +53,11 @@ import numpy as np  # noqa: E402
 
 ENV = "Pendulum-v1"
 FILL = 5_000
+WIDTH = [256, 256]
+BATCH = 256
+# Adam learning rates of the bnrl agents' defaults, given to every peer.
+LEARNING_RATE = {"sac": 3e-4, "td3": 1e-3, "crossq": 1e-3}
+AGENT_NAMES = tuple(LEARNING_RATE)
 
 
 def rss_mb() -> float:
@@ -49,18 +69,79 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def latency_us(act, obs, calls: int = 1000) -> float:
+    """Median wall time of one ``act(obs)`` after 100 warm-up calls (SBX compiles on the first)."""
+    for _ in range(100):
+        act(obs)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        act(obs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+# ------------------------------------------------------------------------------ configurations
+@dataclass(frozen=True)
+class Row:
+    """One bnrl configuration of the table."""
+
+    agent: str
+    critic_norm: str
+    actor_norm: str = "none"
+
+    @property
+    def key(self) -> str:
+        return f"bnrl/{self.agent}/{self.critic_norm}/{self.actor_norm}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One configuration of a peer library, run in its own process."""
+
+    library: str  # "sb3" (SB3 and sb3-contrib) or "sbx"
+    agent: str
+    critic_norm: str = "none"
+    actor_norm: str = "none"
+
+    @property
+    def key(self) -> str:
+        return f"{self.library}/{self.agent}/{self.critic_norm}/{self.actor_norm}"
+
+
+def bnrl_rows(agents, norms) -> list[Row]:
+    """bnrl's rows: each agent with each critic norm and no actor norm, and CrossQ also as the
+    peers' default (Batch Renorm in critic and actor)."""
+    rows = [Row(agent, norm) for agent in agents for norm in norms]
+    if "crossq" in agents and "batch_renorm" in norms:
+        rows.append(Row("crossq", "batch_renorm", "batch_renorm"))
+    return rows
+
+
+def matched_peers(row: Row, libraries) -> list[Peer]:
+    """The peer configurations that compute what ``row`` computes."""
+    peers = []
+    for library in libraries:
+        if row.agent in ("sac", "td3"):
+            if row.critic_norm == row.actor_norm == "none":
+                peers.append(Peer(library, row.agent))
+        elif row.critic_norm == "batch_renorm" and row.actor_norm == "batch_renorm":
+            peers.append(Peer(library, "crossq", "batch_renorm", "batch_renorm"))
+        elif row.critic_norm == "batch_renorm" and library == "sbx":
+            peers.append(Peer(library, "crossq", "batch_renorm", "none"))
+    return peers
+
+
 # ------------------------------------------------------------------------------------- bnrl
-def bnrl_agent(name: str, norm: str, threads: int):
+def bnrl_agent(row: Row, threads: int):
     from bnrl.agents import make_agent
     from bnrl.envs import make_env
 
-    env = make_env(ENV, 0, agent=name)
-    config = {"critic_norm": norm, "hidden": [256, 256], "actor_hidden": [256, 256],
-              "batch_size": 256, "learning_starts": 0, "intra_op_threads": threads,
-              "inter_op_threads": threads}
-    if name == "crossq":
-        config["actor_norm"] = "none"  # sb3-contrib's CrossQ at equal width; BN in critic only
-    agent = make_agent(name, env.observation_space, env.action_space, config, seed=0)
+    env = make_env(ENV, 0, agent=row.agent)
+    config = {"critic_norm": row.critic_norm, "actor_norm": row.actor_norm, "hidden": WIDTH,
+              "actor_hidden": WIDTH, "batch_size": BATCH, "learning_starts": 0,
+              "intra_op_threads": threads, "inter_op_threads": threads}
+    agent = make_agent(row.agent, env.observation_space, env.action_space, config, seed=0)
     rng = np.random.default_rng(0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     for _ in range(FILL):
@@ -69,29 +150,23 @@ def bnrl_agent(name: str, norm: str, threads: int):
     return agent, env
 
 
-def bnrl_updates(name, norm, threads, n):
-    agent, env = bnrl_agent(name, norm, threads)
+def bnrl_measure(row: Row, threads: int, updates: int, loop_steps: int) -> dict:
+    agent, env = bnrl_agent(row, threads)
     for _ in range(50):
         agent.train_step()
     start = time.perf_counter()
-    for _ in range(n):
+    for _ in range(updates):
         agent.train_step()
-    rate = n / (time.perf_counter() - start)
-    obs = np.zeros(env.observation_space.shape, np.float32)
-    for _ in range(100):
-        agent.act(obs)
-    times = []
-    for _ in range(1000):
-        t = time.perf_counter()
-        agent.act(obs)
-        times.append(time.perf_counter() - t)
+    rate = updates / (time.perf_counter() - start)
+    latency = latency_us(agent.act, np.zeros(env.observation_space.shape, np.float32))
     ops = len(agent.graph.get_operations())
     agent.close()
-    return rate, statistics.median(times) * 1e6, ops
+    return {"updates_per_s": rate, "act_latency_us": latency, "graph_ops": ops,
+            "loop_steps_per_s": bnrl_loop(row, threads, loop_steps)}
 
 
-def bnrl_loop(name, norm, threads, steps):
-    agent, env = bnrl_agent(name, norm, threads)
+def bnrl_loop(row: Row, threads: int, steps: int) -> float:
+    agent, env = bnrl_agent(row, threads)
     obs, _ = env.reset(seed=0)
     start = time.perf_counter()
     for _ in range(steps):
@@ -105,8 +180,8 @@ def bnrl_loop(name, norm, threads, steps):
     return rate
 
 
-def bnrl_rss(name, norm, threads, updates):
-    agent, _ = bnrl_agent(name, norm, threads)
+def bnrl_rss(threads: int, updates: int) -> tuple[float, float]:
+    agent, _ = bnrl_agent(Row("sac", "batch"), threads)
     for _ in range(500):
         agent.train_step()
     before = rss_mb()
@@ -117,52 +192,84 @@ def bnrl_rss(name, norm, threads, updates):
     return before, after
 
 
-# -------------------------------------------------------------------------------------- SB3
-def sb3_model(name, threads):
+# ----------------------------------------------------------------------------- SB3 and SBX
+def peer_model(peer: Peer, threads: int):
+    """A fresh SB3 / sb3-contrib / SBX model of ``peer`` at the matched settings."""
     # SB3 imports tensorboard, which loads TensorFlow when installed; torch then segfaults in
-    # Adam's constructor on this stack. SB3 runs in its own process with TensorFlow blocked.
+    # Adam's constructor on this stack. Peers run in their own process with TensorFlow blocked.
     sys.modules["tensorflow"] = None
+    if peer.library == "sbx" and threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1")
     import torch
-    from stable_baselines3 import SAC, TD3
 
     torch.set_num_threads(threads)
-    kwargs = dict(batch_size=256, learning_starts=0, train_freq=1, gradient_steps=1, seed=0,
-                  verbose=0, device="cpu")
-    if name == "sac":
-        return SAC("MlpPolicy", ENV, policy_kwargs=dict(net_arch=[256, 256]),
-                   learning_rate=3e-4, **kwargs)
-    if name == "td3":
-        return TD3("MlpPolicy", ENV, policy_kwargs=dict(net_arch=[256, 256]),
-                   learning_rate=1e-3, **kwargs)
-    from sb3_contrib import CrossQ
+    if peer.library == "sbx":
+        import sbx
 
-    return CrossQ("MlpPolicy", ENV, policy_kwargs=dict(net_arch=dict(pi=[256, 256],
-                                                                     qf=[256, 256])),
-                  learning_rate=1e-3, **kwargs)
+        classes = {"sac": sbx.SAC, "td3": sbx.TD3, "crossq": sbx.CrossQ}
+    else:
+        import sb3_contrib
+        import stable_baselines3
+
+        classes = {"sac": stable_baselines3.SAC, "td3": stable_baselines3.TD3,
+                   "crossq": sb3_contrib.CrossQ}
+    kwargs = dict(batch_size=BATCH, learning_starts=0, train_freq=1, gradient_steps=1, seed=0,
+                  verbose=0, learning_rate=LEARNING_RATE[peer.agent])
+    if peer.library == "sb3":
+        kwargs["device"] = "cpu"
+    # SB3/SBX default to two critics and Adam; CrossQ's policies to Adam betas (0.5, 0.999).
+    policy_kwargs: dict = {"net_arch": dict(pi=WIDTH, qf=WIDTH)}
+    if peer.agent == "crossq" and peer.library == "sbx":
+        policy_kwargs["batch_norm_actor"] = peer.actor_norm == "batch_renorm"
+    return classes[peer.agent]("MlpPolicy", ENV, policy_kwargs=policy_kwargs, **kwargs)
 
 
-def sb3_updates(name, threads, n):
-    model = sb3_model(name, threads)
+def peer_measure(peer: Peer, threads: int, updates: int, loop_steps: int, many: int) -> dict:
+    """All measurements of one peer configuration (run in a process of its own)."""
+    model = peer_model(peer, threads)
+    # learn() only collects (SB3 trains once num_timesteps > learning_starts): the first
+    # train() below is then the one that compiles SBX's update.
     model.learning_starts = FILL
-    model.learn(FILL + 1)
-    model.train(gradient_steps=50, batch_size=256)
-    start = time.perf_counter()
-    model.train(gradient_steps=n, batch_size=256)
-    rate = n / (time.perf_counter() - start)
+    model.learn(FILL)
+    delay = getattr(model, "policy_delay", 1)
+    out = {}
+    if peer.library == "sbx":
+        # SBX jits train() per gradient_steps and per policy-delay phase: compile all first.
+        start = time.perf_counter()
+        model.train(gradient_steps=1, batch_size=BATCH)
+        out["compile_s"] = time.perf_counter() - start
+        for _ in range(50):
+            model.train(gradient_steps=1, batch_size=BATCH)
+        start = time.perf_counter()
+        for _ in range(updates):
+            model.train(gradient_steps=1, batch_size=BATCH)
+        out["updates_per_s"] = updates / (time.perf_counter() - start)
+        for _ in range(delay):
+            model.train(gradient_steps=many, batch_size=BATCH)
+        calls = max(1, updates // many)
+        start = time.perf_counter()
+        for _ in range(calls):
+            model.train(gradient_steps=many, batch_size=BATCH)
+        out["many_per_s"] = calls * many / (time.perf_counter() - start)
+    else:
+        # SB3's train(gradient_steps=N) is a Python loop of N single updates.
+        model.train(gradient_steps=50, batch_size=BATCH)
+        start = time.perf_counter()
+        model.train(gradient_steps=updates, batch_size=BATCH)
+        out["updates_per_s"] = updates / (time.perf_counter() - start)
     obs = np.zeros(model.observation_space.shape, np.float32)
-    times = []
-    for _ in range(1000):
-        t = time.perf_counter()
-        model.predict(obs, deterministic=True)
-        times.append(time.perf_counter() - t)
-    return rate, statistics.median(times) * 1e6
+    out["act_latency_us"] = latency_us(lambda o: model.predict(o, deterministic=True), obs)
+    out["loop_steps_per_s"] = peer_loop(peer, threads, loop_steps)
+    return out
 
 
-def sb3_loop(name, threads, steps):
-    model = sb3_model(name, threads)
-    model.learning_starts = 0
+def peer_loop(peer: Peer, threads: int, steps: int) -> float:
+    model = peer_model(peer, threads)
+    model.learn(100)  # compiles SBX's jitted train and acting functions before the clock starts
     start = time.perf_counter()
-    model.learn(steps)
+    model.learn(steps, reset_num_timesteps=False)
     return steps / (time.perf_counter() - start)
 
 
@@ -177,95 +284,208 @@ def in_own_process(fn, *args):
 
 
 # ----------------------------------------------------------------------------------- driver
-def main(argv=None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", default="sac,td3,crossq", help="comma list")
+    parser.add_argument("--agents", default=",".join(AGENT_NAMES), help="comma list")
     parser.add_argument("--norms", default="none,batch,batch_renorm", help="critic norms")
     parser.add_argument("--updates", type=int, default=1500, help="timed updates per repeat")
+    parser.add_argument("--many", type=int, default=100,
+                        help="updates per call of the peers' many-updates path")
     parser.add_argument("--loop-steps", type=int, default=1000, help="timed loop env steps")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats (median)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rss-updates", type=int, default=0,
                         help="also measure RSS growth over this many updates (SAC, batch)")
     parser.add_argument("--compare-sb3", action="store_true")
+    parser.add_argument("--compare-sbx", action="store_true")
     parser.add_argument("--json", default="throughput.json", help="output file")
     args = parser.parse_args(argv)
-    agents, norms = args.agents.split(","), args.norms.split(",")
-    if args.compare_sb3:
-        try:
-            import sb3_contrib  # noqa: F401
-            import stable_baselines3  # noqa: F401
-        except ImportError:
-            print("--compare-sb3 needs: pip install '.[sb3]'", file=sys.stderr)
-            return 2
+    args.agents, args.norms = args.agents.split(","), args.norms.split(",")
     from bnrl.training.quiet import quiet_tensorflow
 
-    quiet_tensorflow()
-    import tensorflow as tf
+    quiet_tensorflow()  # after parsing, so that --help stays instant
+    from bnrl.networks import NORM_KINDS
 
-    rows, results = [], {"machine": platform.processor() or platform.machine(),
-                         "cpus": os.cpu_count(), "threads": args.threads,
-                         "python": platform.python_version(), "tensorflow": tf.__version__,
-                         "results": {}}
-    for name in agents:
-        for norm in norms:
-            up, lat, loop, ops = [], [], [], 0
-            sb_up, sb_lat, sb_loop = [], [], []
-            for _ in range(args.repeats):
-                rate, latency, ops = bnrl_updates(name, norm, args.threads, args.updates)
-                up.append(rate)
-                lat.append(latency)
-                loop.append(bnrl_loop(name, norm, args.threads, args.loop_steps))
-                if args.compare_sb3 and norm == norms[0]:
-                    rate, latency = in_own_process(sb3_updates, name, args.threads, args.updates)
-                    sb_up.append(rate)
-                    sb_lat.append(latency)
-                    sb_loop.append(in_own_process(sb3_loop, name, args.threads, args.loop_steps))
-            entry = {"updates_per_s": up, "loop_steps_per_s": loop, "act_latency_us": lat,
-                     "graph_ops": ops}
-            if sb_up:
-                entry.update(sb3_updates_per_s=sb_up, sb3_loop_steps_per_s=sb_loop,
-                             sb3_act_latency_us=sb_lat)
-            results["results"][f"{name}/{norm}"] = entry
-            rows.append((name, norm, entry))
-            print(f"{name:7s} {norm:13s} updates/s {statistics.median(up):7.1f} "
-                  f"[{min(up):.0f}-{max(up):.0f}]  loop steps/s {statistics.median(loop):7.1f}  "
-                  f"act {statistics.median(lat):6.0f} us  ops {ops}", flush=True)
-    _print_table(rows, norms)
+    for name in args.agents:
+        if name not in AGENT_NAMES:
+            parser.exit(2, f"unknown agent '{name}': use {', '.join(AGENT_NAMES)}\n")
+    for norm in args.norms:
+        if norm not in NORM_KINDS:
+            parser.exit(2, f"unknown norm '{norm}': use {', '.join(NORM_KINDS)}\n")
+    for flag in ("updates", "many", "loop_steps", "repeats", "threads"):
+        if getattr(args, flag) < 1:
+            parser.exit(2, f"--{flag.replace('_', '-')} must be >= 1\n")
+    needs = {"sb3": ("stable_baselines3", "sb3_contrib"), "sbx": ("sbx",)}
+    for library, modules in needs.items():
+        if getattr(args, f"compare_{library}") and not all(
+                importlib.util.find_spec(m) for m in modules):
+            parser.exit(2, f"--compare-{library} needs: pip install '.[{library}]'\n")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import tensorflow as tf
+    from bnrl.training.files import atomic_write
+
+    libraries = [lib for lib in ("sb3", "sbx") if getattr(args, f"compare_{lib}")]
+    rows = bnrl_rows(args.agents, args.norms)
+    samples: dict[str, dict[str, list]] = {}
+    started = time.time()
+    for name in args.agents:
+        agent_rows = [row for row in rows if row.agent == name]
+        peers = list(dict.fromkeys(p for row in agent_rows for p in matched_peers(row, libraries)))
+        jobs = agent_rows + peers
+        for repeat in range(args.repeats):
+            for job in jobs if repeat % 2 == 0 else jobs[::-1]:
+                if isinstance(job, Row):
+                    result = bnrl_measure(job, args.threads, args.updates, args.loop_steps)
+                else:
+                    result = in_own_process(peer_measure, job, args.threads, args.updates,
+                                            args.loop_steps, args.many)
+                for key, value in result.items():
+                    samples.setdefault(job.key, {}).setdefault(key, []).append(value)
+        for job in jobs:
+            print(_measurement_line(job.key, samples[job.key]), flush=True)
+    results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+               "threads": args.threads, "python": platform.python_version(),
+               "tensorflow": tf.__version__, "versions": _peer_versions(libraries),
+               "load_average": os.getloadavg(), "minutes": (time.time() - started) / 60,
+               "settings": {k: getattr(args, k) for k in ("updates", "many", "loop_steps",
+                                                          "repeats")},
+               "samples": samples,
+               "ratios": ratio_rows(rows, libraries, samples),
+               "bn_cost": bn_cost_rows(rows, samples)}
+    print_tables(rows, libraries, samples, results)
     if args.rss_updates:
-        before, after = bnrl_rss("sac", "batch", args.threads, args.rss_updates)
+        before, after = bnrl_rss(args.threads, args.rss_updates)
         results["rss"] = {"updates": args.rss_updates, "before_mb": before, "after_mb": after,
                           "growth_pct": 100 * (after - before) / before}
         print(f"RSS sac/batch over {args.rss_updates} updates: {before:.0f} -> {after:.0f} MB "
               f"({100 * (after - before) / before:+.1f}%)")
     results["peak_rss_mb"] = peak_rss_mb()
-    print(f"peak RSS {results['peak_rss_mb']:.0f} MB")
-    from bnrl.training.files import atomic_write
-
+    print(f"peak RSS {results['peak_rss_mb']:.0f} MB; load average at the end "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs "
+          "(only ratios from one run carry over)")
     atomic_write(args.json, json.dumps(results, indent=1))
     return 0
 
 
-def _print_table(rows, norms) -> None:
+def _peer_versions(libraries) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"sb3": ["stable-baselines3", "sb3-contrib", "torch"],
+             "sbx": ["sbx-rl", "jax", "flax", "optax"]}
+    out = {}
+    for library in libraries:
+        for name in names[library]:
+            try:
+                out[name] = version(name)
+            except PackageNotFoundError:
+                out[name] = None
+    return out
+
+
+# ----------------------------------------------------------------------------------- tables
+def _spread(values) -> str:
+    return f"{statistics.median(values):.0f} [{min(values):.0f}-{max(values):.0f}]"
+
+
+def _measurement_line(key: str, s: dict) -> str:
+    parts = [f"{key:38s} updates/s {_spread(s['updates_per_s'])}"]
+    if "many_per_s" in s:
+        parts.append(f"many/call {_spread(s['many_per_s'])}")
+    parts.append(f"loop {_spread(s['loop_steps_per_s'])}")
+    parts.append(f"act {statistics.median(s['act_latency_us']):.0f} us")
+    if "graph_ops" in s:
+        parts.append(f"ops {s['graph_ops'][-1]}")
+    if "compile_s" in s:
+        parts.append(f"compile {statistics.median(s['compile_s']):.1f} s")
+    return "  ".join(parts)
+
+
+def ratio(a: list[float], b: list[float]) -> tuple[float, float, float] | None:
+    """Median, min and max of the per-round ratios a[i] / b[i] (rounds alternate, so the
+    ratio of one round compares measurements taken close together)."""
+    if not a or not b:
+        return None
+    per_round = [x / y for x, y in zip(a, b, strict=True)]
+    return statistics.median(per_round), min(per_round), max(per_round)
+
+
+def ratio_rows(rows, libraries, samples) -> list[dict]:
+    """bnrl against each matched peer: per call, many per call, loop, action latency."""
+    out = []
+    for row in rows:
+        mine = samples[row.key]
+        for peer in matched_peers(row, libraries):
+            theirs = samples[peer.key]
+            out.append({
+                "bnrl": row.key, "peer": peer.key,
+                "per_call": ratio(mine["updates_per_s"], theirs["updates_per_s"]),
+                # bnrl has no many-updates path yet; None prints as "-".
+                "many": ratio(mine.get("many_per_s", []), theirs.get("many_per_s", [])),
+                "bnrl_per_call_vs_peer_many": ratio(mine["updates_per_s"],
+                                                    theirs.get("many_per_s", [])),
+                "loop": ratio(mine["loop_steps_per_s"], theirs["loop_steps_per_s"]),
+                "act_latency": ratio(mine["act_latency_us"], theirs["act_latency_us"]),
+            })
+    return out
+
+
+def bn_cost_rows(rows, samples) -> list[dict]:
+    """Share of updates/s (and loop steps/s) a normalized critic costs against none."""
+    out = []
+    for row in rows:
+        base = samples.get(Row(row.agent, "none").key)
+        if row.critic_norm == "none" or row.actor_norm != "none" or base is None:
+            continue
+        mine = samples[row.key]
+        up = ratio(mine["updates_per_s"], base["updates_per_s"])
+        loop = ratio(mine["loop_steps_per_s"], base["loop_steps_per_s"])
+        out.append({"bnrl": row.key, "updates_cost": [1 - x for x in (up[0], up[2], up[1])],
+                    "loop_cost": [1 - x for x in (loop[0], loop[2], loop[1])]})
+    return out
+
+
+def _fmt(r, target: str = "") -> str:
+    if r is None:
+        return "-"
+    return f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]{target}"
+
+
+def print_tables(rows, libraries, samples, results) -> None:
     med = statistics.median
-    print("\n| agent | critic norm | updates/s | loop env steps/s | act latency (us) | "
-          "vs SB3 updates | vs SB3 loop | cost vs no-BN |")
-    print("|---|---|---|---|---|---|---|---|")
-    base = {}
-    for name, norm, e in rows:
-        if norm == "none":
-            base[name] = med(e["updates_per_s"])
-        sb = {n: e2 for n2, nm, e2 in rows for n in [n2] if nm == norms[0] and n2 == name}
-        ref = sb.get(name, {})
-        ratio_up = (f"{med(e['updates_per_s']) / med(ref['sb3_updates_per_s']):.2f}x"
-                    if "sb3_updates_per_s" in ref else "-")
-        ratio_loop = (f"{med(e['loop_steps_per_s']) / med(ref['sb3_loop_steps_per_s']):.2f}x"
-                      if "sb3_loop_steps_per_s" in ref else "-")
-        cost = (f"{100 * (1 - med(e['updates_per_s']) / base[name]):+.0f}%"
-                if name in base and norm != "none" else "-")
-        print(f"| {name} | {norm} | {med(e['updates_per_s']):.0f} | "
-              f"{med(e['loop_steps_per_s']):.0f} | {med(e['act_latency_us']):.0f} | {ratio_up} | "
-              f"{ratio_loop} | {cost} |")
+    print("\n| library | agent | critic norm | actor norm | updates/s, 1 per call | "
+          "updates/s, many per call | loop env steps/s | act latency (us) | ops / compile |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, s in samples.items():
+        library, agent, critic, actor = key.split("/")
+        many = _spread(s["many_per_s"]) if "many_per_s" in s else "-"
+        extra = (str(s["graph_ops"][-1]) if "graph_ops" in s
+                 else f"{med(s['compile_s']):.1f} s" if "compile_s" in s else "-")
+        print(f"| {library} | {agent} | {critic} | {actor} | {_spread(s['updates_per_s'])} | "
+              f"{many} | {_spread(s['loop_steps_per_s'])} | {med(s['act_latency_us']):.0f} | "
+              f"{extra} |")
+    if results["ratios"]:
+        print("\nbnrl / peer, median of per-round ratios [min-max]; issue 13 targets vs SBX: "
+              "per call >= 1.2x, many per call >= 1.0x, loop >= 1.2x, action latency <= 1.0x")
+        print("| bnrl | peer | updates, 1 per call | updates, many per call | bnrl 1 per call "
+              "vs peer many | loop env steps | action latency (lower is better) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in results["ratios"]:
+            print(f"| {r['bnrl'][5:]} | {r['peer']} | {_fmt(r['per_call'])} | {_fmt(r['many'])} "
+                  f"| {_fmt(r['bnrl_per_call_vs_peer_many'])} | {_fmt(r['loop'])} | "
+                  f"{_fmt(r['act_latency'])} |")
+    if results["bn_cost"]:
+        print("\nWhat a normalized critic costs bnrl against none (issue 13 targets: BN <= 10%, "
+              "Batch Renorm <= 15%), median of per-round costs [min-max]")
+        print("| bnrl | updates/s cost | loop env steps/s cost |")
+        print("|---|---|---|")
+        for r in results["bn_cost"]:
+            u, lp = r["updates_cost"], r["loop_cost"]
+            print(f"| {r['bnrl'][5:]} | {100 * u[0]:.0f}% [{100 * u[1]:.0f}-{100 * u[2]:.0f}] | "
+                  f"{100 * lp[0]:.0f}% [{100 * lp[1]:.0f}-{100 * lp[2]:.0f}] |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""benchmarks/throughput.py: which peer each bnrl row is matched with, the ratio arithmetic, the
+bad-input exits, and one tiny bnrl-only run end to end (peers need the optional extras)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def tp():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["throughput"]
+
+
+def test_crossq_is_matched_like_with_like(tp):
+    rows = tp.bnrl_rows(["sac", "crossq"], ["none", "batch", "batch_renorm"])
+    keys = [r.key for r in rows]
+    assert "bnrl/crossq/batch_renorm/batch_renorm" in keys  # the peers' default CrossQ
+    assert len(keys) == 7
+    peers = {r.key: [p.key for p in tp.matched_peers(r, ["sb3", "sbx"])] for r in rows}
+    # Batch Renorm in critic and actor: sb3-contrib's and SBX's defaults.
+    assert peers["bnrl/crossq/batch_renorm/batch_renorm"] == [
+        "sb3/crossq/batch_renorm/batch_renorm", "sbx/crossq/batch_renorm/batch_renorm"]
+    # Critic only: SBX with batch_norm_actor=False; sb3-contrib has no such switch.
+    assert peers["bnrl/crossq/batch_renorm/none"] == ["sbx/crossq/batch_renorm/none"]
+    assert peers["bnrl/crossq/batch/none"] == peers["bnrl/crossq/none/none"] == []
+    # SAC/TD3 peers have no BN: only the no-BN row is matched.
+    assert peers["bnrl/sac/none/none"] == ["sb3/sac/none/none", "sbx/sac/none/none"]
+    assert peers["bnrl/sac/batch/none"] == []
+
+
+def test_ratios_are_per_round_and_costs_against_no_norm(tp):
+    assert tp.ratio([100, 50, 90], [50, 50, 30]) == (2.0, 1.0, 3.0)
+    assert tp.ratio([], [1.0]) is None
+    none, batch = tp.Row("td3", "none"), tp.Row("td3", "batch")
+    samples = {none.key: {"updates_per_s": [100.0, 200.0], "loop_steps_per_s": [10.0, 10.0]},
+               batch.key: {"updates_per_s": [90.0, 100.0], "loop_steps_per_s": [8.0, 10.0]}}
+    (cost,) = tp.bn_cost_rows([none, batch], samples)
+    assert cost["updates_cost"] == pytest.approx([0.3, 0.1, 0.5])  # median, min, max
+    assert cost["loop_cost"] == pytest.approx([0.1, 0.0, 0.2])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--agents", "dqn"], "unknown agent 'dqn'"),
+    (["--norms", "group"], "unknown norm 'group'"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_bad_input_exits_2(tp, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        tp.parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_peer_library_exits_2(tp, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sbx" else real(name, *a))
+    with pytest.raises(SystemExit) as info:
+        tp.parse_args(["--compare-sbx"])
+    assert info.value.code == 2
+    assert "pip install '.[sbx]'" in capsys.readouterr().err
+
+
+def test_bnrl_only_run_prints_tables_and_writes_json(tp, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert tp.main(["--agents", "td3", "--norms", "none,batch", "--updates", "3",
+                    "--loop-steps", "3", "--repeats", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| bnrl | td3 | batch | none |" in text
+    assert "| td3/batch/none |" in text  # the BN cost table
+    result = json.loads(out.read_text())
+    samples = result["samples"]["bnrl/td3/batch/none"]
+    assert len(samples["updates_per_s"]) == 1 and samples["graph_ops"][0] > 0
+    assert result["ratios"] == [] and len(result["bn_cost"]) == 1
