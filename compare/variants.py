@@ -1,0 +1,129 @@
+"""Benchmark variants: named sets of settings compared against a named baseline.
+
+A variant is a name and a mapping of agent settings (``critic_norm: batch``,
+``critic_batch: joint``...); the key ``agent`` swaps the whole agent (``crossq: {agent: crossq}``
+compares SAC with CrossQ in one grid). Names come from three places, later ones winning:
+
+1. the built-in variants of ``configs/variants.yaml`` (the four normalizations, and the BN
+   remedies under their own names);
+2. ``--variants-file FILE``: a YAML mapping ``name: {key: value, ...}``;
+3. ``--variant NAME:key=value,key=value`` on the command line (repeatable).
+
+``--variants a,b,c`` picks the variants of a grid, ``--baseline NAME`` the one every other is
+compared with (default: the first).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from bnrl import configs
+from bnrl.training.errors import UserError
+
+VARIANTS_FILE = Path(configs.__file__).resolve().parent / "variants.yaml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    settings: dict = field(default_factory=dict)
+    """Agent settings; ``agent`` (if present) replaces the grid's agent."""
+
+    def agent(self, default: str) -> str:
+        return self.settings.get("agent", default)
+
+    def agent_settings(self) -> dict:
+        return {k: v for k, v in self.settings.items() if k != "agent"}
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UserError(f"bad variant name '{name}': use letters, digits and _ . + - "
+                        "(it names a directory)")
+    return name
+
+
+def _check_settings(name: str, settings, origin: str) -> dict:
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise UserError(f"variant '{name}' in {origin} must be a mapping of settings "
+                        "(key: value)")
+    return dict(settings)
+
+
+def builtin_variants() -> dict[str, Variant]:
+    """The variants shipped in ``configs/variants.yaml``."""
+    with open(VARIANTS_FILE, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    return {name: Variant(name, dict(settings or {})) for name, settings in data.items()}
+
+
+def read_variants_file(path, parse_value) -> dict[str, Variant]:
+    """Variants of a user's YAML file ``{name: {key: value}}``."""
+    from bnrl.training.config import read_yaml
+
+    data = read_yaml(path)
+    return {_check_name(str(name)): Variant(str(name), _check_settings(name, s, str(path)))
+            for name, s in data.items()}
+
+
+def parse_variant(text: str, parse_value) -> Variant:
+    """``NAME:key=value,key=value`` (values read like ``--set`` values) as a Variant.
+
+    Args:
+      text: the flag's value.
+      parse_value: turns a value's text into a setting (``--set``'s parser).
+    """
+    name, sep, rest = text.partition(":")
+    if not sep or not name:
+        raise UserError(f"bad --variant '{text}': expected NAME:key=value,key=value")
+    settings = {}
+    # A comma splits pairs, except inside brackets: hidden=[64,64] stays one value.
+    for pair in re.split(r",(?![^\[]*\])", rest):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"bad --variant '{text}': '{pair}' is not key=value")
+        settings[key.strip()] = parse_value(value.strip())
+    return Variant(_check_name(name.strip()), settings)
+
+
+def select(names: list[str], defined: dict[str, Variant], baseline: str | None):
+    """The variants of a grid in order and its baseline, refusing duplicates.
+
+    Args:
+      names: the ``--variants`` list.
+      defined: every known variant by name.
+      baseline: ``--baseline`` or None (the first variant).
+
+    Returns:
+      ``(variants, baseline name)``.
+    """
+    seen: dict[str, str] = {}
+    chosen = []
+    for name in names:
+        if name in seen:
+            raise UserError(f"variant '{name}' is listed twice in --variants: each variant "
+                            "is one set of runs")
+        if name not in defined:
+            raise UserError(f"unknown variant '{name}': use one of {', '.join(defined)} or "
+                            "define it with --variant NAME:key=value,...")
+        key = repr(sorted(defined[name].settings.items()))
+        if key in seen:
+            raise UserError(f"variants '{seen[key]}' and '{name}' have the same settings "
+                            f"({_describe(defined[name])}): their runs would be the same")
+        seen[name] = seen[key] = name
+        chosen.append(defined[name])
+    baseline = baseline or chosen[0].name
+    if baseline not in names:
+        raise UserError(f"--baseline '{baseline}' is not one of the variants "
+                        f"({', '.join(names)})")
+    return chosen, baseline
+
+
+def _describe(variant: Variant) -> str:
+    return ", ".join(f"{k}={v}" for k, v in variant.settings.items()) or "no settings"
