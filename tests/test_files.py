@@ -56,3 +56,30 @@ def test_disk_full_leaves_the_old_file(tmp_path, monkeypatch):
 def test_only_whole_file_modes():
     with pytest.raises(ValueError, match="mode must be"), files.atomic_open("x", "a"):
         pass
+
+
+def test_atomic_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = tmp_path / "export"
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(
+        f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    with files.atomic_directory(target) as tmp:
+        assert tmp.parent == tmp_path and not target.exists()
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "weights.bin").write_bytes(b"123")
+    assert (target / "sub" / "weights.bin").read_bytes() == b"123"
+    # Every file and directory was synced under its temporary name, then the parent.
+    assert any(p.endswith("/sub/weights.bin") and ".tmp/" in p for p in synced)
+    assert synced[-1] == str(tmp_path)
+    assert oct(target.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    with pytest.raises(RuntimeError), files.atomic_directory(tmp_path / "broken") as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("failed mid-export")
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bnrl.training.errors import StorageError, UserError
-from bnrl.training.files import atomic_write, fsync_dir
+from bnrl.training.files import atomic_write, fsync_dir, fsync_tree
 
 _PREFIX = "step-"
 _REQUIRED = ("agent.json", "model.index", "loop.json")
@@ -66,9 +66,7 @@ def save(run_dir, step: int, agent, loop_state: dict, keep: int) -> Path:
     try:
         agent.save(str(tmp))
         atomic_write(tmp / "loop.json", json.dumps(loop_state))
-        for part in tmp.iterdir():
-            _fsync_file(part)
-        fsync_dir(tmp)
+        fsync_tree(tmp)
         if final.exists():
             _prune(final)
         os.replace(tmp, final)
@@ -81,14 +79,6 @@ def save(run_dir, step: int, agent, loop_state: dict, keep: int) -> Path:
     for old in list_checkpoints(run_dir)[:-keep]:
         _prune(old)
     return final
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_tensorflow_error(exc: Exception) -> bool:

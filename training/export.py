@@ -28,9 +28,6 @@ env it was trained on (``ExportedPolicy``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +36,7 @@ from bnrl.networks import tf
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig
 from bnrl.training.errors import UserError
-from bnrl.training.files import atomic_write, fsync_dir
+from bnrl.training.files import atomic_directory, atomic_write
 from bnrl.training.loop import build_agent, make_run_env, open_run
 
 POLICY_FILE = "bnrl_policy.json"
@@ -193,33 +190,9 @@ def _metadata(config: RunConfig, agent, env, ckpt: Path) -> dict:
 def _save_atomically(module: PolicyModule, metadata: dict, out_dir: Path) -> None:
     """Write the SavedModel into a temporary directory beside ``out_dir``, then rename it."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    # mkdtemp and mkstemp create private (0700/0600) entries; an export is meant to be shared.
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o777 & ~umask)
+    with atomic_directory(out_dir) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.action})
         atomic_write(tmp / POLICY_FILE, json.dumps(metadata, indent=1) + "\n")
-        os.chmod(tmp / POLICY_FILE, 0o666 & ~umask)
-        _fsync_tree(tmp)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(out_dir.parent)
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory under ``root`` (what the rename makes visible is durable)."""
-    for directory, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(directory)
 
 
 def is_export(directory) -> bool:

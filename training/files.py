@@ -15,6 +15,8 @@ import contextlib
 import fcntl
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -27,6 +29,46 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """fsync one file's data (a file another library wrote, before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and directory under ``root``, so that what a rename makes visible is
+    durable too."""
+    for directory, _, names in os.walk(root):
+        for name in names:
+            fsync_file(os.path.join(directory, name))
+        fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory beside ``path`` that becomes ``path`` when the block ends without
+    error (every file in it fsync'ed first); on any error it is removed. ``path`` must not exist.
+
+    The directory gets the mode ``mkdir`` would give it (``mkdtemp`` makes 0700).
+    """
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        yield tmp
+        fsync_tree(tmp)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:

@@ -27,7 +27,7 @@ from bnrl.envs import EnvError, make_env
 from bnrl.training import checkpoint
 from bnrl.training.config import RESUMABLE, RunConfig, changed_settings, from_dict, read_yaml
 from bnrl.training.errors import NonFiniteLoss, StorageError, UserError, one_line
-from bnrl.training.files import atomic_write, fsync_dir, lock_directory
+from bnrl.training.files import atomic_write, fsync_dir, fsync_file, lock_directory
 from bnrl.training.logger import ScalarLogger, flatten_settings
 from gymnasium.wrappers import RecordEpisodeStatistics
 
@@ -655,6 +655,7 @@ def _evaluate_recording(policy, env, episodes: int, video: Path) -> tuple[float,
         if not recorded.is_file():
             raise UserError("no video was recorded: the env's render() returned no rgb_array "
                             "frames")
+        fsync_file(recorded)
         os.replace(recorded, video)
         fsync_dir(video.parent)
         return result
