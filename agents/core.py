@@ -21,7 +21,14 @@ from typing import ClassVar
 import numpy as np
 from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.update import TARGET, Batch, Schedule, Update, target_update, target_update_ops
-from bnrl.networks import Norm, bn_diagnostics, check_wiring, new_graph_session, tf
+from bnrl.networks import (
+    Norm,
+    batch_statistics_call,
+    bn_diagnostics,
+    check_wiring,
+    new_graph_session,
+    tf,
+)
 from bnrl.training.errors import one_line
 from bnrl.training.files import atomic_write
 
@@ -409,7 +416,7 @@ class Agent:
                 # Built inside the block so that every variable read of both calls (weights and
                 # moving statistics) follows the critic step and its BN updates.
                 with tf.control_dependencies([update.critic_step]):
-                    q_batch = self.critic_models[0](update.critic_inputs, training=True)
+                    q_batch = batch_statistics_call(self.critic_models[0], update.critic_inputs)
                     q_moving = self.critic_models[0](update.critic_inputs, training=False)
                 diag["bn_Q_train_eval_gap"] = tf.reduce_mean(tf.abs(q_batch - q_moving))
             self.diagnostics[variant] = diag

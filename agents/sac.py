@@ -20,6 +20,7 @@ from bnrl.agents.update import (
     Schedule,
     Update,
     adam,
+    call_in_mode,
     critic_pass,
     critic_update,
     gradient_step,
@@ -135,8 +136,8 @@ class SAC(Agent):
         with tf.control_dependencies([update.critic_step]):
             dist, actor_updates = training_call(self.actor, b.obs)
             action, logp, _ = squashed_gaussian(dist, noise["action"])
-            q_pi = tf.reduce_min(self.critic(
-                [b.obs, action], training=c.setting("actor_loss_mode") == "training"), axis=1)
+            q_pi = tf.reduce_min(call_in_mode(self.critic, [b.obs, action],
+                                              c.setting("actor_loss_mode") == "training"), axis=1)
             alpha_now = tf.exp(self.log_alpha)
         actor_loss = tf.reduce_mean(tf.stop_gradient(alpha_now) * logp - q_pi)
         actor_step = gradient_step(self.actor_optimizer, actor_loss,

@@ -22,6 +22,7 @@ from bnrl.agents.update import (
     Schedule,
     Update,
     adam,
+    call_in_mode,
     critic_pass,
     critic_update,
     gradient_step,
@@ -186,8 +187,8 @@ class TD3(Agent):
         # training-mode call here collects no updates.
         with tf.control_dependencies([update.critic_step]):
             action, actor_updates = training_call(self.actor, b.obs)
-            q_pi = self.critic([b.obs, action],
-                               training=c.setting("actor_loss_mode") == "training")[:, 0]
+            q_pi = call_in_mode(self.critic, [b.obs, action],
+                                c.setting("actor_loss_mode") == "training")[:, 0]
         actor_loss = -tf.reduce_mean(q_pi)
         update.actor_step = gradient_step(self.actor_optimizer, actor_loss,
                                           self.actor.trainable_variables, actor_updates,

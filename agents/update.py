@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bnrl.networks import keras, tf, training_call, with_updates
+from bnrl.networks import batch_statistics_call, keras, tf, training_call, with_updates
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,12 @@ def joint(inputs, next_inputs):
     return tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), inputs, next_inputs)
 
 
+def call_in_mode(model: keras.Model, inputs, training: bool):
+    """``model`` on ``inputs`` with BN in training mode (batch statistics of ``inputs``, no
+    statistics update) or inference mode (moving statistics)."""
+    return batch_statistics_call(model, inputs) if training else model(inputs, training=False)
+
+
 def _next_half(joint_output):
     return tf.split(joint_output, 2, axis=0)[1]
 
@@ -117,16 +123,14 @@ def critic_pass(critic: keras.Model, inputs, next_inputs, target: keras.Model | 
             q, updates = training_call(critic, inputs)
     online = early
     if need_online_next and early is None:
-        # A training-mode call whose update ops are not run changes no statistics (in a graph,
-        # only fetched ops run; inside a tf.function every created update op would run, so
-        # such calls would need a BN path that creates none).
-        online = _next_half(q_joint) if joint_batch else critic(next_inputs, training=True)
+        online = (_next_half(q_joint) if joint_batch
+                  else batch_statistics_call(critic, next_inputs))
     if target is None:
         q_next = online
     elif joint_batch and bootstrap_training:
-        q_next = _next_half(target(both, training=True))
+        q_next = _next_half(batch_statistics_call(target, both))
     else:
-        q_next = target(next_inputs, training=bootstrap_training)
+        q_next = call_in_mode(target, next_inputs, bootstrap_training)
     return CriticPass(q=q, q_next=tf.stop_gradient(q_next),
                       q_next_online=tf.stop_gradient(online) if online_next else None,
                       updates=updates, inputs=both if joint_batch else inputs)

@@ -6,6 +6,7 @@ Importing this package makes sure Keras 2 (tf-keras) is the Keras in use (see ``
 from bnrl.networks.backend import KerasVersionError, keras, new_graph_session, tf
 from bnrl.networks.batchnorm import (
     WiringError,
+    batch_statistics_call,
     bn_diagnostics,
     bn_layers,
     check_wiring,
@@ -29,6 +30,7 @@ from bnrl.networks.builders import (
 
 __all__ = [
     "CROSSQ_RENORM_CLIPPING", "NORM_KINDS", "KerasVersionError", "Norm", "WiringError",
+    "batch_statistics_call",
     "bn_diagnostics", "bn_layers", "check_wiring", "collect_updates", "collection_updates",
     "critic", "deterministic_actor", "gaussian_actor", "keras", "minimize_with_updates", "mlp",
     "new_graph_session", "q_network", "squashed_gaussian", "tf", "training_call", "with_updates",

@@ -50,6 +50,8 @@ _LEARNING_PHASE_NOTE = (
 # Models handed to collect_updates / training_call, per graph (weakly: neither is kept alive):
 # minimize_with_updates leaves their frozen layers' weights out of its default var_list.
 _MODELS_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Update ops of batch_statistics_call calls, per graph: created by Keras, meant never to run.
+_STATISTICS_ONLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class WiringError(RuntimeError):
@@ -348,6 +350,23 @@ def training_call(model: keras.layers.Layer, inputs, training=True, shared: bool
     return outputs, updates
 
 
+def batch_statistics_call(model: keras.layers.Layer, inputs, **kwargs):
+    """Call ``model`` normalizing with the batch statistics of ``inputs``, updating nothing.
+
+    For a network evaluated in training mode only for its normalization: a training-mode TD
+    target or bootstrap, a critic inside the actor loss that should see the Q it is trained as
+    (the BN-critic remedies). Keras still creates the call's update ops; they are recorded as
+    never to run, so that ``check_wiring`` neither asks for them nor lets a train op run them.
+
+    Returns:
+      The call's outputs.
+    """
+    outputs, updates = training_call(model, inputs, **kwargs)
+    graph = tf.compat.v1.get_default_graph()
+    _STATISTICS_ONLY.setdefault(graph, set()).update(_writer(op) for op in updates)
+    return outputs
+
+
 def _chain_in_call_order(model, repeated: dict) -> None:
     """Order each shared variable's updates: call k+1 reads it after call k's write."""
     renorm = [layer.name for layer in bn_layers(model) if layer.renorm
@@ -535,19 +554,23 @@ def check_wiring(train_op, models: Sequence, raise_error: bool = False) -> list[
     # What the run executes: the forward pass plus the BN updates it reaches, with their inputs.
     executed = _expand(forward - all_writes, [op for op in all_writes if op in forward], set())
     modes = _batch_modes(forward, all_writes)
+    quiet = _STATISTICS_ONLY.get(graph, set())
     problems = []
     for layer, layer_writes in zip(layers, writes, strict=True):
-        problems += _layer_problems(layer, layer_writes, forward, executed, modes)
+        problems += _layer_problems(layer, layer_writes, forward, executed, modes, quiet)
     if problems and raise_error:
         raise WiringError("; ".join(problems))
     return problems
 
 
-def _layer_problems(layer: _Layer, writes: dict, forward: set, executed: set, modes: dict):
+def _layer_problems(layer: _Layer, writes: dict, forward: set, executed: set, modes: dict,
+                    quiet: set):
     calls: dict[str, dict[str, list]] = {}  # call scope -> statistic -> its write ops
     for short, ops in writes.items():
         for op in ops:
             calls.setdefault(_call_scope(op), {}).setdefault(short, []).append(op)
+    statistics_only = {scope for scope, per in calls.items()
+                       if all(op in quiet for ops in per.values() for op in ops)}
     batch_calls = [scope for scope in calls if scope in modes]
     ran = {scope: {short for short, ops in per.items() if any(op in executed for op in ops)}
            for scope, per in calls.items()}
@@ -560,7 +583,13 @@ def _layer_problems(layer: _Layer, writes: dict, forward: set, executed: set, mo
     problems = []
     for scope in calls:
         for short in _MOVING:
-            if scope in modes and short not in ran[scope]:
+            if scope in statistics_only:
+                if short in ran[scope]:
+                    problems.append(
+                        f"BN layer '{layer.name}' call '{scope}' was made with "
+                        f"batch_statistics_call (its statistics must not move) but this train op "
+                        f"updates its {short}: leave that call's update ops out of the train op")
+            elif scope in modes and short not in ran[scope]:
                 problems.append(_stale_message(layer, scope, short, modes[scope]))
             elif scope not in modes and short in ran[scope] and used:
                 problems.append(_foreign_message(layer, scope, short, batch_calls,

@@ -272,6 +272,41 @@ def test_same_model_on_s_and_next_s():
     _train(g, train_op, [Track(model.get_layer("bn"), [_bn_input(g, "q/bn")])], feeds)
 
 
+def test_batch_statistics_target_updates_nothing():
+    """A training-mode bootstrap (the BN-critic remedy): Q(s') normalized with the batch
+    statistics of s' through ``batch_statistics_call``, whose updates must never run. The target
+    equals the network evaluated by hand with s' batch statistics; the moving statistics follow
+    the s call alone; running the s' call's updates is reported."""
+    g = tf.Graph()
+    with g.as_default():
+        model = _mlp_bn("q")
+        s, s2, r = _ph(4, name="s"), _ph(4, name="s2"), _ph(1)
+        q, updates = nw.training_call(model, s)
+        q_next = nw.batch_statistics_call(model, s2)
+        loss = _mse(q, tf.stop_gradient(r + 0.9 * q_next))
+        train_op = nw.minimize_with_updates(_opt(), loss, updates)
+        _, stat_updates = nw.training_call(model, s2)  # the same call, built the usual way
+        running_them = nw.minimize_with_updates(_opt(), loss, updates + stat_updates)
+        assert nw.check_wiring(train_op, [model]) == []
+        _problems(running_them, [model], "'bn' has its moving_mean updated 2 times per step")
+        leaked = nw.with_updates(_opt().minimize(loss), updates + [
+            op for op in g.get_operations() if op.name.startswith("q_1/bn/AssignMovingAvg")
+            and op.type == "AssignSubVariableOp"])
+        _problems(leaked, [model], "call 'q_1/bn' was made with batch_statistics_call")
+    data, data2 = _data(4), _data(4, seed=5)
+    feeds = [{s: S, s2: S2 * 3 - 2, r: R} for S, S2, R in zip(data, data2, _targets())]
+    _train(g, train_op, [Track(model.get_layer("bn"), [_bn_input(g, "q/bn")])], feeds)
+    with tf.compat.v1.Session(graph=g) as sess:  # the target used the s' batch statistics
+        sess.run(tf.compat.v1.variables_initializer(model.variables))
+        h_in = _bn_input(g, "q_1/bn")
+        got, h = sess.run([q_next, h_in], {s2: feeds[0][s2]})
+        bn = model.get_layer("bn")
+        gamma, beta, kernel, bias = sess.run([bn.gamma, bn.beta, *model.get_layer("out").weights])
+        normed = (h - h.mean(0)) / np.sqrt(h.var(0) + EPS) * gamma + beta
+        np.testing.assert_allclose(got, np.maximum(normed, 0) @ kernel + bias, rtol=1e-4,
+                                   atol=1e-5)
+
+
 # --------------------------------------------------------------------------- shared BN layer
 def _siamese():
     a, b = keras.Input((3,)), keras.Input((3,))
