@@ -590,6 +590,24 @@ def test_resume_without_replay_continues_with_an_empty_buffer(sac_bn_run, tmp_pa
         assert int(replay["size"]) == 100  # only what the resumed run collected
 
 
+def test_resume_with_a_damaged_metrics_csv_keeps_the_rows_that_parse(sac_bn_run, tmp_path,
+                                                                     capsys):
+    """bnrl writes metrics.csv atomically; bytes appended by something else (not UTF-8, a torn
+    quote) cost the resume one warning line, never the run."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(sac_bn_run, run_dir)
+    with open(run_dir / "metrics.csv", "ab") as f:
+        f.write(b'\xff\xfe not a row\n"unterminated,\n')
+    code = _main(["train", *SAC_BN, "--steps", "500", "--logdir", str(run_dir), "--resume",
+                  "--quiet"])
+    assert code == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "metrics.csv" in line]
+    assert len(warning) == 1 and "dropped 2 unreadable row(s)" in warning[0], warning
+    with open(run_dir / "metrics.csv", newline="") as f:
+        steps = [int(row[0]) for row in list(csv.reader(f))[1:]]
+    assert steps == [200, 400, 500]
+
+
 # --------------------------------------------------------------------------------- 5. evaluate
 def test_evaluate_prints_mean_and_std(resumed_run, capsys):
     run_dir = resumed_run[0]

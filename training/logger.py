@@ -52,6 +52,8 @@ class ScalarLogger:
         self._writer = EventFileWriter(str(self.run_dir), flush_secs=10)
         self._csv = self.run_dir / "metrics.csv"
         self.eval_rows: list[tuple[int, float, float]] = []
+        self.unreadable_rows = 0
+        """Rows of an existing metrics.csv that did not parse (resume only); they are dropped."""
         if resume_step is not None:
             # TensorBoard drops the events with step >= the START step: the checkpoint's own
             # step (its eval, its last logs) is kept, what a killed run wrote after it is not.
@@ -97,11 +99,21 @@ class ScalarLogger:
             writer.writerows(self.eval_rows)
 
     def _read_csv(self) -> list[tuple[int, float, float]]:
+        # bnrl writes the file atomically, so a row that does not parse was put there by
+        # something else (an editor, a copy gone wrong): the rows that parse are kept and the
+        # run resumes, rather than losing the run to a file it can rewrite.
         if not self._csv.exists():
             return []
-        with open(self._csv, newline="") as f:
-            rows = list(csv.reader(f))[1:]
-        return [(int(r[0]), float(r[1]), float(r[2])) for r in rows if len(r) == 3]
+        with open(self._csv, newline="", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()[1:]
+        rows = []
+        for row in csv.reader(lines):
+            try:
+                step, mean, std = row
+                rows.append((int(step), float(mean), float(std)))
+            except ValueError:
+                self.unreadable_rows += 1
+        return rows
 
     def flush(self) -> None:
         self._writer.flush()

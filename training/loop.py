@@ -315,7 +315,8 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
       threads: TensorFlow threads for this run (benchmark workers share the cores).
       replay: when resuming, load the checkpoint's replay buffer, which must be intact; False
         continues with an empty buffer.
-      warn: called with each of ``config.warnings()`` once every check has passed.
+      warn: called with each of ``config.warnings()`` once every check has passed, and with
+        what a resume had to drop (unreadable rows of ``metrics.csv``).
 
     Returns:
       The run summary (also written to ``summary.json``).
@@ -341,6 +342,9 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
         held.release()
         threading.excepthook = hook
         raise _start_failure(exc, held) from None
+    if logger.unreadable_rows and warn is not None:
+        warn(f"dropped {logger.unreadable_rows} unreadable row(s) of {run_dir / 'metrics.csv'}; "
+             "the evaluations that parse are kept")
     step = agent.env_steps
     bar = Progress(config.steps, step, progress, f"{config.agent}/{config.env}/s{config.seed}")
     if ckpt is not None:
