@@ -27,8 +27,8 @@ class DQNConfig(AgentConfig):
     that pass) in training mode on the same joint batch. Measured with ``python run.py train
     --agent dqn --env CartPole-v1 --critic-norm batch --steps 40000`` (bnrl's preset in configs/:
     the RL Zoo's with learning rate 5e-4 and batch 128), final return for seeds 0 / 1 / 2:
-    500 / 500 / 500 with these defaults, 308 / 358 / 278 with plain BN (``critic_batch=separate``,
-    ``bootstrap_mode=inference``), 145 / 500 / 500 without BN. With the RL Zoo's own settings
+    500 / 500 / 500 with these defaults, 72 / 353 / 476 with plain BN (``critic_batch=separate``,
+    ``bootstrap_mode=inference``), 226 / 135 / 200 without BN. With the RL Zoo's own settings
     (2.3e-3, batch 64) every Q-network oscillates and none holds 400 on all three seeds
     (docs/bn-critics.md). Without a target network DQN diverges, hence ``double_q`` needs
     ``target=polyak``.
