@@ -152,6 +152,9 @@ class AgentConfig:
             )
         self.critic_norm_spec()
         self._check_bn_settings()
+        if self.xla_single_update and not self.xla:
+            raise ValueError("xla_single_update=true needs xla=true (xla=false turns XLA off "
+                             "everywhere)")
 
     # The BN settings each agent picks for a critic with plain BN (the "auto" values; issue 12).
     bn_defaults: ClassVar[dict[str, str]] = {}
@@ -513,11 +516,14 @@ class Agent:
         ops = dict(self.train_ops)
         if self.config.gradient_steps > 1:
             ops["multi-update loop"] = self.multi_op
+        miswired = []
         for variant, op in ops.items():
             problems = check_wiring(op, self.critic_models + self.actor_models)
             if problems:
-                raise RuntimeError(f"{self.name} train op '{variant}' is miswired: "
-                                   + "; ".join(problems))
+                miswired.append(f"{self.name} train op '{variant}' is miswired: "
+                                + "; ".join(problems))
+        if miswired:
+            raise RuntimeError(" | ".join(miswired))
 
     def _build_diagnostics(self):
         """BN diagnostics per variant, read after that variant's step, with the gap between Q
