@@ -568,7 +568,12 @@ class Agent:
         if self.config.gradient_steps > 1:
             self._many_fn = self.sess.make_callable([self.multi_op, self.multi_values],
                                                     list(self.multi_phs))
-        self._act_fn = self.sess.make_callable(self.act_output, [self.obs_ph])
+        # Acting runs its few ops on the caller's thread instead of handing them to the
+        # inter-op pool (RunOptions.inter_op_thread_pool = -1): benchmarks/README.md has the
+        # latency before and after. Only for acting: the update gains from the pool's parallelism.
+        act = self.sess.make_callable(self.act_output, [self.obs_ph], accept_options=True)
+        self._act_fn = functools.partial(
+            act, options=tf.compat.v1.RunOptions(inter_op_thread_pool=-1))
         self._num_updates_fn = self.sess.make_callable(self.num_updates)
 
     # ------------------------------------------------------------------------------- BN settings
