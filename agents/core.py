@@ -259,6 +259,16 @@ def coerce_setting(name: str, annotation: str, value):
                      f"got {one_line(repr(value), 60)}")
 
 
+def _agent_keys_first(cls, fields) -> list[str]:
+    """Field names, the agent's own (most derived class) first, each class's sorted: a long
+    list shortened to one line keeps its head, where the agent's settings then are."""
+    order: list[str] = []
+    for klass in cls.__mro__:
+        order += sorted(n for n in vars(klass).get("__annotations__", {})
+                        if n in fields and n not in order)
+    return order
+
+
 def config_from_dict(cls, values: dict | None):
     """Build the dataclass ``cls`` from a dict, rejecting unknown keys and wrong types with a
     one-line error."""
@@ -268,7 +278,7 @@ def config_from_dict(cls, values: dict | None):
     if unknown:
         raise ValueError(
             f"unknown config key(s) {one_line(', '.join(unknown), 200)} for {cls.__name__}: "
-            f"accepted are {', '.join(sorted(fields))}"
+            f"accepted are {', '.join(_agent_keys_first(cls, fields))}"
         )
     for name, value in values.items():
         values[name] = coerce_setting(name, str(fields[name].type), value)
