@@ -91,7 +91,8 @@ flags and --set override both (a flag left out overrides nothing). Values are YA
 (3e-4 is a number); aliases (*name) are not accepted. Agent settings (--set KEY=VALUE):
   all agents: gamma batch_size buffer_size learning_starts train_freq gradient_steps hidden
               critic_norm critic_input_norm critic_norm_position bn_momentum bn_epsilon
-              target_bn tau adam_beta1 intra_op_threads inter_op_threads
+              target_bn tau adam_beta1 intra_op_threads inter_op_threads xla
+              xla_single_update
               BN remedies (docs/bn-critics.md): critic_batch (auto, separate, joint)
               target (auto, polyak, none) bootstrap_mode (auto, inference, training)
               renorm_warmup renorm_rmax renorm_dmax

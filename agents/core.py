@@ -13,14 +13,24 @@ training. One gradient step is one ``sess.run`` (through a ``make_callable``) of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from bnrl.agents.replay import ReplayBuffer
-from bnrl.agents.update import TARGET, Batch, Schedule, Update, target_update, target_update_ops
+from bnrl.agents.update import (
+    TARGET,
+    Batch,
+    Schedule,
+    Update,
+    after,
+    target_update,
+    target_update_ops,
+)
 from bnrl.networks import (
     Norm,
     batch_statistics_call,
@@ -110,6 +120,16 @@ class AgentConfig:
     """TensorFlow threads inside one op (0: TensorFlow's choice)."""
     inter_op_threads: int = 2
     """Ops run side by side (2 measured 45% faster than 1 for SAC on 2 cores)."""
+    xla: bool = True
+    """Compile the multi-update path with XLA (``tf.function(jit_compile=True)``): with
+    ``gradient_steps > 1`` a round of K gradient steps is one ``sess.run`` of one ``tf.while_loop``
+    (benchmarks/README.md has the speed-up; the compile, once per agent, takes seconds). Results
+    equal plain updates to float tolerance, not bit for bit (XLA sums in another order): false
+    runs the same loop without XLA, bit-identical to K single updates, for debugging."""
+    xla_single_update: bool = False
+    """Also compile each single update (``gradient_steps = 1``, and the logged update of a
+    round) with XLA; needs ``xla``. Off by default: per update it measured no faster than the
+    plain graph on CPU (every call copies the variables it writes in and out)."""
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message on an impossible setting."""
@@ -132,6 +152,9 @@ class AgentConfig:
             )
         self.critic_norm_spec()
         self._check_bn_settings()
+        if self.xla_single_update and not self.xla:
+            raise ValueError("xla_single_update=true needs xla=true (xla=false turns XLA off "
+                             "everywhere)")
 
     # The BN settings each agent picks for a critic with plain BN (the "auto" values; issue 12).
     bn_defaults: ClassVar[dict[str, str]] = {}
@@ -236,6 +259,16 @@ def coerce_setting(name: str, annotation: str, value):
                      f"got {one_line(repr(value), 60)}")
 
 
+def _agent_keys_first(cls, fields) -> list[str]:
+    """Field names, the agent's own (most derived class) first, each class's sorted: a long
+    list shortened to one line keeps its head, where the agent's settings then are."""
+    order: list[str] = []
+    for klass in cls.__mro__:
+        order += sorted(n for n in vars(klass).get("__annotations__", {})
+                        if n in fields and n not in order)
+    return order
+
+
 def config_from_dict(cls, values: dict | None):
     """Build the dataclass ``cls`` from a dict, rejecting unknown keys and wrong types with a
     one-line error."""
@@ -245,7 +278,7 @@ def config_from_dict(cls, values: dict | None):
     if unknown:
         raise ValueError(
             f"unknown config key(s) {one_line(', '.join(unknown), 200)} for {cls.__name__}: "
-            f"accepted are {', '.join(sorted(fields))}"
+            f"accepted are {', '.join(_agent_keys_first(cls, fields))}"
         )
     for name, value in values.items():
         values[name] = coerce_setting(name, str(fields[name].type), value)
@@ -295,10 +328,13 @@ class Agent:
             batch = self._build_placeholders()
             self._build_networks()
             self.schedule = self._build_schedule()
-            self._build_train_ops(batch, self._build_noise(batch))
+            self._build_train_ops(batch, self._build_noise(tf.shape(batch.obs)[0],
+                                                            self.num_updates))
             self._build_counter()
-            self._build_wiring_check()
             self._build_diagnostics()
+            if self.config.gradient_steps > 1:
+                self._build_multi_update()
+            self._build_wiring_check()
             self.act_output = self._build_act()
             self._build_io()
         self.sess = new_graph_session(self.graph, self.config.intra_op_threads,
@@ -335,12 +371,12 @@ class Agent:
         self._models_built += 1
         return self.seed * 1000 + self._models_built
 
-    def _step_noise(self, batch: Batch, width: int, salt: int) -> tf.Tensor:
-        """Standard normal noise ``[batch, width]`` of this step (stateless, seeded by the update
-        counter, so a restored agent draws what the original would have)."""
-        shape = tf.stack([tf.shape(batch.obs)[0], width])
-        seed = tf.stack([tf.cast(self.num_updates, tf.int32) * 7 + salt, self.seed])
-        return tf.random.stateless_normal(shape, seed=seed)
+    def _step_noise(self, rows: tf.Tensor, step: tf.Tensor, width: int, salt: int) -> tf.Tensor:
+        """Standard normal noise ``[rows, width]`` of update ``step`` (stateless, seeded by the
+        update counter, so a restored agent draws what the original would have, and K updates in
+        one run draw what K single updates would have)."""
+        seed = tf.stack([tf.cast(step, tf.int32) * 7 + salt, self.seed])
+        return tf.random.stateless_normal(tf.stack([rows, width]), seed=seed)
 
     def _build_networks(self):
         """Create the Keras models and their optimizers: set ``self.critic_models`` (BN
@@ -352,8 +388,13 @@ class Agent:
         """Which pieces run at update ``i``."""
         raise NotImplementedError
 
-    def _build_noise(self, batch: Batch) -> dict:
-        """The random noise of one update, by name, drawn outside the update (``_step_noise``)."""
+    def _build_noise(self, rows: tf.Tensor, step: tf.Tensor) -> dict:
+        """The random noise of update ``step`` on a batch of ``rows``, by name (``_step_noise``).
+
+        Drawn outside the update function and passed in: under XLA the stateless RNG returns
+        other samples than TensorFlow's CPU kernel for the same seed, so the compiled update
+        would otherwise draw other noise than the plain one.
+        """
         return {}
 
     def _build_update(self, batch: Batch, noise: dict, pieces: tuple[str, ...]) -> Update:
@@ -380,11 +421,96 @@ class Agent:
 
     def _build_train_ops(self, batch: Batch, noise: dict):
         """One train op per variant of the schedule (``self.train_ops``), with its scalars
-        (``self.scalars``) and pieces (``self.updates_built``)."""
+        (``self.scalars``) and pieces (``self.updates_built``); each variant compiled with XLA
+        when ``xla_single_update`` asks for it."""
         self.train_ops, self.scalars, self.updates_built = {}, {}, {}
+        self.noise_names = list(noise)
+        c = self.config
+        build = (self._build_compiled_variant if c.xla and c.xla_single_update
+                 else self._build_variant)
         for variant, pieces in self.schedule.variants().items():
             (self.train_ops[variant], self.scalars[variant],
-             self.updates_built[variant]) = self._build_variant(batch, noise, pieces)
+             self.updates_built[variant]) = build(batch, noise, pieces)
+
+    def _build_compiled_variant(self, batch: Batch, noise: dict, pieces: tuple[str, ...]):
+        """``_build_variant`` as one XLA-compiled function called on ``batch`` and ``noise``:
+        the call op is the train op, its outputs the scalars and the critic's training-mode
+        inputs (for the train/eval gap, read after the call).
+
+        Inside a function every stateful op runs (automatic control dependencies), so the
+        variant's BN updates run whether or not they are grouped into its steps; ``check_wiring``
+        looks inside the function for updates made twice.
+        """
+
+        def variant(tensors, noise):
+            op, _, update = self._build_variant(Batch(*tensors), noise, pieces)
+            return after(op, (update.critic_scalars, update.actor_scalars, update.critic_inputs))
+
+        fn = tf.function(variant, jit_compile=True, autograph=False)
+        critic_scalars, actor_scalars, inputs = fn(batch.tensors(), noise)
+        call = tf.nest.flatten(critic_scalars)[0].op
+        update = Update(critic_step=call, critic_scalars=critic_scalars, critic_inputs=inputs,
+                        actor_step=call if actor_scalars else None, actor_scalars=actor_scalars)
+        return call, update.scalars(), update
+
+    def _build_multi_update(self):
+        """K gradient steps in one ``sess.run`` (``update_many``), for ``gradient_steps > 1``.
+
+        The K batches are fed stacked ``[K, batch, ...]`` (sampled in Python from the replay
+        buffer, as K single updates would sample them). One function (XLA-compiled with ``xla``)
+        runs a ``tf.while_loop`` whose body is the very variant functions of the single path,
+        picking update ``i``'s variant in the graph from the schedule's period; the noise of the
+        K steps is drawn outside, from the same per-step seeds. Each step's scalars come out as
+        one row of ``[K, len(multi_names)]`` (zero where that step's variant has no such scalar).
+        Values captured from outside (Batch Renorm's warm-up clipping) are read once per call:
+        ``update_many`` splits a round at the warm-up boundary.
+        """
+        stacked = Batch(*[tf.compat.v1.placeholder(p.dtype, [None] + p.shape.as_list(),
+                                                   "many_" + p.op.name) for p in self.batch_phs])
+        k, rows = tf.shape(stacked.obs)[0], tf.shape(stacked.obs)[1]
+        first = tf.cast(self.num_updates, tf.int32)
+        noise = {}
+        if self.noise_names:
+            noise = tf.map_fn(lambda j: self._build_noise(rows, first + j), tf.range(k),
+                              fn_output_signature={name: tf.float32 for name in self.noise_names})
+        variants = self.schedule.variants()
+        self.multi_names = list(dict.fromkeys(n for s in self.scalars.values() for n in s))
+        period = self.schedule.period()
+        index = {variant: i for i, variant in enumerate(variants)}
+        table = [index[self.schedule.variant(i)] for i in range(period)]
+
+        def step(batch: Batch, noise: dict, pieces: tuple[str, ...]):
+            op, scalars, _ = self._build_variant(batch, noise, pieces)
+            return after(op, tf.stack([tf.cast(scalars[name], tf.float32) if name in scalars
+                                       else tf.constant(0.0) for name in self.multi_names]))
+
+        def loop(tensors, noise, first):
+            n = tf.shape(tensors[0])[0]
+
+            def body(j, values):
+                batch = Batch(*[t[j] for t in tensors])
+                step_noise = {name: t[j] for name, t in noise.items()}
+                branches = [functools.partial(step, batch, step_noise, pieces)
+                            for pieces in variants.values()]
+                if len(branches) == 1:
+                    row = branches[0]()
+                else:
+                    row = tf.switch_case(tf.gather(table, (first + j) % period), branches)
+                return j + 1, values.write(j, row)
+
+            _, values = tf.while_loop(lambda j, _: j < n, body,
+                                      (tf.constant(0), tf.TensorArray(tf.float32, size=n)),
+                                      maximum_iterations=n)
+            return values.stack()
+
+        fn = tf.function(loop, jit_compile=self.config.xla, autograph=False)
+        values = fn(stacked.tensors(), noise, first)
+        with tf.control_dependencies([values.op]):
+            count = self.num_updates.assign_add(tf.cast(k, self.num_updates.dtype),
+                                                read_value=False)
+        self.multi_op = tf.group(values.op, count, name="train_many")
+        self.multi_values = values
+        self.multi_phs = stacked.tensors()
 
     def _build_counter(self):
         """Count the update at the very end of every variant, after all of its ops: every read
@@ -397,11 +523,17 @@ class Agent:
                                                name="train_" + variant.replace("+", "_"))
 
     def _build_wiring_check(self):
-        for variant, op in self.train_ops.items():
+        ops = dict(self.train_ops)
+        if self.config.gradient_steps > 1:
+            ops["multi-update loop"] = self.multi_op
+        miswired = []
+        for variant, op in ops.items():
             problems = check_wiring(op, self.critic_models + self.actor_models)
             if problems:
-                raise RuntimeError(f"{self.name} train op '{variant}' is miswired: "
-                                   + "; ".join(problems))
+                miswired.append(f"{self.name} train op '{variant}' is miswired: "
+                                + "; ".join(problems))
+        if miswired:
+            raise RuntimeError(" | ".join(miswired))
 
     def _build_diagnostics(self):
         """BN diagnostics per variant, read after that variant's step, with the gap between Q
@@ -442,7 +574,16 @@ class Agent:
                 (names, self.sess.make_callable(fetches, list(self.batch_phs))),
                 (log_names, self.sess.make_callable(log_fetches, list(self.batch_phs))),
             )
-        self._act_fn = self.sess.make_callable(self.act_output, [self.obs_ph])
+        self._many_fn = None
+        if self.config.gradient_steps > 1:
+            self._many_fn = self.sess.make_callable([self.multi_op, self.multi_values],
+                                                    list(self.multi_phs))
+        # Acting runs its few ops on the caller's thread instead of handing them to the
+        # inter-op pool (RunOptions.inter_op_thread_pool = -1): benchmarks/README.md has the
+        # latency before and after. Only for acting: the update gains from the pool's parallelism.
+        act = self.sess.make_callable(self.act_output, [self.obs_ph], accept_options=True)
+        self._act_fn = functools.partial(
+            act, options=tf.compat.v1.RunOptions(inter_op_thread_pool=-1))
         self._num_updates_fn = self.sess.make_callable(self.num_updates)
 
     # ------------------------------------------------------------------------------- BN settings
@@ -525,6 +666,41 @@ class Agent:
                     batch["done"])
         self._updates += 1
         return {n: float(np.mean(v)) for n, v in zip(names, values[1:], strict=True)}
+
+    def train_steps(self, k: int) -> list[dict[str, float]]:
+        """``k`` gradient steps on batches sampled from the replay buffer (as ``k`` calls of
+        ``train_step`` would sample them), in one ``sess.run`` (``update_many``)."""
+        return self.update_many([self.buffer.sample(self.config.batch_size) for _ in range(k)])
+
+    def update_many(self, batches: Sequence[dict]) -> list[dict[str, float]]:
+        """One gradient step per batch, all in one ``sess.run`` of the multi-update loop; the
+        same updates as ``update`` on each batch in turn (bit for bit with ``xla=false``).
+
+        Returns:
+          Per step, the scalars of the variant that step ran, by name.
+
+        Raises:
+          RuntimeError: the agent was built with ``gradient_steps = 1`` (no loop in its graph).
+        """
+        if self._many_fn is None:
+            raise RuntimeError(f"{self.name}: update_many needs an agent built with "
+                               "gradient_steps > 1 (the multi-update loop is built only then)")
+        out = []
+        for block in self._warmup_blocks(list(batches)):
+            _, values = self._many_fn(*[np.stack([b[key] for b in block]) for key in Batch.KEYS])
+            for row in values:
+                names = self.scalars[self.schedule.variant(self._updates)]
+                out.append({n: float(row[self.multi_names.index(n)]) for n in names})
+                self._updates += 1
+        return out
+
+    def _warmup_blocks(self, batches: list) -> list[list]:
+        """``batches`` split where update ``renorm_warmup`` starts: the loop reads Batch
+        Renorm's warm-up clipping once per call."""
+        cut = self.config.renorm_warmup - self._updates
+        if 0 < cut < len(batches):
+            return [batches[:cut], batches[cut:]]
+        return [batches] if batches else []
 
     # ------------------------------------------------------------------------------ save/restore
     def save(self, directory: str, with_buffer: bool = True) -> None:

@@ -107,9 +107,9 @@ class SAC(Agent):
         delay = self.config.policy_delay
         return Schedule(actor_every=delay, target_every=delay if self.target_pairs else None)
 
-    def _build_noise(self, b) -> dict:
-        return {"next_action": self._step_noise(b, self.act_dim, 1),
-                "action": self._step_noise(b, self.act_dim, 2)}
+    def _build_noise(self, rows, step) -> dict:
+        return {"next_action": self._step_noise(rows, step, self.act_dim, 1),
+                "action": self._step_noise(rows, step, self.act_dim, 2)}
 
     def _build_update(self, b, noise, pieces) -> Update:
         c = self.config

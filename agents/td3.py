@@ -152,10 +152,10 @@ class TD3(Agent):
         delay = self.config.policy_delay
         return Schedule(actor_every=delay, target_every=delay if self.target_pairs else None)
 
-    def _build_noise(self, b) -> dict:
+    def _build_noise(self, rows, step) -> dict:
         if self.config.target_policy_noise <= 0:
             return {}
-        return {"target_policy": self._step_noise(b, self.act_dim, 1)}
+        return {"target_policy": self._step_noise(rows, step, self.act_dim, 1)}
 
     def _build_update(self, b, noise, pieces) -> Update:
         c = self.config

@@ -36,6 +36,12 @@ class Batch:
     next_obs: tf.Tensor
     done: tf.Tensor
 
+    KEYS = ("obs", "action", "reward", "next_obs", "done")
+
+    def tensors(self) -> tuple:
+        """The tensors in field order (``Batch(*batch.tensors())`` rebuilds it)."""
+        return tuple(getattr(self, key) for key in self.KEYS)
+
 
 def after(deps, tensor):
     """``tensor`` (any nesting) made to wait for ``deps`` through ``tf.identity``."""
@@ -273,10 +279,13 @@ class Schedule:
         """The name of update ``i``'s variant: its pieces joined by ``+``."""
         return "+".join(self.pieces(i))
 
+    def period(self) -> int:
+        """Updates after which the sequence of variants repeats."""
+        return math.lcm(self.actor_every or 1, self.target_every or 1)
+
     def variants(self) -> dict[str, tuple[str, ...]]:
         """Every variant some update runs, in order of first use, with its pieces."""
-        period = math.lcm(self.actor_every or 1, self.target_every or 1)
-        return {self.variant(i): self.pieces(i) for i in range(period)}
+        return {self.variant(i): self.pieces(i) for i in range(self.period())}
 
     def is_complete(self, i: int) -> bool:
         """Whether update ``i`` computes every loss (the actor's too), so a log reports all."""

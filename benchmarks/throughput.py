@@ -6,10 +6,13 @@
     python benchmarks/throughput.py --rss-updates 100000  # the 100k-update memory check
 
 Per configuration it measures: gradient updates/s with one update per call (buffer filled with
-random transitions, then N calls), for SBX also with many updates per call
-(``train(gradient_steps=K)``: one jitted ``fori_loop`` over K updates), full training-loop env
-steps/s (act + env step + store + one update per step), the median latency of one deterministic
-action, and bnrl's graph op count and SBX's compile time. It prints three tables: the
+random transitions, then N calls), for bnrl and SBX also with many updates per call (bnrl:
+``gradient_steps=K``, K updates in one ``sess.run`` of one XLA-compiled ``tf.while_loop``; SBX:
+``train(gradient_steps=K)``, one jitted ``fori_loop`` over K updates), the same per CPU-second of
+the measuring process (work done, which load from other processes inflates far less than wall
+time), full training-loop env steps/s (act + env step + store + one update per step), the median
+latency of one deterministic action, bnrl's graph op count and the compile time of the
+many-updates path (bnrl's XLA loop; SBX's jitted update). It prints three tables: the
 measurements, bnrl's ratios against its matched peers (the targets of issue 13 item 2), and what
 a BN / Batch Renorm critic costs bnrl against no normalization; and writes all samples as JSON.
 
@@ -133,14 +136,15 @@ def matched_peers(row: Row, libraries) -> list[Peer]:
 
 
 # ------------------------------------------------------------------------------------- bnrl
-def bnrl_agent(row: Row, threads: int):
+def bnrl_agent(row: Row, threads: int, gradient_steps: int = 1):
     from bnrl.agents import make_agent
     from bnrl.envs import make_env
 
     env = make_env(ENV, 0, agent=row.agent)
     config = {"critic_norm": row.critic_norm, "actor_norm": row.actor_norm, "hidden": WIDTH,
               "actor_hidden": WIDTH, "batch_size": BATCH, "learning_starts": 0,
-              "intra_op_threads": threads, "inter_op_threads": threads}
+              "intra_op_threads": threads, "inter_op_threads": threads,
+              "gradient_steps": gradient_steps}
     agent = make_agent(row.agent, env.observation_space, env.action_space, config, seed=0)
     rng = np.random.default_rng(0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -150,19 +154,41 @@ def bnrl_agent(row: Row, threads: int):
     return agent, env
 
 
-def bnrl_measure(row: Row, threads: int, updates: int, loop_steps: int) -> dict:
+def timed(fn, n: int) -> tuple[float, float]:
+    """(calls per wall second, calls per CPU second of this process) of ``n`` calls of ``fn``.
+
+    CPU time is the work done (all threads of the process), which load from other processes on
+    a shared machine inflates far less than wall time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - wall), n / max(time.process_time() - cpu, 1e-9)
+
+
+def bnrl_measure(row: Row, threads: int, updates: int, loop_steps: int, many: int) -> dict:
     agent, env = bnrl_agent(row, threads)
     for _ in range(50):
         agent.train_step()
-    start = time.perf_counter()
-    for _ in range(updates):
-        agent.train_step()
-    rate = updates / (time.perf_counter() - start)
+    rate, cpu_rate = timed(agent.train_step, updates)
     latency = latency_us(agent.act, np.zeros(env.observation_space.shape, np.float32))
     ops = len(agent.graph.get_operations())
     agent.close()
-    return {"updates_per_s": rate, "act_latency_us": latency, "graph_ops": ops,
+    return {"updates_per_s": rate, "updates_per_cpu_s": cpu_rate, "act_latency_us": latency,
+            "graph_ops": ops, **bnrl_many(row, threads, updates, many),
             "loop_steps_per_s": bnrl_loop(row, threads, loop_steps)}
+
+
+def bnrl_many(row: Row, threads: int, updates: int, many: int) -> dict:
+    """The multi-update path: ``many`` gradient steps per ``sess.run`` (``gradient_steps`` =
+    ``many``, XLA as the agents' default); its first call pays the compile."""
+    agent, _ = bnrl_agent(row, threads, gradient_steps=many)
+    start = time.perf_counter()
+    agent.train_steps(many)
+    compile_s = time.perf_counter() - start
+    calls = max(1, updates // many)
+    rate, cpu_rate = timed(lambda: agent.train_steps(many), calls)
+    agent.close()
+    return {"many_per_s": rate * many, "many_per_cpu_s": cpu_rate * many, "compile_s": compile_s}
 
 
 def bnrl_loop(row: Row, threads: int, steps: int) -> float:
@@ -242,23 +268,18 @@ def peer_measure(peer: Peer, threads: int, updates: int, loop_steps: int, many: 
         out["compile_s"] = time.perf_counter() - start
         for _ in range(50):
             model.train(gradient_steps=1, batch_size=BATCH)
-        start = time.perf_counter()
-        for _ in range(updates):
-            model.train(gradient_steps=1, batch_size=BATCH)
-        out["updates_per_s"] = updates / (time.perf_counter() - start)
+        out["updates_per_s"], out["updates_per_cpu_s"] = timed(
+            lambda: model.train(gradient_steps=1, batch_size=BATCH), updates)
         for _ in range(delay):
             model.train(gradient_steps=many, batch_size=BATCH)
         calls = max(1, updates // many)
-        start = time.perf_counter()
-        for _ in range(calls):
-            model.train(gradient_steps=many, batch_size=BATCH)
-        out["many_per_s"] = calls * many / (time.perf_counter() - start)
+        rate, cpu_rate = timed(lambda: model.train(gradient_steps=many, batch_size=BATCH), calls)
+        out["many_per_s"], out["many_per_cpu_s"] = rate * many, cpu_rate * many
     else:
         # SB3's train(gradient_steps=N) is a Python loop of N single updates.
         model.train(gradient_steps=50, batch_size=BATCH)
-        start = time.perf_counter()
-        model.train(gradient_steps=updates, batch_size=BATCH)
-        out["updates_per_s"] = updates / (time.perf_counter() - start)
+        rate, cpu_rate = timed(lambda: model.train(gradient_steps=updates, batch_size=BATCH), 1)
+        out["updates_per_s"], out["updates_per_cpu_s"] = rate * updates, cpu_rate * updates
     obs = np.zeros(model.observation_space.shape, np.float32)
     out["act_latency_us"] = latency_us(lambda o: model.predict(o, deterministic=True), obs)
     out["loop_steps_per_s"] = peer_loop(peer, threads, loop_steps)
@@ -290,7 +311,7 @@ def parse_args(argv):
     parser.add_argument("--norms", default="none,batch,batch_renorm", help="critic norms")
     parser.add_argument("--updates", type=int, default=1500, help="timed updates per repeat")
     parser.add_argument("--many", type=int, default=100,
-                        help="updates per call of the peers' many-updates path")
+                        help="updates per call of the many-updates paths (bnrl and SBX)")
     parser.add_argument("--loop-steps", type=int, default=1000, help="timed loop env steps")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats (median)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -339,7 +360,8 @@ def main(argv=None) -> int:
         for repeat in range(args.repeats):
             for job in jobs if repeat % 2 == 0 else jobs[::-1]:
                 if isinstance(job, Row):
-                    result = bnrl_measure(job, args.threads, args.updates, args.loop_steps)
+                    result = bnrl_measure(job, args.threads, args.updates, args.loop_steps,
+                                          args.many)
                 else:
                     result = in_own_process(peer_measure, job, args.threads, args.updates,
                                             args.loop_steps, args.many)
@@ -423,8 +445,11 @@ def ratio_rows(rows, libraries, samples) -> list[dict]:
             out.append({
                 "bnrl": row.key, "peer": peer.key,
                 "per_call": ratio(mine["updates_per_s"], theirs["updates_per_s"]),
-                # bnrl has no many-updates path yet; None prints as "-".
+                # SB3 has no many-updates path; None prints as "-".
                 "many": ratio(mine.get("many_per_s", []), theirs.get("many_per_s", [])),
+                "per_call_cpu": ratio(mine["updates_per_cpu_s"], theirs["updates_per_cpu_s"]),
+                "many_cpu": ratio(mine.get("many_per_cpu_s", []),
+                                  theirs.get("many_per_cpu_s", [])),
                 "bnrl_per_call_vs_peer_many": ratio(mine["updates_per_s"],
                                                     theirs.get("many_per_s", [])),
                 "loop": ratio(mine["loop_steps_per_s"], theirs["loop_steps_per_s"]),
@@ -441,10 +466,12 @@ def bn_cost_rows(rows, samples) -> list[dict]:
         if row.critic_norm == "none" or row.actor_norm != "none" or base is None:
             continue
         mine = samples[row.key]
-        up = ratio(mine["updates_per_s"], base["updates_per_s"])
-        loop = ratio(mine["loop_steps_per_s"], base["loop_steps_per_s"])
-        out.append({"bnrl": row.key, "updates_cost": [1 - x for x in (up[0], up[2], up[1])],
-                    "loop_cost": [1 - x for x in (loop[0], loop[2], loop[1])]})
+        costs = {}
+        for name, key in (("updates_cost", "updates_per_s"), ("many_cost", "many_per_s"),
+                          ("loop_cost", "loop_steps_per_s")):
+            r = ratio(mine.get(key, []), base.get(key, []))
+            costs[name] = [1 - x for x in (r[0], r[2], r[1])] if r else None
+        out.append({"bnrl": row.key, **costs})
     return out
 
 
@@ -454,39 +481,47 @@ def _fmt(r, target: str = "") -> str:
     return f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]{target}"
 
 
+def _cpu(s: dict, key: str) -> str:
+    return f"{statistics.median(s[key]):.0f}" if key in s else "-"
+
+
 def print_tables(rows, libraries, samples, results) -> None:
     med = statistics.median
     print("\n| library | agent | critic norm | actor norm | updates/s, 1 per call | "
-          "updates/s, many per call | loop env steps/s | act latency (us) | ops / compile |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "updates/s, many per call | updates per CPU-s, 1 / many | loop env steps/s | "
+          "act latency (us) | ops | compile (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, s in samples.items():
         library, agent, critic, actor = key.split("/")
         many = _spread(s["many_per_s"]) if "many_per_s" in s else "-"
-        extra = (str(s["graph_ops"][-1]) if "graph_ops" in s
-                 else f"{med(s['compile_s']):.1f} s" if "compile_s" in s else "-")
+        ops = str(s["graph_ops"][-1]) if "graph_ops" in s else "-"
+        compile_s = f"{med(s['compile_s']):.1f}" if "compile_s" in s else "-"
         print(f"| {library} | {agent} | {critic} | {actor} | {_spread(s['updates_per_s'])} | "
-              f"{many} | {_spread(s['loop_steps_per_s'])} | {med(s['act_latency_us']):.0f} | "
-              f"{extra} |")
+              f"{many} | {_cpu(s, 'updates_per_cpu_s')} / {_cpu(s, 'many_per_cpu_s')} | "
+              f"{_spread(s['loop_steps_per_s'])} | {med(s['act_latency_us']):.0f} | {ops} | "
+              f"{compile_s} |")
     if results["ratios"]:
         print("\nbnrl / peer, median of per-round ratios [min-max]; issue 13 targets vs SBX: "
               "per call >= 1.2x, many per call >= 1.0x, loop >= 1.2x, action latency <= 1.0x")
         print("| bnrl | peer | updates, 1 per call | updates, many per call | bnrl 1 per call "
-              "vs peer many | loop env steps | action latency (lower is better) |")
-        print("|---|---|---|---|---|---|---|")
+              "vs peer many | per CPU-s, 1 / many | loop env steps | action latency (lower is "
+              "better) |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in results["ratios"]:
+            cpu = (f"{r['per_call_cpu'][0]:.2f}x / "
+                   f"{r['many_cpu'][0]:.2f}x" if r["many_cpu"] else f"{r['per_call_cpu'][0]:.2f}x")
             print(f"| {r['bnrl'][5:]} | {r['peer']} | {_fmt(r['per_call'])} | {_fmt(r['many'])} "
-                  f"| {_fmt(r['bnrl_per_call_vs_peer_many'])} | {_fmt(r['loop'])} | "
+                  f"| {_fmt(r['bnrl_per_call_vs_peer_many'])} | {cpu} | {_fmt(r['loop'])} | "
                   f"{_fmt(r['act_latency'])} |")
     if results["bn_cost"]:
         print("\nWhat a normalized critic costs bnrl against none (issue 13 targets: BN <= 10%, "
               "Batch Renorm <= 15%), median of per-round costs [min-max]")
-        print("| bnrl | updates/s cost | loop env steps/s cost |")
-        print("|---|---|---|")
+        print("| bnrl | updates/s cost, 1 per call | many per call | loop env steps/s |")
+        print("|---|---|---|---|")
         for r in results["bn_cost"]:
-            u, lp = r["updates_cost"], r["loop_cost"]
-            print(f"| {r['bnrl'][5:]} | {100 * u[0]:.0f}% [{100 * u[1]:.0f}-{100 * u[2]:.0f}] | "
-                  f"{100 * lp[0]:.0f}% [{100 * lp[1]:.0f}-{100 * lp[2]:.0f}] |")
-
+            cells = ["-" if c is None else f"{100 * c[0]:.0f}% [{100 * c[1]:.0f}-{100 * c[2]:.0f}]"
+                     for c in (r["updates_cost"], r["many_cost"], r["loop_cost"])]
+            print(f"| {r['bnrl'][5:]} | {' | '.join(cells)} |")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,6 +25,7 @@ be fed 1). A *frozen* layer (``trainable=False``) always runs in inference mode 
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -337,9 +338,16 @@ def training_call(model: keras.layers.Layer, inputs, training=True, shared: bool
     n_before = len(graph.get_operations())
     outputs = model(inputs, training=training, **kwargs)
     created = graph.get_operations()[n_before:]
-    created_set = set(created)
-    updates = [op for op in _flat_ops(model.get_updates_for(tf.nest.flatten(inputs)))
-               if op in created_set]
+    if graph.building_function:
+        # Keras maps updates to inputs through the tensors it saw; inside a cond branch or loop
+        # body the inputs are captures it cannot trace back. The writes this call created are
+        # its updates.
+        updates = [op for op in created if op.type in _ASSIGN_TYPES
+                   and any(part.startswith(_UPDATE_SCOPES) for part in op.name.split("/"))]
+    else:
+        created_set = set(created)
+        updates = [op for op in _flat_ops(model.get_updates_for(tf.nest.flatten(inputs)))
+                   if op in created_set]
     if not updates and (tf.is_tensor(training) or training):
         _explain_nothing_to_collect(model, tf.nest.flatten(inputs))
     repeated = {h: ops for h, ops in _by_variable(updates).items() if len(ops) > 1}
@@ -361,10 +369,40 @@ def batch_statistics_call(model: keras.layers.Layer, inputs, **kwargs):
     Returns:
       The call's outputs.
     """
-    outputs, updates = training_call(model, inputs, **kwargs)
     graph = tf.compat.v1.get_default_graph()
+    if graph.building_function:
+        # Inside a function every stateful op runs (automatic control dependencies): the call
+        # must not create its statistics writes at all. Its ops are recorded so that
+        # check_wiring does not ask for updates of the batch moments it computes.
+        n_before = len(graph.get_operations())
+        with _no_statistics_writes(model):
+            outputs = model(inputs, training=True, **kwargs)
+        _STATISTICS_ONLY.setdefault(graph, set()).update(graph.get_operations()[n_before:])
+        return outputs
+    outputs, updates = training_call(model, inputs, **kwargs)
     _STATISTICS_ONLY.setdefault(graph, set()).update(_writer(op) for op in updates)
     return outputs
+
+
+@contextlib.contextmanager
+def _no_statistics_writes(model):
+    """Within the block, ``model``'s BN layers compute their statistics updates but write
+    nothing: Keras' two assignment helpers (moving mean / variance / stddev, Batch Renorm's
+    renorm_mean / renorm_stddev) return the variable's current value instead."""
+    layers = bn_layers(model)
+    def current(variable, *args):
+        return tf.identity(variable)
+
+    for layer in layers:
+        # object.__setattr__: Keras' __setattr__ would track the functions as layer attributes.
+        object.__setattr__(layer, "_assign_moving_average", current)
+        object.__setattr__(layer, "_assign_new_value", current)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "_assign_moving_average")
+            object.__delattr__(layer, "_assign_new_value")
 
 
 def _chain_in_call_order(model, repeated: dict) -> None:
@@ -558,6 +596,9 @@ def check_wiring(train_op, models: Sequence, raise_error: bool = False) -> list[
     problems = []
     for layer, layer_writes in zip(layers, writes, strict=True):
         problems += _layer_problems(layer, layer_writes, forward, executed, modes, quiet)
+    for op in sorted(forward, key=lambda op: op._id):
+        if op.type in _CALL_TYPES:
+            problems += _body_problems(_function_graph(op), [(op, 0)], layers, {})
     if problems and raise_error:
         raise WiringError("; ".join(problems))
     return problems
@@ -647,6 +688,108 @@ def _frozen_problems(layer: _Layer, calls, batch_calls, ran, executed) -> list[s
                 "built in training mode (before the layer was frozen): freeze the layer before "
                 "calling the model, so that it normalizes with its moving statistics")
     return problems
+
+
+# ------------------------------------------------------------- wiring inside graph functions
+_CALL_TYPES = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+
+
+def _library_graph(op: tf.Operation, name: str):
+    """The ``FuncGraph`` of function ``name`` that ``op`` runs, from the function library of
+    ``op``'s graph or of a graph enclosing it."""
+    graph = op.graph
+    while graph is not None:
+        function = graph._get_function(name)
+        if function is not None:
+            return function.graph
+        graph = getattr(graph, "outer_graph", None)
+    raise LookupError(f"function {name} of op {op.name} is in no enclosing graph's library")
+
+
+def _function_graph(call: tf.Operation):
+    """The ``FuncGraph`` a function-call op runs."""
+    return _library_graph(call, call.get_attr("f").name)
+
+
+def _nested_bodies(op: tf.Operation) -> list:
+    """(graph, offset) of the bodies a control-flow op runs: each branch of a cond or
+    ``switch_case``, a while loop's body. Body input ``i`` is the op's input ``i + offset``."""
+    if op.type in _CALL_TYPES:
+        return [(_function_graph(op), 0)]
+    if op.type in _COND_TYPES:
+        return [(op._true_graph, 1), (op._false_graph, 1)]
+    if op.type in ("Case", "StatelessCase"):
+        return [(_library_graph(op, f.name), 1) for f in op.get_attr("branches")]
+    if op.type in ("While", "StatelessWhile"):
+        return [(op._body_graph, 0)]
+    return []
+
+
+def _outer_handle(tensor: tf.Tensor, chain: list) -> tf.Operation:
+    """The outer graph's op behind a resource tensor of the innermost body of ``chain`` (a list
+    of (op running a body, input offset), outermost first), following body inputs outwards."""
+    for op, offset in reversed(chain):
+        while tensor.op.type == "Identity":
+            tensor = tensor.op.inputs[0]
+        positions = {id(t): i for i, t in enumerate(tensor.graph.inputs)}
+        if id(tensor) not in positions:
+            return tensor.op
+        tensor = op.inputs[positions[id(tensor)] + offset]
+    while tensor.op.type == "Identity":
+        tensor = tensor.op.inputs[0]
+    return tensor.op
+
+
+def _body_problems(graph, chain: list, layers: list, inherited: dict) -> list[str]:
+    """Wiring problems of one function body run once (a function, a branch, one iteration of a
+    while loop) and, recursively, of the bodies it runs.
+
+    Inside a function every BN update op runs (automatic control dependencies), whether or not
+    the step groups it; so what can go wrong is a moving statistic written more than once per
+    run (two training-mode calls, counting writes of the enclosing bodies: ``inherited``), or a
+    training-mode call that writes nothing (a ``training`` tensor whose branch never writes).
+    """
+    handles = {h: (layer, short) for layer in layers for short, h in layer.moving.items()}
+    own: dict[tf.Operation, list] = {}
+    for op in graph.get_operations():
+        if op.type in _ASSIGN_TYPES:
+            handle = _outer_handle(op.inputs[0], chain)
+            if handle in handles:
+                own.setdefault(handle, []).append(op)
+    counts = {h: inherited.get(h, 0) + len(own.get(h, ())) for h in set(inherited) | set(own)}
+    problems = []
+    for handle in own:
+        if counts[handle] > 1:
+            layer, short = handles[handle]
+            problems.append(
+                f"BN layer '{layer.name}' has its {short} updated {counts[handle]} times per step "
+                f"(in function body '{graph.name}'): collect the updates of one training-mode "
+                "call only; every other call of the model must be training=False or "
+                "batch_statistics_call")
+    names = {layer.name for layer in layers}
+    quiet = _STATISTICS_ONLY.get(graph, set())
+    written = _written_scopes(graph)
+    for scope in sorted({op.name.rsplit("/moments/", 1)[0] for op in graph.get_operations()
+                         if "/moments/" in op.name and op not in quiet
+                         and not op.name.startswith("gradients")}):
+        if scope.rsplit("/", 1)[-1] in names and scope not in written:
+            problems.append(
+                f"BN layer '{scope.rsplit('/', 1)[-1]}' call '{scope}' normalizes with batch "
+                f"statistics but its moving statistics are never updated by this train op (in "
+                f"function body '{graph.name}'): call the model with training=True")
+    for op in graph.get_operations():
+        for body, offset in _nested_bodies(op):
+            problems += _body_problems(body, chain + [(op, offset)], layers, counts)
+    return problems
+
+
+def _written_scopes(graph) -> set[str]:
+    """Call scopes of the BN statistics writes of a body and of the bodies it runs."""
+    scopes = {_call_scope(op) for op in graph.get_operations() if op.type in _ASSIGN_TYPES}
+    for op in graph.get_operations():
+        for body, _ in _nested_bodies(op):
+            scopes |= _written_scopes(body)
+    return scopes
 
 
 def _in_order(writers: list[tf.Operation]) -> bool:

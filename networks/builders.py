@@ -119,6 +119,8 @@ def mlp(
 ):
     """The shared MLP body: [input norm] -> (Dense -> Norm -> act) x len(hidden).
 
+    A Dense directly followed by BN or Batch Renorm has no bias (BN's beta takes its place).
+
     Args:
       x: input tensor.
       hidden: widths of the hidden layers.
@@ -139,9 +141,13 @@ def mlp(
     for i, units in enumerate(hidden):
         if extra_input is not None and i == extra_at:
             x = keras.layers.Concatenate(name=f"{prefix}_join")([x, extra_input])
-        x = keras.layers.Dense(units, kernel_initializer=seeds.kernel(),
-                               name=f"{prefix}_dense{i}")(x)
         normalized = norm_layers is None or i < norm_layers
+        # No bias right before BN: the batch-mean subtraction cancels it (Ioffe & Szegedy 2015),
+        # so its gradient is float noise, which Adam turns into steps of +-lr whose sign flips
+        # with the summation order (XLA against the plain graph: 180% apart after one update).
+        bias = not (normalized and norm.is_batch and norm.position == "pre_activation")
+        x = keras.layers.Dense(units, use_bias=bias, kernel_initializer=seeds.kernel(),
+                               name=f"{prefix}_dense{i}")(x)
         if normalized and norm.position == "pre_activation":
             x = _normalize(x, norm, prefix, str(i), training)
         x = keras.layers.Activation(activation, name=f"{prefix}_act{i}")(x)

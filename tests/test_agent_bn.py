@@ -125,6 +125,13 @@ def _layer_values(agent, layer) -> dict:
     return dict(zip(names, _run(agent, [getattr(layer, n) for n in names]), strict=True))
 
 
+def _dense_values(agent, dense) -> tuple:
+    """(kernel, bias) of a Dense layer; bias 0 for one followed by BN (builders give it none)."""
+    kernel = _run(agent, [dense.kernel])[0]
+    bias = _run(agent, [dense.bias])[0] if dense.use_bias else np.zeros(kernel.shape[1])
+    return kernel, bias
+
+
 def _bn_train(x, gamma, beta):
     x = x.astype(np.float64)
     return (x - x.mean(0)) / np.sqrt(x.var(0) + EPS) * gamma + beta
@@ -170,15 +177,13 @@ def test_moving_statistics_move_once_per_update(bn_agent):
         variants.append(variant)
         before = {layer.name: _layer_values(agent, layer) for layer in bn_layers(critic)}
         first = "q" if agent.name == "dqn" else "q0"
-        k0, b0 = _run(agent, [_layer(critic, f"{first}_dense0").kernel,
-                              _layer(critic, f"{first}_dense0").bias])
+        k0, b0 = _dense_values(agent, _layer(critic, f"{first}_dense0"))
         actor_bn = actor_before = None
         if agent.actor_models:
             actor = agent.actor_models[0]
             actor_bn = _layer(actor, "pi_bn0")
             actor_before = _layer_values(agent, actor_bn)
-            ka, ba = _run(agent, [_layer(actor, "pi_dense0").kernel,
-                                  _layer(actor, "pi_dense0").bias])
+            ka, ba = _dense_values(agent, _layer(actor, "pi_dense0"))
         updates_before = agent.updates_done
 
         agent.update(batch)
@@ -245,7 +250,7 @@ def _numpy_forward(agent, model, obs: np.ndarray, prefix: str, n_hidden: int, in
         x = bn(x, _layer(model, f"{prefix}_bn_in"))
     for i in range(n_hidden):
         dense = _layer(model, f"{prefix}_dense{i}")
-        kernel, bias = _run(agent, [dense.kernel, dense.bias])
+        kernel, bias = _dense_values(agent, dense)
         x = x @ kernel + bias
         if not post_activation:
             x = bn(x, _layer(model, f"{prefix}_bn{i}"))

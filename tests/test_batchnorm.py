@@ -26,6 +26,10 @@ ATOL = 1e-5
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _bias(dense):
+    """A Dense layer's bias; zeros for one followed by BN, which builders make without one."""
+    return dense.bias if dense.use_bias else tf.zeros([dense.units])
+
 def _placeholder(dim: int, name: str | None = None):
     return tf.compat.v1.placeholder(tf.float32, (None, dim), name=name)
 
@@ -397,7 +401,7 @@ def test_critic_training_call_updates_each_statistic_once():
         init = tf.compat.v1.global_variables_initializer()
     with tf.compat.v1.Session(graph=g) as sess:
         sess.run(init)
-        params = sess.run([[d.kernel, d.bias] for d in dense]
+        params = sess.run([[d.kernel, _bias(d)] for d in dense]
                           + [[bn.gamma, bn.beta] for bn in layers])
         (k0, b0), (k1, b1), (g_in, be_in), (g0, be0), (g1, be1) = params
         moving = [(np.zeros(w), np.ones(w)) for w in (OBS, 8, 8)]

@@ -149,9 +149,10 @@ def test_training_mode_bootstrap_uses_the_joint_batch_statistics():
     agent = _build("dqn", config)
     batch = _batch(np.random.default_rng(1), agent)
     dense, bn, out = (agent.q.get_layer(n) for n in ("q_dense0", "q_bn0", "q_out"))
-    k0, b0, gamma, beta, k1, b1 = agent.sess.run([dense.kernel, dense.bias, bn.gamma, bn.beta,
-                                                  out.kernel, out.bias])
-    x = np.concatenate([batch["obs"], batch["next_obs"]]).astype(np.float64) @ k0 + b0
+    assert dense.bias is None  # a Dense followed by BN has none
+    k0, gamma, beta, k1, b1 = agent.sess.run([dense.kernel, bn.gamma, bn.beta, out.kernel,
+                                              out.bias])
+    x = np.concatenate([batch["obs"], batch["next_obs"]]).astype(np.float64) @ k0
     h = np.maximum((x - x.mean(0)) / np.sqrt(x.var(0) + EPS) * gamma + beta, 0.0)
     q_all = h @ k1 + b1
     q = q_all[:BATCH][np.arange(BATCH), batch["action"]]
@@ -172,12 +173,13 @@ def test_train_eval_gap_is_measured_on_the_training_pass_rows():
     batch = _batch(np.random.default_rng(6), agent)
     gap = agent.update(batch, log=True)["bn_Q_train_eval_gap"]
     dense, bn, out = (agent.q.get_layer(n) for n in ("q_dense0", "q_bn0", "q_out"))
-    k0, b0, gamma, beta, mean, var, k1, b1 = agent.sess.run(
-        [dense.kernel, dense.bias, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
-         out.kernel, out.bias])
+    assert dense.bias is None  # a Dense followed by BN has none
+    k0, gamma, beta, mean, var, k1, b1 = agent.sess.run(
+        [dense.kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, out.kernel,
+         out.bias])
 
     def q(obs, mu, sigma2):
-        x = obs.astype(np.float64) @ k0 + b0
+        x = obs.astype(np.float64) @ k0
         return np.maximum((x - mu(x)) / np.sqrt(sigma2(x) + EPS) * gamma + beta, 0.0) @ k1 + b1
 
     rows = np.concatenate([batch["obs"], batch["next_obs"]])

@@ -16,6 +16,10 @@ HIDDEN = (8, 6)
 ATOL = 1e-5
 
 
+def _bias(dense):
+    """A Dense layer's bias; zeros for one followed by BN, which builders make without one."""
+    return dense.bias if dense.use_bias else tf.zeros([dense.units])
+
 def _placeholder(dim: int):
     return tf.compat.v1.placeholder(tf.float32, (None, dim))
 
@@ -224,7 +228,7 @@ def test_critic_numpy_forward_with_action_at_second_layer():
         s, a = _placeholder(OBS), _placeholder(ACT)
         q = model([s, a], training=False)
         names = [f"q{k}_{n}" for k in range(2) for n in ("dense0", "dense1", "out")]
-        weights = [[model.get_layer(n).kernel, model.get_layer(n).bias] for n in names]
+        weights = [[model.get_layer(n).kernel, _bias(model.get_layer(n))] for n in names]
         gammas = [[model.get_layer(f"q{k}_bn{i}").gamma, model.get_layer(f"q{k}_bn{i}").beta]
                   for k in range(2) for i in range(2)]
         S, A = _batch(rng, OBS), rng.uniform(-1, 1, (BATCH, ACT))
@@ -360,7 +364,7 @@ def test_training_flag_reaches_every_bn_layer():
         q_infer = model(x, training=False)
         q_default = model(x)  # learning phase: inference in graph mode
         names = ["q_dense0", "q_dense1", "q_out"]
-        weights = [[model.get_layer(n).kernel, model.get_layer(n).bias] for n in names]
+        weights = [[model.get_layer(n).kernel, _bias(model.get_layer(n))] for n in names]
         bns = [model.get_layer(n) for n in ("q_bn_in", "q_bn0", "q_bn1")]
         bn_params = [[bn.gamma, bn.beta] for bn in bns]
         X = _batch(rng, OBS, 16) * np.arange(1, OBS + 1)  # far from standardized

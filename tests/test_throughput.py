@@ -44,11 +44,16 @@ def test_ratios_are_per_round_and_costs_against_no_norm(tp):
     assert tp.ratio([100, 50, 90], [50, 50, 30]) == (2.0, 1.0, 3.0)
     assert tp.ratio([], [1.0]) is None
     none, batch = tp.Row("td3", "none"), tp.Row("td3", "batch")
-    samples = {none.key: {"updates_per_s": [100.0, 200.0], "loop_steps_per_s": [10.0, 10.0]},
-               batch.key: {"updates_per_s": [90.0, 100.0], "loop_steps_per_s": [8.0, 10.0]}}
+    samples = {none.key: {"updates_per_s": [100.0, 200.0], "loop_steps_per_s": [10.0, 10.0],
+                          "many_per_s": [100.0, 100.0]},
+               batch.key: {"updates_per_s": [90.0, 100.0], "loop_steps_per_s": [8.0, 10.0],
+                           "many_per_s": [95.0, 85.0]}}
     (cost,) = tp.bn_cost_rows([none, batch], samples)
     assert cost["updates_cost"] == pytest.approx([0.3, 0.1, 0.5])  # median, min, max
+    assert cost["many_cost"] == pytest.approx([0.1, 0.05, 0.15])
     assert cost["loop_cost"] == pytest.approx([0.1, 0.0, 0.2])
+    del samples[none.key]["many_per_s"]  # a run without the many column prints "-"
+    assert tp.bn_cost_rows([none, batch], samples)[0]["many_cost"] is None
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -75,7 +80,7 @@ def test_missing_peer_library_exits_2(tp, capsys, monkeypatch):
 
 def test_bnrl_only_run_prints_tables_and_writes_json(tp, tmp_path, capsys):
     out = tmp_path / "t.json"
-    assert tp.main(["--agents", "td3", "--norms", "none,batch", "--updates", "3",
+    assert tp.main(["--agents", "td3", "--norms", "none,batch", "--updates", "4", "--many", "2",
                     "--loop-steps", "3", "--repeats", "1", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| bnrl | td3 | batch | none |" in text
@@ -83,4 +88,7 @@ def test_bnrl_only_run_prints_tables_and_writes_json(tp, tmp_path, capsys):
     result = json.loads(out.read_text())
     samples = result["samples"]["bnrl/td3/batch/none"]
     assert len(samples["updates_per_s"]) == 1 and samples["graph_ops"][0] > 0
+    # bnrl's many-updates path ran: 2 calls of 2 updates after its compile.
+    assert samples["many_per_s"][0] > 0 and samples["many_per_cpu_s"][0] > 0
+    assert samples["compile_s"][0] > 0
     assert result["ratios"] == [] and len(result["bn_cost"]) == 1

@@ -375,7 +375,9 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 obs = next_obs
             if agent.ready_to_train():
                 t0 = time.perf_counter()
-                for _ in range(agent.config.gradient_steps):
+                if agent.config.gradient_steps > 1:
+                    log_due = _train_round(agent, config, logger, step, state, window, log_due)
+                else:
                     # Log the first complete update (actor included) once log_every have passed.
                     log_due = log_due or agent.updates_done % config.log_every == 0
                     log = log_due and agent.schedule.is_complete(agent.updates_done)
@@ -520,6 +522,24 @@ def _close_quietly(*parts) -> None:
     for part in parts:
         with contextlib.suppress(Exception):
             part.close()
+
+
+def _train_round(agent, config: RunConfig, logger, step: int, state: dict, window: dict,
+                 log_due: bool) -> bool:
+    """``gradient_steps`` > 1 updates through the multi-update loop (one ``sess.run``). A log
+    that falls due in the round is taken from its last update, run as a single update with its
+    diagnostics, when that update is complete (else the log stays due). Returns whether a log
+    is still due."""
+    k, first = agent.config.gradient_steps, agent.updates_done
+    log_due = log_due or any((first + j) % config.log_every == 0 for j in range(k))
+    log = log_due and agent.schedule.is_complete(first + k - 1)
+    for scalars in agent.train_steps(k - 1 if log else k):
+        _check_finite(scalars, step)
+    if log:
+        scalars = agent.train_step(log=True)
+        _check_finite(scalars, step)
+        _log_update(logger, scalars, step, state, window, agent)
+    return log_due and not log
 
 
 def _check_finite(scalars: dict, step: int) -> None:
