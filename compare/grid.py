@@ -428,6 +428,12 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
         else:
             records[spec.key] = record
     order = [s.key for s in specs]
+    # Seed by seed within each cell (every variant's seed 0, then seed 1...), so that a grid
+    # stopped part way, or run in sittings, leaves every variant with as many seeds as possible.
+    cells: dict[tuple[str, str], int] = {}
+    for spec in specs:
+        cells.setdefault((spec.agent, spec.env), len(cells))
+    todo.sort(key=lambda spec: (cells[spec.agent, spec.env], spec.seed))
 
     def write_results() -> None:
         atomic_write(out / "results.json", json.dumps(

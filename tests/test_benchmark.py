@@ -807,7 +807,9 @@ def test_results_json_is_rewritten_after_each_run(monkeypatch, tmp_path):
     seen = []
 
     def fake_local(todo, workers, publish):
-        assert todo == specs
+        # Started seed by seed: every variant's seed 0 first (a stopped grid stays balanced).
+        assert [(s.variant, s.seed) for s in todo] == [
+            ("none", 0), ("batch", 0), ("none", 1), ("batch", 1)]
         for spec in reversed(todo):  # completion order differs from grid order
             publish(grid._base_record(spec, error="RuntimeError: boom"), spec)
             seen.append([(r["variant"], r["seed"]) for r in _runs(tmp_path)])
@@ -815,7 +817,7 @@ def test_results_json_is_rewritten_after_each_run(monkeypatch, tmp_path):
     monkeypatch.setattr(grid, "_run_local", fake_local)
     records = grid.run_grid(specs, tmp_path, workers=2)
     # Each rewrite holds the runs finished so far, in grid order.
-    assert seen == [[("batch", 1)], [("batch", 0), ("batch", 1)],
+    assert seen == [[("batch", 1)], [("none", 1), ("batch", 1)],
                     [("none", 1), ("batch", 0), ("batch", 1)],
                     [("none", 0), ("none", 1), ("batch", 0), ("batch", 1)]]
     assert [r["status"] for r in records] == ["failed"] * 4
