@@ -494,7 +494,7 @@ def test_bad_input_exits_2_before_any_run(flags, message, config_file, capsys, t
     (["--variants-file", "missing.yaml"], "config file not found"),
     (["--variants", "none,crossq", "--agent", "dqn", "--env", "CartPole-v1"],
      "variant 'crossq' on dqn/CartPole-v1: "),
-    (["--suite", "atari"], "unknown suite 'atari': use one of classic, mujoco"),
+    (["--suite", "atari"], "unknown suite 'atari': use one of classic, mujoco, bn-critics"),
     (["--suite", "classic", "--env", "Hopper-v5"],
      "Hopper-v5 is not in suite classic: use some of Pendulum-v1"),
     (["--suite", "classic", "--env", "CartPole-v1", "--agent", "sac"],
