@@ -47,5 +47,6 @@ def test_normalize_and_agents_for():
 
 
 def test_unknown_suite_is_one_line():
-    with pytest.raises(UserError, match="unknown suite 'atari': use one of classic, mujoco, bn-critics"):
+    with pytest.raises(UserError,
+                       match="unknown suite 'atari': use one of classic, mujoco, bn-critics"):
         suites.suite("atari")
