@@ -126,8 +126,7 @@ def merge(pieces: list[Path], out: Path) -> int:
       The number of result files copied.
     """
     grid = read_grid(out / "grid.json") if (out / "grid.json").is_file() else None
-    have = {key: record for key, (_, record) in read_results(out).items()} if (
-        out / "results").is_dir() else {}
+    have = {key: record for key, (_, record) in read_results(out).items()}
     incoming: dict[str, tuple[Path, dict]] = {}
     for piece in pieces:
         if not (piece / "grid.json").is_file():

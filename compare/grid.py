@@ -311,11 +311,16 @@ def finished(spec: RunSpec) -> dict | None:
         larger step budget: mixing it in would be silent, rerunning would discard it.
     """
     import bnrl
+    from bnrl.compare.report import record_problem
 
     record = read_result(spec.result_file)
     if record is None or record.get("status") != "ok":
         return None
-    fix = (f"move {spec.result_file} away to train that run again, or choose another --out")
+    fix = f"move {spec.result_file} away to train that run again, or choose another --out"
+    problem = record_problem(record) or (None if isinstance(record.get("run_dir"), str)
+                                         else "no run_dir")
+    if problem:
+        raise UserError(f"{spec.result_file} is not a bnrl result file ({problem}): {fix}")
     if record.get("bnrl_version") != bnrl.__version__:
         raise UserError(f"{spec.key} was made by bnrl {record.get('bnrl_version')}, this is "
                         f"bnrl {bnrl.__version__}: {fix}")
@@ -337,8 +342,9 @@ def settings_difference(saved, spec: RunSpec) -> str:
     saved = saved if isinstance(saved, dict) else {}
     changed = [f"{k} {saved.get(k)!r} in the file, {wanted.get(k)!r} now"
                for k in dict.fromkeys([*saved, *wanted]) if saved.get(k) != wanted.get(k)]
-    return "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "") if changed else \
-        "the settings hash differs"
+    if not changed:
+        return "the settings hash differs"
+    return "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
 
 
 def write_result(record: dict, out: Path) -> None:

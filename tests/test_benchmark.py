@@ -660,6 +660,12 @@ def test_a_shorter_result_is_continued_not_refused(small_grid, tmp_path):
     specs = grid.specs_of(grid.read_grid(out / "grid.json"), out,
                           str(small_grid["argv"][small_grid["argv"].index("--config") + 1]))
     assert [grid.finished(s) is None for s in specs] == [True, False, False, False]
+    # A result file that is not a run record is refused, not taken as done or trained over.
+    path = _edit_result(out, "batch", 0, eval_returns="high")
+    from bnrl.training.errors import UserError
+
+    with pytest.raises(UserError, match=f"{path} is not a bnrl result file \\(bad eval_returns"):
+        grid.finished(specs[2])
 
 
 def _piece(source: Path, dest: Path, seed: int) -> Path:
