@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from bnrl import run
 from bnrl.compare import grid
 from bnrl.training import files
+from bnrl.training.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -662,10 +664,66 @@ def test_a_shorter_result_is_continued_not_refused(small_grid, tmp_path):
     assert [grid.finished(s) is None for s in specs] == [True, False, False, False]
     # A result file that is not a run record is refused, not taken as done or trained over.
     path = _edit_result(out, "batch", 0, eval_returns="high")
-    from bnrl.training.errors import UserError
-
     with pytest.raises(UserError, match=f"{path} is not a bnrl result file \\(bad eval_returns"):
         grid.finished(specs[2])
+
+
+def _grid(cells, variants, seeds=2, config=None, eval_every=None, baseline="none") -> dict:
+    from bnrl.compare.variants import Variant
+
+    return grid.grid_record(cells, [Variant(n, s) for n, s in variants], baseline, seeds, config,
+                            eval_every)
+
+
+def test_merge_grids_unions_comparable_grids_and_refuses_the_rest():
+    none, batch = ("none", {"critic_norm": "none"}), ("batch", {"critic_norm": "batch"})
+    old = _grid([("sac", "Pendulum-v1", 300)], [none, batch])
+    new = _grid([("sac", "Pendulum-v1", 300), ("sac", "Hopper-v5", 500)],
+                [none, ("cq", {"agent": "crossq"})], seeds=3)
+    merged = grid.merge_grids(old, new, "--extend", steps_may_change=True)
+    assert merged["cells"] == new["cells"] and merged["seeds"] == 3
+    assert [v["name"] for v in merged["variants"]] == ["none", "batch", "cq"]
+
+    longer = _grid([("sac", "Pendulum-v1", 600)], [none])
+    assert grid.merge_grids(old, longer, "--extend", steps_may_change=True)["cells"] == [
+        {"agent": "sac", "env": "Pendulum-v1", "steps": 600}]
+    for other, message in (
+            (longer, "merging x: sac on Pendulum-v1 has 300 steps in one piece and 600"),
+            (_grid([("sac", "Pendulum-v1", 300)], [("batch", {"critic_norm": "layer"})]),
+             "merging x cannot change the settings of variant 'batch' (critic_norm=batch "
+             "before, critic_norm=layer now)"),
+            (_grid([("sac", "Pendulum-v1", 300)], [none], config="agent: {tau: 0.1}\n"),
+             "merging x cannot change --config"),
+            (_grid([("sac", "Pendulum-v1", 300)], [none], eval_every=50),
+             "merging x cannot change --eval-every")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            grid.merge_grids(old, other, "merging x", steps_may_change=False)
+
+
+def test_a_grid_json_of_the_previous_layout_is_read(tmp_path):
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"agents": ["sac", "td3"], "envs": ["Pendulum-v1"],
+                                "variants": ["none", "batch"], "seeds": 3, "steps": 20000,
+                                "config": None}))
+    assert grid.read_grid(path) == _grid([("sac", "Pendulum-v1", 20000),
+                                          ("td3", "Pendulum-v1", 20000)],
+                                         [("none", {"critic_norm": "none"}),
+                                          ("batch", {"critic_norm": "batch"})], seeds=3)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["report", "{d}/nope"], "{d}/nope is not a directory"),
+    (["merge", "--out", "{d}/f", "{d}"], "--out {d}/f is a file"),
+    (["merge", "--out", "{d}/m", "{d}/m"], "is the --out directory itself"),
+])
+def test_report_and_merge_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "grid.json").write_text(json.dumps(_grid(
+        [("sac", "Pendulum-v1", 300)], [("none", {"critic_norm": "none"})])))
+    rc, stdout, err = _bench(capsys, [a.replace("{d}", str(tmp_path)) for a in argv])
+    assert rc == 2 and stdout == ""
+    assert message.replace("{d}", str(tmp_path)) in _one_error_line(err)
 
 
 def _piece(source: Path, dest: Path, seed: int) -> Path:
