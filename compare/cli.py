@@ -33,7 +33,10 @@ def add_benchmark_commands(sub, positive_int, agents, norms) -> None:
         f"benchmark ({','.join(QUICK['agents'])} on {','.join(QUICK['envs'])}, "
         f"{' vs '.join(QUICK['variants'])}, {QUICK['seeds']} seeds, {QUICK['steps']} steps, "
         "about 5 minutes on 2 cores). Re-running the same command skips finished runs.")
-    bench.add_argument("--suite", help="a suite of configs/suites.yaml (classic, mujoco): its "
+    from bnrl.compare.suites import load_suites
+
+    bench.add_argument("--suite", help=f"a suite of configs/suites.yaml "
+                       f"({', '.join(load_suites())}): its "
                        "envs, their step budgets and the agents that fit them; --env picks some "
                        "of its envs, --agent some of its agents (default the first that fits "
                        "each env: sac, or dqn for discrete actions)")
