@@ -444,7 +444,7 @@ def _answer(groups: dict, variants: list[str], baseline: str, scores: dict,
                   f"{failed} failed.** Every number below uses only the {ok} successful runs "
                   "(each env weighs the same; an env without a successful run of a variant is "
                   "left out of that variant's comparison, and the line says so).", ""]
-    lines += [f"Final evaluation return normalized per env (0 = random policy, 1 = the "
+    lines += [f"Baseline: `{baseline}`. Final evaluation return normalized per env (0 = random policy, 1 = the "
               "reference score of configs/suites.yaml); IQM over all runs of all envs with "
               f"{CONFIDENCE:.0%} stratified bootstrap CIs; P(improvement) = chance that a run of "
               f"the variant beats a run of `{baseline}` on the same env, averaged over envs; "

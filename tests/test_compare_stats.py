@@ -199,6 +199,7 @@ def test_aggregate_answer_across_envs_says_better_or_worse(tmp_path: Path) -> No
     line = _answer_line(text, "none", "batch")
     assert line.endswith("**worse** (3 envs, 15 vs 15 runs)")
     assert "`batch` (baseline)" in text
+    assert text.split("## Answer\n\n", 1)[1].startswith("Baseline: `batch`. ")
 
 
 def test_a_partial_grid_is_never_averaged_silently(tmp_path: Path) -> None:
