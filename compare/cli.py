@@ -261,7 +261,7 @@ def report_directory(out) -> Path:
 
     found = collect(Path(out))
     return write_report(found.runs, out, baseline=found.baseline, missing=found.missing,
-                        variants=found.variants)
+                        variants=found.variants, cells=found.cells)
 
 
 def cmd_report(args) -> int:

@@ -31,6 +31,8 @@ class Found:
     baseline: str | None = None
     variants: list[dict] = field(default_factory=list)
     """``{"name", "settings"}`` of the grid's variants, in order (empty without grid.json)."""
+    cells: list[dict] = field(default_factory=list)
+    """``{"agent", "env", "steps"}`` of the grid (empty without grid.json)."""
     missing: list[str] = field(default_factory=list)
     """Keys (``agent/env/variant/seedK``) of grid runs with neither a result nor a failure."""
 
@@ -112,7 +114,8 @@ def collect(out: Path) -> Found:
     rank = {key: i for i, key in enumerate(planned)}
     runs.sort(key=lambda r: rank.get(_key(r), len(rank)))  # grid order; others after
     have = {_key(r) for r in runs}
-    return Found(runs, grid["baseline"], grid["variants"], [k for k in planned if k not in have])
+    return Found(runs, grid["baseline"], grid["variants"], grid["cells"],
+                 [k for k in planned if k not in have])
 
 
 def merge(pieces: list[Path], out: Path) -> int:

@@ -444,11 +444,12 @@ def _answer(groups: dict, variants: list[str], baseline: str, scores: dict,
                   f"{failed} failed.** Every number below uses only the {ok} successful runs "
                   "(each env weighs the same; an env without a successful run of a variant is "
                   "left out of that variant's comparison, and the line says so).", ""]
-    lines += [f"Baseline: `{baseline}`. Final evaluation return normalized per env (0 = random policy, 1 = the "
-              "reference score of configs/suites.yaml); IQM over all runs of all envs with "
-              f"{CONFIDENCE:.0%} stratified bootstrap CIs; P(improvement) = chance that a run of "
-              f"the variant beats a run of `{baseline}` on the same env, averaged over envs; "
-              "the verdict needs both its CI and an exact permutation test (see Method).", ""]
+    lines += [f"Baseline: `{baseline}`. Final evaluation return normalized per env (0 = "
+              "random policy, 1 = the reference score of configs/suites.yaml); IQM over all "
+              f"runs of all envs with {CONFIDENCE:.0%} stratified bootstrap CIs; "
+              "P(improvement) = chance that a run of the variant beats a run of "
+              f"`{baseline}` on the same env, averaged over envs; the verdict needs both its "
+              "CI and an exact permutation test (see Method).", ""]
     for agent, by_env in _by_agent(groups).items():
         lines += [f"### {agent} on {', '.join(by_env)}", ""]
         lines += _aggregate_lines(agent, by_env, variants, baseline, scores)
@@ -528,9 +529,12 @@ def _plot_aggregates(groups: dict, variants: list[str], baseline: str, scores: d
 # Markdown
 # --------------------------------------------------------------------------- #
 def _grid_summary(runs: list[Run], groups: dict, variants: list[str], baseline: str,
-                  settings: dict[str, dict], missing: list[str]) -> list[str]:
-    agents = list(dict.fromkeys(a for a, _ in groups))
-    envs = list(dict.fromkeys(e for _, e in groups))
+                  settings: dict[str, dict], missing: list[str],
+                  cells: list[dict]) -> list[str]:
+    ran = [*groups, *((c["agent"], c["env"]) for c in cells)]
+    agents = list(dict.fromkeys(a for a, _ in ran))
+    envs = list(dict.fromkeys(e for _, e in ran))
+    waiting = [e for e in envs if e not in {e for _, e in groups}]
     # (length, text) sorts non-negative integer seeds numerically.
     seeds = sorted({str(r.get("seed")) for r in runs}, key=lambda s: (len(s), s))
     budgets = {}
@@ -553,7 +557,8 @@ def _grid_summary(runs: list[Run], groups: dict, variants: list[str], baseline: 
         "## Grid",
         "",
         f"- Agents: {', '.join(agents) or _DASH}",
-        f"- Environments: {', '.join(envs) or _DASH}",
+        f"- Environments: {', '.join(envs) or _DASH}"
+        + (f" (no runs yet: {', '.join(waiting)})" if waiting else ""),
         f"- Variants: {'; '.join(described) or _DASH}",
         f"- Seeds: {', '.join(seeds) or _DASH}",
         f"- Environment steps per run: {steps_text}",
@@ -692,6 +697,7 @@ def write_report(
     baseline: str | None = None,
     missing: Iterable[str] = (),
     variants: list[dict] | None = None,
+    cells: list[dict] | None = None,
 ) -> Path:
     """Write ``report.md``, ``aggregate.png``, ``profiles.png``, ``curves.png`` and
     ``bn_stats.png`` for a benchmark.
@@ -704,6 +710,8 @@ def write_report(
             else the first).
         missing: Keys (``agent/env/variant/seedK``) of planned runs with no record.
         variants: The grid's ``{"name", "settings"}`` in order (else order of appearance).
+        cells: The grid's ``{"agent", "env", "steps"}``, so that envs without runs yet are
+            named too.
 
     Returns:
         Path of ``report.md``.
@@ -727,7 +735,8 @@ def write_report(
 
     lines = ["# Benchmark report", ""]
     lines += _answer(groups, order, baseline, scores, runs, missing)
-    lines += _grid_summary(runs, groups, order, baseline, settings, missing)
+    lines += _grid_summary(runs, groups, order, baseline, settings, missing,
+                           cells or [])
     lines += ["Figures: `aggregate.png` (aggregate scores and sample efficiency), "
               "`profiles.png` (performance profiles), `curves.png` (evaluation return per "
               "env), `bn_stats.png` (critic BN statistics).", "", "## Per environment", ""]

@@ -211,8 +211,11 @@ def test_a_partial_grid_is_never_averaged_silently(tmp_path: Path) -> None:
     missing = [f"sac/MountainCarContinuous-v0/batch/seed{k}" for k in (1, 2)]
     text = write_report(runs, tmp_path, missing=missing,
                         variants=[{"name": "none", "settings": {"critic_norm": "none"}},
-                                  {"name": "batch", "settings": {"critic_norm": "batch"}}]
-                        ).read_text()
+                                  {"name": "batch", "settings": {"critic_norm": "batch"}}],
+                        cells=[{"agent": "sac", "env": env, "steps": 10_000}
+                               for env in ("Pendulum-v1", "Hopper-v5")]).read_text()
+    assert ("- Environments: Pendulum-v1, MountainCarContinuous-v0, Hopper-v5 (no runs yet: "
+            "Hopper-v5)") in text
     assert "**Incomplete grid: 2 of 12 runs missing, 1 failed.**" in text
     assert "Runs: 12 planned, 9 ok, 1 failed, 2 missing" in text
     assert ("Missing runs: sac/MountainCarContinuous-v0/batch/seed1, "
