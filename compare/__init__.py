@@ -1,16 +1,18 @@
-"""Benchmarks of BN vs no-BN critics: the grid runner, statistics, report and plots.
+"""Benchmarks of critic variants (BN or not, remedies, CrossQ): the grid runner, result files,
+statistics across environments, report and plots.
 
-Statistics follow Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice": IQM
-with percentile-bootstrap CIs and the probability of improvement. Attributes are imported lazily
-so that the command line's argument parsing does not load scipy.
+Statistics follow Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice":
+normalized-score IQM with stratified bootstrap CIs, the probability of improvement, performance
+profiles, paired with an exact permutation test. Attributes are imported lazily so that the
+command line's argument parsing does not load scipy.
 """
 
 import importlib
 
-_EXPORTS = {"GYM_THRESHOLDS": "bnrl.compare.report", "write_report": "bnrl.compare.report",
+_EXPORTS = {"write_report": "bnrl.compare.report",
             **{name: "bnrl.compare.stats" for name in (
                 "area_under_curve", "bootstrap_ci", "iqm", "probability_of_improvement",
-                "steps_to_threshold", "verdict")}}
+                "steps_to_threshold")}}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,13 +1,15 @@
-"""The ``benchmark`` and ``report`` commands of ``run.py``."""
+"""The ``benchmark``, ``report`` and ``merge`` commands of ``run.py``."""
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 from bnrl.compare.grid import QUICK
+
+DEFAULT_STEPS = 20_000
+"""Step budget of a grid given without --suite or --steps."""
 
 
 def _csv(text: str) -> list[str]:
@@ -24,22 +26,42 @@ def _csv(text: str) -> list[str]:
 
 def add_benchmark_commands(sub, positive_int, agents, norms) -> None:
     bench = sub.add_parser(
-        "benchmark", help="benchmark BN vs no-BN critics over a grid of runs",
-        description="Run agent x env x variant x seed, then write results.json, report.md, "
-        "curves.png and bn_stats.png in --out. With no arguments: the quick benchmark "
-        f"({','.join(QUICK['agents'])} on {','.join(QUICK['envs'])}, "
+        "benchmark", help="benchmark critic variants (BN or not, CrossQ...) over a grid of runs",
+        description="Run agent x env x variant x seed, then write report.md (the aggregate "
+        "answer first), aggregate.png, profiles.png, curves.png and bn_stats.png in --out; each "
+        "finished run leaves a result file in OUT/results/. With no arguments: the quick "
+        f"benchmark ({','.join(QUICK['agents'])} on {','.join(QUICK['envs'])}, "
         f"{' vs '.join(QUICK['variants'])}, {QUICK['seeds']} seeds, {QUICK['steps']} steps, "
         "about 5 minutes on 2 cores). Re-running the same command skips finished runs.")
+    from bnrl.compare.suites import load_suites
+
+    bench.add_argument("--suite", help=f"a suite of configs/suites.yaml "
+                       f"({', '.join(load_suites())}): its "
+                       "envs, their step budgets and the agents that fit them; --env picks some "
+                       "of its envs, --agent some of its agents (default the first that fits "
+                       "each env: sac, or dqn for discrete actions)")
     bench.add_argument("--agent", type=_csv, help=f"comma list of {','.join(agents)}")
     bench.add_argument("--env", type=_csv, help="comma list of env ids")
     bench.add_argument("--variants", type=_csv,
-                       help=f"comma list of critic norms among {','.join(norms)} "
-                       "(default none,batch)")
+                       help="comma list of variant names: built-in "
+                       f"{','.join(_builtin_names())}, or defined by --variant or "
+                       "--variants-file (default none,batch; none plus the defined ones when "
+                       "--variant or --variants-file is given)")
+    bench.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                       help="define a variant inline, e.g. copy:critic_norm=batch,target_bn=copy "
+                       "or crossq256:agent=crossq,hidden=[256,256] (repeatable; agent= trains "
+                       "another agent)")
+    bench.add_argument("--variants-file", metavar="FILE",
+                       help="YAML mapping of variant name to settings (like configs/variants.yaml)")
+    bench.add_argument("--baseline", help="the variant every other is compared with "
+                       "(default the first)")
     bench.add_argument("--seeds", type=positive_int, help="seeds per variant (default 3)")
-    bench.add_argument("--steps", type=positive_int, help="env steps per run")
+    bench.add_argument("--steps", type=positive_int,
+                       help=f"env steps per run (default: the suite's, else {DEFAULT_STEPS})")
     bench.add_argument("--eval-every", type=positive_int, help="env steps between evaluations")
     bench.add_argument("--out", default=None, help="output directory (default bench_out/quick "
-                       "for the quick benchmark, else bench_out/benchmark)")
+                       "for the quick benchmark, bench_out/SUITE for a suite, else "
+                       "bench_out/benchmark)")
     bench.add_argument("--workers", type=positive_int, default=None,
                        help="parallel runs (default: number of cores)")
     bench.add_argument("--config", help="YAML with `train:` and `agent:` sections for every run")
@@ -51,35 +73,117 @@ def add_benchmark_commands(sub, positive_int, agents, norms) -> None:
     bench.add_argument("--address", help="Ray cluster address (with --backend ray)")
     bench.add_argument("--quiet", action="store_true", help="no per-run lines")
 
-    report = sub.add_parser("report", help="regenerate report.md and plots of a benchmark")
+    report = sub.add_parser(
+        "report", help="regenerate report.md and plots of a benchmark",
+        description="Rebuild the report of a benchmark directory from its result files "
+        "(OUT/results/), e.g. after copying in result files of pieces run elsewhere.")
     report.add_argument("dir", help="benchmark --out directory")
 
+    merge = sub.add_parser(
+        "merge", help="merge pieces of a benchmark run elsewhere into one directory",
+        description="Copy the result files of benchmark directories (pieces of one grid run on "
+        "other machines, e.g. with different --env) into OUT, record the union of their grids "
+        "and write the report. Pieces must agree on --config, --eval-every, the settings of "
+        "same-named variants, step budgets and the bnrl version; a run present in two pieces "
+        "with different results is refused.")
+    merge.add_argument("--out", required=True, help="directory of the merged benchmark")
+    merge.add_argument("pieces", nargs="+", help="benchmark --out directories to merge")
 
-def cmd_benchmark(args) -> int:
+
+def _builtin_names() -> list[str]:
+    from bnrl.compare.variants import builtin_variants
+
+    return list(builtin_variants())
+
+
+def _defined_variants(args) -> tuple[dict, list[str]]:
+    """Every known variant by name, and the names the user defined (file, then inline)."""
+    from bnrl.compare import variants as vs
+    from bnrl.training.config import load_yaml
+    from bnrl.training.errors import UserError
+
+    defined = vs.builtin_variants()
+    own: list[str] = []
+    if args.variants_file:
+        from_file = vs.read_variants_file(args.variants_file, None)
+        if not from_file:
+            raise UserError(f"--variants-file {args.variants_file} defines no variants: "
+                            "expected a mapping of name to settings")
+        defined.update(from_file)
+        own += list(from_file)
+    for text in args.variant:
+        source = f"--variant '{text}'"
+        variant = vs.parse_variant(text, lambda value, source=source: load_yaml(value, source))
+        if variant.name in own:
+            raise UserError(f"variant '{variant.name}' is defined twice (--variant, "
+                            "--variants-file): give each variant its own name")
+        defined[variant.name] = variant
+        own.append(variant.name)
+    return defined, own
+
+
+def _cells(args, quick: bool) -> tuple[dict, list[str], dict]:
+    """``({env: [agents]}, envs, {env: steps})`` of the grid the arguments describe."""
+    from bnrl.compare.suites import suite
     from bnrl.envs import AGENT_ACTION_SPACES
-    from bnrl.training.errors import StorageError, UserError
-    from bnrl.training.files import lock_directory
+    from bnrl.training.errors import UserError
 
-    quick = all(getattr(args, k) is None for k in ("agent", "env", "variants", "seeds", "steps"))
-    agents = args.agent or QUICK["agents"]
-    envs = args.env or QUICK["envs"]
-    variants = args.variants or QUICK["variants"]
-    seeds = args.seeds or QUICK["seeds"]
-    steps = args.steps or (QUICK["steps"] if quick else 20_000)
-    out = Path(args.out or ("bench_out/quick" if quick else "bench_out/benchmark"))
-    for agent in agents:
+    for agent in args.agent or []:
         if agent not in AGENT_ACTION_SPACES:
             raise UserError(f"unknown agent '{agent}': use a comma list of "
                             f"{', '.join(AGENT_ACTION_SPACES)}")
-    for variant in variants:
-        if variant not in ("none", "batch", "batch_renorm", "layer"):
-            raise UserError(f"unknown variant '{variant}': use a comma list of none, batch, "
-                            "batch_renorm, layer")
+    if not args.suite:
+        envs = args.env or QUICK["envs"]
+        steps = args.steps or (QUICK["steps"] if quick else DEFAULT_STEPS)
+        return ({e: args.agent or QUICK["agents"] for e in envs}, envs,
+                {e: steps for e in envs})
+    chosen = suite(args.suite)
+    if chosen.extra:
+        _check_extra(chosen)
+    envs = args.env or list(chosen.envs)
+    outside = [e for e in envs if e not in chosen.envs]
+    if outside:
+        raise UserError(f"{', '.join(outside)} is not in suite {chosen.name}: use some of "
+                        f"{', '.join(chosen.envs)}")
+    agents = {e: chosen.agents_for(e, args.agent or chosen.envs[e]["agents"][:1]) for e in envs}
+    agents = {e: a for e, a in agents.items() if a}
+    if not agents:
+        fitting = dict.fromkeys(a for e in envs for a in chosen.envs[e]["agents"])
+        raise UserError(f"no agent of --agent {','.join(args.agent)} fits the envs of suite "
+                        f"{chosen.name}: use one of {', '.join(fitting)}")
+    return agents, list(agents), {e: args.steps or chosen.envs[e]["steps"] for e in agents}
+
+
+def _check_extra(chosen) -> None:
+    import importlib.util
+
+    from bnrl.training.errors import UserError
+
+    if importlib.util.find_spec(chosen.extra) is None:
+        raise UserError(f"suite {chosen.name} needs {chosen.extra}: pip install "
+                        f"'bnrl[{chosen.extra}]'")
+
+
+def cmd_benchmark(args) -> int:
+    from bnrl.compare import variants as vs
+    from bnrl.training.errors import StorageError, UserError
+    from bnrl.training.files import lock_directory
+
+    quick = all(not getattr(args, k) for k in (
+        "suite", "agent", "env", "variants", "variant", "variants_file", "seeds", "steps"))
+    agents, envs, steps = _cells(args, quick)
+    defined, own = _defined_variants(args)
+    names = args.variants or (["none", *[n for n in own if n != "none"]] if own
+                              else QUICK["variants"])
+    variants, baseline = vs.select(names, defined, args.baseline)
+    seeds = args.seeds or QUICK["seeds"]
+    out = Path(args.out or ("bench_out/quick" if quick else
+                            f"bench_out/{args.suite}" if args.suite else "bench_out/benchmark"))
     if args.config and not Path(args.config).is_file():
         raise UserError(f"config file not found: {args.config}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a directory")
-    _check_runs(agents, envs, variants, args.config, steps, args.eval_every)
+    _check_runs(agents, variants, args.config, steps, args.eval_every)
     workers = args.workers or os.cpu_count() or 1
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +194,7 @@ def cmd_benchmark(args) -> int:
     except OSError as exc:
         raise UserError(f"cannot create --out {out}: {exc.strerror}") from None
     try:
-        return _benchmark(args, out, agents, envs, variants, seeds, steps, workers)
+        return _benchmark(args, out, agents, envs, variants, baseline, seeds, steps, workers)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             "benchmark interrupted; finished runs are kept and interrupted ones continue from "
@@ -102,13 +206,13 @@ def cmd_benchmark(args) -> int:
         os.close(lock)
 
 
-def _benchmark(args, out: Path, agents, envs, variants, seeds, steps, workers) -> int:
+def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
+               workers) -> int:
     """Plan, run and report the grid in ``out`` (locked by the caller)."""
     from bnrl.compare.grid import plan, run_grid
-    from bnrl.compare.report import GYM_THRESHOLDS, write_report
 
     specs = plan(out, agents, envs, variants, seeds, steps, args.config, args.extend, workers,
-                 args.eval_every)
+                 args.eval_every, baseline)
     started = time.time()
 
     def on_result(record, done, total):
@@ -122,49 +226,77 @@ def _benchmark(args, out: Path, agents, envs, variants, seeds, steps, workers) -
     if not args.quiet:
         print(f"benchmark: {len(specs)} runs in {out} with {workers} workers", flush=True)
     runs = run_grid(specs, out, workers, args.backend, args.address, on_result)
-    report = write_report(runs, out, GYM_THRESHOLDS)
+    report = report_directory(out)
     failed = sum(r["status"] != "ok" for r in runs)
     print(f"report: {report}" + (f" ({failed} failed runs; rerun to retry them)" if failed else ""))
     return 0 if not failed else 1
 
 
-def _check_runs(agents, envs, variants, config_file, steps, eval_every) -> None:
+def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every) -> None:
     """Resolve every run's settings as its worker will, and make its env, so that a --config key
-    an agent does not accept, a bad env or a too big replay buffer fails now with one line
-    instead of as one failed run per grid cell."""
-    from bnrl.training import resolve
+    an agent does not accept, a variant's bad setting, a bad env or a too big replay buffer
+    fails now with one line instead of as one failed run per grid cell."""
+    from bnrl.compare.grid import RunSpec, resolve_spec
+    from bnrl.training.errors import UserError
     from bnrl.training.loop import check_run
 
-    for agent in agents:
-        for env_id in envs:
+    for env_id, env_agents in agents.items():
+        for agent in env_agents:
             for variant in variants:
-                check_run(resolve(agent, env_id, config_file,
-                                  {"steps": steps, "eval_every": eval_every},
-                                  {"critic_norm": variant}))
+                spec = RunSpec(agent, env_id, variant.name, 0, steps[env_id], config_file, "",
+                               1, eval_every, dict(variant.settings))
+                try:
+                    check_run(resolve_spec(spec))
+                except UserError as exc:
+                    if not variant.settings:
+                        raise
+                    raise UserError(f"variant '{variant.name}' on {agent}/{env_id}: "
+                                    f"{exc}") from None
+
+
+def report_directory(out) -> Path:
+    """Write the report of a benchmark directory from its result files; its path."""
+    from bnrl.compare.collect import collect
+    from bnrl.compare.report import write_report
+
+    found = collect(Path(out))
+    return write_report(found.runs, out, baseline=found.baseline, missing=found.missing,
+                        variants=found.variants, cells=found.cells)
 
 
 def cmd_report(args) -> int:
-    import json
-
-    from bnrl.compare.report import GYM_THRESHOLDS, check_runs, write_report
     from bnrl.training.errors import UserError
 
-    results = Path(args.dir) / "results.json"
-    if not results.is_file():
-        raise UserError(f"{args.dir} has no results.json: run `run.py benchmark --out {args.dir}`")
+    if not Path(args.dir).is_dir():
+        raise UserError(f"{args.dir} is not a directory: give a benchmark --out directory")
     try:
-        runs = json.loads(results.read_text(encoding="utf-8"))["runs"]
-    except OSError as exc:
-        raise UserError(f"cannot read {results}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{results} is not a bnrl results file") from None
-    check_runs(runs, str(results))
-    try:
-        report = write_report(runs, args.dir, GYM_THRESHOLDS)
+        report = report_directory(args.dir)
     except OSError as exc:
         raise UserError(f"cannot write the report in {args.dir}: {exc.strerror}") from None
-    print(f"report: {report}", file=sys.stdout)
+    print(f"report: {report}")
     return 0
 
 
-COMMANDS = {"benchmark": cmd_benchmark, "report": cmd_report}
+def cmd_merge(args) -> int:
+    from bnrl.compare.collect import merge
+    from bnrl.training.errors import UserError
+    from bnrl.training.files import lock_directory
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_directory(out)
+    except BlockingIOError:
+        raise UserError(f"a benchmark is running in {out}: wait for it to finish") from None
+    try:
+        copied = merge([Path(p) for p in args.pieces], out)
+        report = report_directory(out)
+    finally:
+        os.close(lock)
+    print(f"merged {copied} result files into {out}; report: {report}")
+    return 0
+
+
+COMMANDS = {"benchmark": cmd_benchmark, "report": cmd_report, "merge": cmd_merge}

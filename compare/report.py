@@ -1,4 +1,4 @@
-"""Markdown report and figures for a BN-critic benchmark (``results.json``).
+"""Markdown report and figures of a benchmark: the aggregate answer first, then per env.
 
 Each run record (one per agent x env x variant x seed) is a dict::
 
@@ -6,9 +6,14 @@ Each run record (one per agent x env x variant x seed) is a dict::
      "run_dir", "eval_steps", "eval_returns", "final_return", "auc",
      "wall_time_s", "updates_per_second",
      "bn_stats": {"steps", "bn_Q_moving_mean", "bn_Q_moving_variance",
-                  "bn_Q_train_eval_gap"}}   # {} for the "none" variant
+                  "bn_Q_train_eval_gap"},   # {} without a BN critic
+     # written by bnrl >= 0.2 (compare.grid): what made the run
+     "run_agent", "steps", "bnrl_version", "settings_hash", "settings", "variant_settings"}
 
-Failed runs are listed in the report but excluded from every statistic.
+``agent`` is the grid's agent; a variant may train another (``run_agent``, e.g. CrossQ as a
+variant of SAC). Failed and missing runs are counted in the report and excluded from every
+statistic. Returns are normalized per env with the random and reference scores of
+``configs/suites.yaml`` (``compare.suites``) for the aggregates across envs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
+from bnrl.compare import aggregate as agg
 from bnrl.compare.stats import (
     CONFIDENCE,
     N_RESAMPLES,
@@ -28,30 +34,19 @@ from bnrl.compare.stats import (
     iqm,
     probability_of_improvement,
     steps_to_threshold,
-    verdict,
 )
+from bnrl.compare.suites import EnvScores, env_scores
 from bnrl.training.errors import UserError
 from bnrl.training.files import atomic_open, atomic_write
 
-# Return at which an environment counts as solved (gymnasium's
-# ``spec.reward_threshold`` where one exists). Pendulum-v1 has no official
-# threshold; -200 is the commonly used "solved" level (RL Zoo agents reach
-# about -150).
-GYM_THRESHOLDS: dict[str, float] = {
-    "CartPole-v1": 475.0,
-    "MountainCarContinuous-v0": 90.0,
-    "Acrobot-v1": -100.0,
-    "Pendulum-v1": -200.0,
-}
-
-BASELINE = "none"
-VARIANT_ORDER = ("none", "batch", "batch_renorm", "layer")
 BN_KEYS = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
 # Fixed colours so a variant looks the same in every subplot and figure.
 _COLORS = {"none": "0.25", "batch": "tab:blue", "batch_renorm": "tab:orange",
-           "layer": "tab:green"}
-_EXTRA_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
+           "layer": "tab:green", "crossq": "tab:red", "batch_naive": "tab:purple"}
+_EXTRA_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold")
 _DASH = "—"
+SAMPLE_POINTS = 10
+"""Points (fractions of each run's step budget) of the aggregate sample-efficiency curves."""
 
 Run = dict[str, Any]
 
@@ -64,7 +59,9 @@ _NUMBER = (int, float)
 _REQUIRED_FIELDS = {"agent": str, "env": str, "variant": str, "seed": int, "status": str}
 _OPTIONAL_FIELDS = {"error": str, "run_dir": str, "final_return": _NUMBER, "auc": _NUMBER,
                     "wall_time_s": _NUMBER, "updates_per_second": _NUMBER, "eval_steps": list,
-                    "eval_returns": list, "bn_stats": dict}
+                    "eval_returns": list, "bn_stats": dict, "run_agent": str, "steps": int,
+                    "bnrl_version": str, "settings_hash": str, "settings": dict,
+                    "variant_settings": dict}
 
 
 def check_runs(runs: Any, source: str) -> None:
@@ -76,12 +73,13 @@ def check_runs(runs: Any, source: str) -> None:
     if not runs:
         raise UserError(f"{source} lists no runs: nothing to report")
     for index, run in enumerate(runs):
-        problem = _record_problem(run)
+        problem = record_problem(run)
         if problem:
             raise UserError(f"{source}: run {index} is not a bnrl run record ({problem})")
 
 
-def _record_problem(run: Any) -> str | None:
+def record_problem(run: Any) -> str | None:
+    """What makes ``run`` not a run record (module docstring), or None."""
     if not isinstance(run, dict):
         return f"a {type(run).__name__}, not a mapping"
     for key, kind in _REQUIRED_FIELDS.items():
@@ -104,10 +102,14 @@ def _record_problem(run: Any) -> str | None:
 # --------------------------------------------------------------------------- #
 # Small helpers
 # --------------------------------------------------------------------------- #
-def _ordered(variants: Iterable[str]) -> list[str]:
-    """Known variants in canonical order (baseline first), then the rest sorted."""
-    vs = set(variants)
-    return [v for v in VARIANT_ORDER if v in vs] + sorted(vs - set(VARIANT_ORDER))
+def _ordered(runs: list[Run], variants: list[dict] | None, baseline: str | None):
+    """The variants in grid order (else first seen) and the baseline (default ``none`` if
+    present, else the first), which comes first."""
+    names = list(dict.fromkeys([*(v["name"] for v in variants or []),
+                                *(str(r.get("variant")) for r in runs)]))
+    if baseline is None or baseline not in names:
+        baseline = "none" if "none" in names else names[0]
+    return [baseline, *(n for n in names if n != baseline)], baseline
 
 
 def _color(variant: str, variants: list[str]) -> str:
@@ -162,7 +164,7 @@ def _mean(values: Iterable[Any]) -> float:
 def _fmt(value: float | None, digits: int = 1) -> str:
     if value is None or not math.isfinite(value):
         return _DASH
-    return f"{value:,.{digits}f}"
+    return f"{round(value, digits) + 0.0:,.{digits}f}"  # + 0.0: no "-0.00"
 
 
 def _one_line(error: Any) -> str:
@@ -367,33 +369,207 @@ def _plot_bn_stats(
 
 
 # --------------------------------------------------------------------------- #
+# Aggregates across environments
+# --------------------------------------------------------------------------- #
+def _normalized_groups(by_env: dict[str, dict[str, list[Run]]], variant: str,
+                       scores: dict[str, EnvScores], envs: list[str]) -> list[np.ndarray]:
+    """Normalized final returns of ``variant``'s successful runs, one array per env."""
+    return [scores[e].normalize(_finite(_final_return(r) for r in by_env[e].get(variant, [])
+                                        if _is_ok(r))) for e in envs]
+
+
+def _scored_envs(by_env: dict, variants: list[str], scores: dict) -> list[str]:
+    """Envs with normalization scores where every one of ``variants`` has a successful run."""
+    return [e for e, by_v in by_env.items() if e in scores and all(
+        _finite(_final_return(r) for r in by_v.get(v, []) if _is_ok(r)).size for v in variants)]
+
+
+def _aggregate_lines(agent: str, by_env: dict, variants: list[str], baseline: str,
+                     scores: dict) -> list[str]:
+    """The answer for one agent: each variant against the baseline across envs."""
+    unscored = [e for e in by_env if e not in scores]
+    lines = []
+    if unscored:
+        lines.append(f"Not in the aggregate (no normalization scores in configs/suites.yaml): "
+                     f"{', '.join(unscored)}.")
+    all_envs = _scored_envs(by_env, [baseline], scores)
+    if not all_envs:
+        return [*lines, f"- {agent}: no env with normalization scores and successful "
+                f"`{baseline}` runs: nothing to aggregate.", ""]
+    for variant in variants[1:]:
+        envs = _scored_envs(by_env, [baseline, variant], scores)
+        if not envs:
+            lines.append(f"- `{variant}` vs `{baseline}`: cannot compare, no env has "
+                         "successful runs of both")
+            continue
+        x = _normalized_groups(by_env, variant, scores, envs)
+        y = _normalized_groups(by_env, baseline, scores, envs)
+        iqm_x, iqm_y = agg.interval(agg.aggregate_iqm, x), agg.interval(agg.aggregate_iqm, y)
+        p, low, high = agg.interval(agg.probability_of_improvement, x, y)
+        p_value = agg.permutation_test(x, y)
+        answer = agg.decide(p, low, high, p_value)
+        left_out = [e for e in by_env if e in scores and e not in envs]
+        sizes = f"{sum(g.size for g in x)} vs {sum(g.size for g in y)} runs"
+        lines.append(
+            f"- `{variant}` vs `{baseline}`: IQM normalized score {_ci(*iqm_x)} vs "
+            f"{_ci(*iqm_y)}, P(improvement) {_ci(p, low, high)}, exact permutation "
+            f"p = {p_value:.3f}: **{answer}** ({len(envs)} env{'s' * (len(envs) > 1)}, {sizes}"
+            + (f"; without {', '.join(left_out)}, where one of them has no successful run"
+               if left_out else "") + ")")
+    return [*lines, ""]
+
+
+def _ci(estimate: float, low: float, high: float) -> str:
+    return f"{_fmt(estimate, 2)} [{_fmt(low, 2)}, {_fmt(high, 2)}]"
+
+
+def _by_agent(groups: dict) -> dict[str, dict[str, dict[str, list[Run]]]]:
+    out: dict[str, dict[str, dict[str, list[Run]]]] = {}
+    for (agent, env), by_variant in groups.items():
+        out.setdefault(agent, {})[env] = by_variant
+    return out
+
+
+def _counts(runs: list[Run], missing: list[str]) -> tuple[int, int, int]:
+    ok = sum(_is_ok(r) for r in runs)
+    return ok, len(runs) - ok, len(missing)
+
+
+def _answer(groups: dict, variants: list[str], baseline: str, scores: dict,
+            runs: list[Run], missing: list[str]) -> list[str]:
+    ok, failed, n_missing = _counts(runs, missing)
+    lines = ["## Answer", ""]
+    if failed or n_missing:
+        lines += [f"**Incomplete grid: {n_missing} of {len(runs) + n_missing} runs missing, "
+                  f"{failed} failed.** Every number below uses only the {ok} successful runs "
+                  "(each env weighs the same; an env without a successful run of a variant is "
+                  "left out of that variant's comparison, and the line says so).", ""]
+    lines += [f"Baseline: `{baseline}`. Final evaluation return normalized per env (0 = "
+              "random policy, 1 = the reference score of configs/suites.yaml); IQM over all "
+              f"runs of all envs with {CONFIDENCE:.0%} stratified bootstrap CIs; "
+              "P(improvement) = chance that a run of the variant beats a run of "
+              f"`{baseline}` on the same env, averaged over envs; the verdict needs both its "
+              "CI and an exact permutation test (see Method).", ""]
+    for agent, by_env in _by_agent(groups).items():
+        lines += [f"### {agent} on {', '.join(by_env)}", ""]
+        lines += _aggregate_lines(agent, by_env, variants, baseline, scores)
+    return lines
+
+
+def _sample_efficiency(by_env: dict, variant: str, scores: dict, envs: list[str]):
+    """Aggregate IQM normalized score at fractions of each run's step budget."""
+    fractions = np.linspace(1.0 / SAMPLE_POINTS, 1.0, SAMPLE_POINTS)
+    points = []
+    for f in fractions:
+        groups = []
+        for e in envs:
+            curves = [_curve(r) for r in by_env[e].get(variant, []) if _is_ok(r)]
+            values = [np.interp(f * s[-1], s, v) for s, v in curves if s.size]
+            groups.append(scores[e].normalize(np.asarray(values)))
+        points.append(groups)
+    return (fractions, *agg.sample_efficiency_curve(points))
+
+
+def _plot_aggregates(groups: dict, variants: list[str], baseline: str, scores: dict,
+                     aggregate_path: Path, profiles_path: Path) -> None:
+    """``aggregate.png`` (IQM and mean with CI bars, sample-efficiency curves) and
+    ``profiles.png`` (performance profiles with CI bands), one row per agent."""
+    agents = _by_agent(groups)
+    fig = _new_figure(15.0, 3.6 * len(agents))
+    axes = fig.subplots(len(agents), 3, squeeze=False)
+    prof = _new_figure(6.0, 3.6 * len(agents))
+    prof_axes = prof.subplots(len(agents), 1, squeeze=False)
+    for i, (agent, by_env) in enumerate(agents.items()):
+        ax_iqm, ax_mean, ax_curve = axes[i]
+        ax_prof = prof_axes[i][0]
+        shown = [v for v in variants if _scored_envs(by_env, [v], scores)]
+        if shown:  # one tau axis for all variants, from below every run's score
+            pooled = np.concatenate([g for v in shown for g in _normalized_groups(
+                by_env, v, scores, _scored_envs(by_env, [v], scores))])
+            lo, hi = min(0.0, pooled.min()), max(1.0, pooled.max())
+            taus = np.linspace(lo - 0.02 * (hi - lo), hi, 200)
+        for k, variant in enumerate(shown):
+            envs = _scored_envs(by_env, [variant], scores)
+            x = _normalized_groups(by_env, variant, scores, envs)
+            color = _color(variant, variants)
+            for ax, statistic in ((ax_iqm, agg.aggregate_iqm), (ax_mean, agg.aggregate_mean)):
+                est, low, high = agg.interval(statistic, x)
+                ax.barh(k, est, xerr=[[est - low], [high - est]], color=color, alpha=0.8,
+                        capsize=4)
+            fractions, curve, low, high = _sample_efficiency(by_env, variant, scores, envs)
+            ax_curve.plot(fractions, curve, color=color, lw=1.8, label=variant)
+            ax_curve.fill_between(fractions, low, high, color=color, alpha=0.2, lw=0)
+            profile, low, high = agg.performance_profile(x, taus)
+            ax_prof.plot(taus, profile, color=color, lw=1.8, label=variant)
+            ax_prof.fill_between(taus, low, high, color=color, alpha=0.2, lw=0)
+        for ax, what in ((ax_iqm, "IQM"), (ax_mean, "mean")):
+            ax.set_yticks(range(len(shown)), shown)
+            ax.invert_yaxis()
+            ax.set_xlabel(f"{what} normalized final score ({CONFIDENCE:.0%} CI)")
+            ax.set_title(f"{agent}: {what} over envs", fontsize=10)
+            ax.grid(alpha=0.3, axis="x")
+        ax_curve.set_xlabel("fraction of the step budget")
+        ax_curve.set_ylabel("IQM normalized score")
+        ax_curve.set_title(f"{agent}: sample efficiency", fontsize=10)
+        ax_prof.set_xlabel("normalized score tau")
+        ax_prof.set_ylabel("fraction of runs > tau")
+        ax_prof.set_title(f"{agent}: performance profile, {CONFIDENCE:.0%} CI bands",
+                          fontsize=10)
+        for ax in (ax_curve, ax_prof):
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"Aggregates across envs (baseline {baseline}); stratified bootstrap CIs",
+                 fontsize=11)
+    _save_figure(fig, aggregate_path)
+    _save_figure(prof, profiles_path)
+
+
+# --------------------------------------------------------------------------- #
 # Markdown
 # --------------------------------------------------------------------------- #
-def _grid_summary(runs: list[Run], groups: dict, variants: list[str]) -> list[str]:
-    agents = list(dict.fromkeys(a for a, _ in groups))
-    envs = list(dict.fromkeys(e for _, e in groups))
+def _grid_summary(runs: list[Run], groups: dict, variants: list[str], baseline: str,
+                  settings: dict[str, dict], missing: list[str],
+                  cells: list[dict]) -> list[str]:
+    ran = [*groups, *((c["agent"], c["env"]) for c in cells)]
+    agents = list(dict.fromkeys(a for a, _ in ran))
+    envs = list(dict.fromkeys(e for _, e in ran))
+    waiting = [e for e in envs if e not in {e for _, e in groups}]
     # (length, text) sorts non-negative integer seeds numerically.
     seeds = sorted({str(r.get("seed")) for r in runs}, key=lambda s: (len(s), s))
-    last_steps = sorted({int(_curve(r)[0][-1]) for r in runs if _curve(r)[0].size})
-    if not last_steps:
-        steps = _DASH
-    elif len(last_steps) == 1:
-        steps = f"{last_steps[0]:,}"
-    else:
-        steps = f"{last_steps[0]:,} to {last_steps[-1]:,} (differs between runs)"
-    n_ok = sum(_is_ok(r) for r in runs)
-    labels = [f"{v} (baseline)" if v == BASELINE else v for v in variants]
-    return [
+    budgets = {}
+    for r in runs:
+        steps = r.get("steps") or (int(_curve(r)[0][-1]) if _curve(r)[0].size else None)
+        if steps is not None:
+            budgets.setdefault(str(r.get("env")), set()).add(int(steps))
+    steps_text = "; ".join(f"{e} {', '.join(f'{s:,}' for s in sorted(v))}"
+                           for e, v in budgets.items()) or _DASH
+    ok, failed, n_missing = _counts(runs, missing)
+    described = []
+    for v in variants:
+        made = settings.get(v)
+        text = f"`{v}`" + (" (baseline)" if v == baseline else "")
+        if made is not None:
+            text += ": " + (", ".join(f"{k}={val}" for k, val in made.items()) or "defaults")
+        described.append(text)
+    versions = sorted({str(r["bnrl_version"]) for r in runs if r.get("bnrl_version")})
+    lines = [
         "## Grid",
         "",
         f"- Agents: {', '.join(agents) or _DASH}",
-        f"- Environments: {', '.join(envs) or _DASH}",
-        f"- Variants: {', '.join(labels) or _DASH}",
+        f"- Environments: {', '.join(envs) or _DASH}"
+        + (f" (no runs yet: {', '.join(waiting)})" if waiting else ""),
+        f"- Variants: {'; '.join(described) or _DASH}",
         f"- Seeds: {', '.join(seeds) or _DASH}",
-        f"- Environment steps per run (last evaluation): {steps}",
-        f"- Runs: {len(runs)} total, {n_ok} ok, {len(runs) - n_ok} failed",
-        "",
+        f"- Environment steps per run: {steps_text}",
+        f"- Runs: {len(runs) + n_missing} planned, {ok} ok, {failed} failed, {n_missing} missing",
     ]
+    if versions:
+        lines.append(f"- bnrl version: {', '.join(versions)}")
+    if missing:
+        lines.append(f"- Missing runs: {', '.join(missing[:20])}"
+                     + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""))
+    return [*lines, ""]
 
 
 def _cell_section(
@@ -401,15 +577,22 @@ def _cell_section(
     env: str,
     by_variant: dict[str, list[Run]],
     variants: list[str],
-    threshold: float | None,
+    baseline: str,
+    scores: EnvScores | None,
 ) -> list[str]:
     """Table and probability-of-improvement lines for one agent x env."""
-    header = ["Variant", "ok / runs", "Mean final return", "IQM final return [95% CI]",
-              "Mean AUC"]
+    threshold = scores.threshold if scores is not None else None
+    header = ["Variant", "ok / runs", "Mean final return", "IQM final return [95% CI]"]
+    if scores is not None:
+        header.append("IQM normalized")
+    header.append("Mean AUC")
     if threshold is not None:
         header.append(f"Median steps to {threshold:g} (seeds reached)")
     header += ["Mean wall time (s)", "Mean updates/s"]
-    lines = [f"## {agent} / {env}", ""]
+    lines = [f"### {agent} / {env}", ""]
+    if scores is not None:
+        lines.append(f"Normalized: (return - {scores.random:g}) / ({scores.reference:g} - "
+                     f"{scores.random:g}), reference: {scores.reference_source}.")
     lines.append(
         f"Threshold: {threshold:g} (first evaluation with mean return at or above it)."
         if threshold is not None else "No return threshold known for this environment."
@@ -428,8 +611,10 @@ def _cell_section(
             iqm_cell = _fmt(iqm(f)) + ci
         else:
             iqm_cell = _DASH
-        row = [f"`{variant}`", f"{len(ok)} / {len(all_runs)}", _fmt(_mean(f)), iqm_cell,
-               _fmt(_mean(_auc(r) for r in ok))]
+        row = [f"`{variant}`", f"{len(ok)} / {len(all_runs)}", _fmt(_mean(f)), iqm_cell]
+        if scores is not None:
+            row.append(_fmt(iqm(scores.normalize(f)), 2) if f.size else _DASH)
+        row.append(_fmt(_mean(_auc(r) for r in ok)))
         if threshold is not None:
             hits = [steps_to_threshold(*_curve(r), threshold) for r in ok]
             reached = [h for h in hits if h is not None]
@@ -439,19 +624,21 @@ def _cell_section(
                 _fmt(_mean(r.get("updates_per_second") for r in ok))]
         lines.append("| " + " | ".join(row) + " |")
 
-    others = [v for v in variants if v != BASELINE]
+    others = [v for v in variants if v != baseline and v in by_variant]
     if others:
-        lines += ["", f"Probability of improvement over `{BASELINE}` (final return):", ""]
-    base = finals.get(BASELINE, np.empty(0))
+        lines += ["", f"Against `{baseline}` (final return):", ""]
+    base = finals.get(baseline, np.empty(0))
     for variant in others:
         f = finals[variant]
         if not f.size or not base.size:
-            missing = variant if not f.size else BASELINE
+            missing = variant if not f.size else baseline
             lines.append(f"- `{variant}`: cannot compare, no successful `{missing}` runs")
             continue
         p, low, high = probability_of_improvement(f, base)
-        lines.append(f"- `{variant}`: "
-                     + verdict(p, low, high, variant, BASELINE, n_a=f.size, n_b=base.size))
+        p_value = agg.permutation_test([f], [base])
+        lines.append(f"- `{variant}`: P(improvement) {_fmt(p, 2)} [{_fmt(low, 2)}, "
+                     f"{_fmt(high, 2)}], exact p = {p_value:.3f} ({f.size} vs {base.size} "
+                     f"runs): {agg.decide(p, low, high, p_value)}")
     lines.append("")
     return lines
 
@@ -462,33 +649,44 @@ def _method_note(has_bn: bool) -> list[str]:
         "## Method",
         "",
         "Statistics follow Agarwal et al. 2021, *Deep Reinforcement Learning at the Edge "
-        "of the Statistical Precipice* (rliable).",
+        "of the Statistical Precipice* (rliable's definitions, re-implemented with numpy and "
+        "scipy in `bnrl.compare.aggregate`).",
         "",
-        "- **Final return** is the runner's `final_return` per seed. **IQM** is the "
-        "interquartile mean (25% trimmed mean, `scipy.stats.trim_mean`), robust to one "
-        "outlier seed yet more efficient than the median; with fewer than 4 seeds nothing "
-        "is trimmed and it equals the mean.",
-        f"- **{pct} CIs** are percentile bootstrap intervals (`scipy.stats.bootstrap`, "
-        f"`method='percentile'`, {N_RESAMPLES} resamples, fixed seed 0). Percentile "
-        "intervals stay defined for the tiny or tied samples common in RL (BCa may not), "
-        "but under-cover at small n: with 3-5 seeds treat them as optimistic.",
-        "- **P(improvement)** of variant X over the baseline Y is P(X > Y) + 0.5 P(X = Y) "
-        "over all pairs of runs, i.e. the Mann-Whitney U statistic / (n*m); its CI "
-        "resamples X and Y independently. A difference is called significant only if the "
-        "CI excludes 0.5. With few seeds even complete separation is weak evidence "
-        "(3 vs 3 fully separated seeds give CI [1.00, 1.00] yet an exact two-sided "
-        "Mann-Whitney p of 0.1).",
+        "- **Final return** is each run's last evaluation (deterministic policy, BN in "
+        "inference mode). **Normalized score** = (return - random) / (reference - random) "
+        "with the per-env scores and sources of `configs/suites.yaml`.",
+        "- **IQM** is the interquartile mean (25% trimmed mean), over all runs of all envs "
+        "pooled for the aggregate; **mean** is the mean over envs of the per-env mean.",
+        f"- **{pct} CIs** of aggregates are percentile intervals of a *stratified* bootstrap "
+        f"({N_RESAMPLES} resamples, seed 0): the runs of each env are resampled within that "
+        "env, each variant independently. Per-env CIs are ordinary percentile bootstraps.",
+        "- **P(improvement)** of X over the baseline Y: P(X > Y) + 0.5 P(X = Y) over all "
+        "pairs of runs on one env (Mann-Whitney U / nm), averaged over envs.",
+        "- **Verdict**: `better` or `worse` only when the bootstrap CI of P(improvement) "
+        "excludes 0.5 *and* an exact stratified permutation test (variant labels exchanged "
+        "within each env, all arrangements enumerated, the per-env null distributions "
+        "convolved) rejects 'no difference' at 5%; otherwise `no significant difference`. "
+        "Percentile CIs collapse to a point when runs are completely separated (3 vs 3 "
+        "separated seeds give [1.00, 1.00]), but the exact test's p for 3 vs 3 on one env is "
+        "0.1, so three seeds on one env can never give a confident verdict.",
         "- **AUC** is the trapezoid area under the evaluation curve divided by its step "
-        "span, i.e. the mean evaluation return over training; recomputed from each curve.",
+        "span, i.e. the mean evaluation return over training.",
         "- **Steps to threshold** is the first evaluation step whose mean return reaches "
-        "the threshold; the median is over the seeds that reached it.",
-        "- **curves.png**: curves are linearly interpolated onto the union of evaluation "
-        "steps within the span every seed covers (no extrapolation); the band is the "
-        f"pointwise {pct} percentile-bootstrap CI of the mean over seeds.",
+        "the env's threshold (configs/suites.yaml); the median is over the seeds that "
+        "reached it.",
+        "- **aggregate.png**: IQM and mean normalized score per variant with CI bars, and "
+        "the sample-efficiency curve (IQM normalized score at each tenth of the step budget, "
+        "stratified CI band). **profiles.png**: fraction of runs (each env weighing the same) "
+        "whose normalized score exceeds tau, with CI bands.",
+        "- **curves.png**: per env, curves linearly interpolated onto the union of "
+        "evaluation steps within the span every seed covers; the band is the pointwise "
+        f"{pct} percentile-bootstrap CI of the mean over seeds.",
         "- **bn_stats.png**: "
         + ("critic BN moving mean, moving variance and train/eval output gap per BN run."
            if has_bn else "no run logged BN statistics, so it only holds a placeholder."),
-        "- Failed runs are excluded from all statistics and listed above.",
+        "- Failed and missing runs are excluded from all statistics and counted above; runs "
+        "of one variant made with different settings or bnrl versions are never reported "
+        "together (result files carry a settings hash and the version).",
         "",
     ]
 
@@ -496,35 +694,54 @@ def _method_note(has_bn: bool) -> list[str]:
 def write_report(
     runs: list[Run],
     out_dir: str | Path,
-    thresholds: dict[str, float] | None = None,
+    baseline: str | None = None,
+    missing: Iterable[str] = (),
+    variants: list[dict] | None = None,
+    cells: list[dict] | None = None,
 ) -> Path:
-    """Write ``report.md``, ``curves.png`` and ``bn_stats.png`` for a benchmark.
+    """Write ``report.md``, ``aggregate.png``, ``profiles.png``, ``curves.png`` and
+    ``bn_stats.png`` for a benchmark.
 
     Args:
-        runs: Run records, i.e. ``results.json["runs"]`` (schema in the module
-            docstring).
-        out_dir: Directory for the outputs; created if missing. Every file is
-            written atomically (``training.files``).
-        thresholds: Return threshold per env id; defaults to ``GYM_THRESHOLDS``.
+        runs: Run records (schema in the module docstring), failed ones included.
+        out_dir: Directory for the outputs; created if missing. Every file is written
+            atomically (``training.files``).
+        baseline: The variant the others are compared with (default ``none`` if present,
+            else the first).
+        missing: Keys (``agent/env/variant/seedK``) of planned runs with no record.
+        variants: The grid's ``{"name", "settings"}`` in order (else order of appearance).
+        cells: The grid's ``{"agent", "env", "steps"}``, so that envs without runs yet are
+            named too.
 
     Returns:
         Path of ``report.md``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    thresholds = GYM_THRESHOLDS if thresholds is None else thresholds
+    missing = list(missing)
+    scores = env_scores()
+    thresholds = {e: s.threshold for e, s in scores.items() if s.threshold is not None}
     groups = _group(runs)
-    variants = _ordered(str(r.get("variant")) for r in runs)
+    order, baseline = _ordered(runs, variants, baseline)
+    settings = {v["name"]: v["settings"] for v in variants or []}
+    for r in runs:
+        if r.get("variant_settings") is not None:
+            settings.setdefault(str(r["variant"]), r["variant_settings"])
 
-    _plot_curves(groups, variants, thresholds, out / "curves.png")
-    has_bn = _plot_bn_stats(groups, variants, out / "bn_stats.png")
+    _plot_curves(groups, order, thresholds, out / "curves.png")
+    has_bn = _plot_bn_stats(groups, order, out / "bn_stats.png")
+    _plot_aggregates(groups, order, baseline, scores, out / "aggregate.png",
+                     out / "profiles.png")
 
-    lines = ["# BN critic benchmark report", ""]
-    lines += _grid_summary(runs, groups, variants)
-    lines += ["Figures: `curves.png` (evaluation return), `bn_stats.png` (critic BN "
-              "statistics).", ""]
+    lines = ["# Benchmark report", ""]
+    lines += _answer(groups, order, baseline, scores, runs, missing)
+    lines += _grid_summary(runs, groups, order, baseline, settings, missing,
+                           cells or [])
+    lines += ["Figures: `aggregate.png` (aggregate scores and sample efficiency), "
+              "`profiles.png` (performance profiles), `curves.png` (evaluation return per "
+              "env), `bn_stats.png` (critic BN statistics).", "", "## Per environment", ""]
     for (agent, env), by_variant in groups.items():
-        lines += _cell_section(agent, env, by_variant, variants, thresholds.get(env))
+        lines += _cell_section(agent, env, by_variant, order, baseline, scores.get(env))
 
     failed = [r for r in runs if not _is_ok(r)]
     lines += ["## Failed runs", ""]

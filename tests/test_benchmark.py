@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from bnrl import run
 from bnrl.compare import grid
 from bnrl.training import files
+from bnrl.training.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -142,18 +144,42 @@ def test_small_grid_writes_results_report_figures_and_run_dirs(small_grid, capsy
         else:
             assert not r["bn_stats"]
     assert json.loads((out / "grid.json").read_text()) == {
-        "agents": ["sac"], "envs": ["Pendulum-v1"], "variants": ["none", "batch"], "seeds": 2,
-        "steps": 300, "config": CONFIG, "eval_every": 100}
+        "cells": [{"agent": "sac", "env": "Pendulum-v1", "steps": 300}],
+        "variants": [{"name": "none", "settings": {"critic_norm": "none"}},
+                     {"name": "batch", "settings": {"critic_norm": "batch"}}],
+        "baseline": "none", "seeds": 2, "config": CONFIG, "eval_every": 100}
+
+    # Each run's portable result file: its record, run_dir relative, what made it.
+    import bnrl
+
+    hashes = {}
+    for r in runs:
+        result = json.loads((out / "results" / "sac" / "Pendulum-v1" / r["variant"]
+                             / f"seed{r['seed']}.json").read_text())
+        assert result["run_dir"] == f"runs/sac/Pendulum-v1/{r['variant']}/seed{r['seed']}"
+        assert {**result, "run_dir": r["run_dir"]} == json.loads(json.dumps(r))
+        assert result["bnrl_version"] == bnrl.__version__ and result["steps"] == 300
+        assert result["run_agent"] == "sac"
+        assert result["settings"]["agent_config.critic_norm"] == r["variant"]
+        assert "seed" not in result["settings"] and "steps" not in result["settings"]
+        assert result["settings_hash"] == grid.settings_hash(result["settings"])
+        hashes.setdefault(r["variant"], set()).add(result["settings_hash"])
+    # One hash per variant (the seed is not part of it), different between variants.
+    assert [len(h) for h in hashes.values()] == [1, 1] and hashes["none"] != hashes["batch"]
 
     report = small_grid["report"]
-    assert "IQM" in report
-    assert "Runs: 4 total, 4 ok, 0 failed" in report
+    assert report.startswith("# Benchmark report\n\n## Answer\n")
+    answer = report.split("## Answer", 1)[1].split("## Grid", 1)[0]
+    [line] = [line for line in answer.splitlines() if line.startswith("- `batch` vs `none`: ")]
+    # 2 vs 2 runs on one env: the exact test cannot reach 5% (p >= 1/3), so no verdict.
+    assert "IQM normalized score" in line and "P(improvement)" in line
+    assert line.endswith("**no significant difference** (1 env, 2 vs 2 runs)"), line
+    assert "Incomplete" not in answer
+    assert "Runs: 4 planned, 4 ok, 0 failed, 0 missing" in report
     verdicts = [line for line in report.splitlines() if line.startswith("- `batch`: ")]
-    assert len(verdicts) == 1
-    assert any(word in verdicts[0] for word in
-               ("improves on none", "worse than none", "no significant difference"))
+    assert len(verdicts) == 1 and verdicts[0].endswith("runs): no significant difference")
     assert "## Failed runs\n\nNone." in report
-    for name in ("curves.png", "bn_stats.png"):
+    for name in ("curves.png", "bn_stats.png", "aggregate.png", "profiles.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, name
 
@@ -199,7 +225,9 @@ def test_changed_grid_is_refused_unless_extended(small_grid, config_file, capsys
         assert rc == 2, change
         line = _one_error_line(err)
         assert "different benchmark" in line and "--extend" in line
-        assert "2 seeds, 300 steps, --eval-every 100" in line  # what the directory holds
+        # what the directory holds
+        assert "sac on Pendulum-v1 (300 steps); variants none,batch; 2 seeds, --eval-every 100" \
+            in line
         assert stdout == ""
     # --extend grows a grid but cannot change how its finished runs were trained or evaluated.
     other_config = tmp_path / "other.yaml"
@@ -224,7 +252,7 @@ def test_changed_grid_is_refused_unless_extended(small_grid, config_file, capsys
     runs = _runs(out)
     assert len(runs) == 6 and all(r["status"] == "ok" for r in runs)
     assert json.loads((out / "grid.json").read_text())["seeds"] == 3
-    assert "Runs: 6 total, 6 ok, 0 failed" in (out / "report.md").read_text()
+    assert "Runs: 6 planned, 6 ok, 0 failed, 0 missing" in (out / "report.md").read_text()
 
     # The extended grid is now the directory's benchmark: its plain command just skips.
     monkeypatch.setattr(grid, "_run_local", _no_workers)
@@ -259,7 +287,10 @@ def test_failed_run_is_reported_and_others_finish(config_file, capsys, monkeypat
     assert not (Path(ok["run_dir"]) / "error.txt").exists()
 
     report = (out / "report.md").read_text()
-    assert "Runs: 2 total, 1 ok, 1 failed" in report
+    assert "Runs: 2 planned, 1 ok, 1 failed, 0 missing" in report
+    assert "**Incomplete grid: 0 of 2 runs missing, 1 failed.**" in report
+    assert "Not in the aggregate (no normalization scores in configs/suites.yaml): " \
+        f"{FAILING_ENV}" in report
     failed_section = report.split("## Failed runs", 1)[1].split("##", 1)[0]
     assert f"seed 1 (`{run_dir}`): {expected}" in failed_section
 
@@ -275,7 +306,7 @@ def test_failed_run_is_reported_and_others_finish(config_file, capsys, monkeypat
     assert [r["status"] for r in _runs(out)] == ["ok", "ok"]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 200
     assert not (run_dir / "error.txt").exists()
-    assert "Runs: 2 total, 2 ok, 0 failed" in (out / "report.md").read_text()
+    assert "Runs: 2 planned, 2 ok, 0 failed, 0 missing" in (out / "report.md").read_text()
 
 
 def test_a_run_killed_by_sigkill_fails_alone(config_file, capsys, tmp_path):
@@ -296,7 +327,7 @@ def test_a_run_killed_by_sigkill_fails_alone(config_file, capsys, tmp_path):
                                f"last log lines: {_failing_env.KILL_LINE} (log: {log})")
     assert _failing_env.KILL_LINE in log.read_text()
     assert "FAILED: worker process killed by SIGKILL" in stdout
-    assert "Runs: 3 total, 2 ok, 1 failed" in (out / "report.md").read_text()
+    assert "Runs: 3 planned, 2 ok, 1 failed, 0 missing" in (out / "report.md").read_text()
     os.close(files.lock_directory(killed["run_dir"]))  # its lock died with it: resumable
 
 
@@ -398,21 +429,22 @@ def test_retry_after_a_failure_before_the_run_started(config_file, monkeypatch, 
 def test_report_regenerates_report_and_figures(small_grid, capsys, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(small_grid["out"], out)
-    for name in ("report.md", "curves.png", "bn_stats.png"):
+    figures = ("curves.png", "bn_stats.png", "aggregate.png", "profiles.png")
+    for name in ("report.md", *figures):
         (out / name).unlink()
     rc, stdout, _ = _bench(capsys, ["report", str(out)])
     assert rc == 0
     assert stdout.strip() == f"report: {out / 'report.md'}"
     # Deterministic (seeded bootstrap): the same report as the benchmark wrote.
     assert (out / "report.md").read_text() == small_grid["report"]
-    for name in ("curves.png", "bn_stats.png"):
+    for name in figures:
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_report_without_results_is_one_line_error(capsys, tmp_path):
     rc, stdout, err = _bench(capsys, ["report", str(tmp_path)])
     assert rc == 2 and stdout == ""
-    assert "has no results.json" in _one_error_line(err)
+    assert f"{tmp_path} has no results" in _one_error_line(err)
     assert not (tmp_path / "report.md").exists()
 
     (tmp_path / "results.json").write_text('["not", "a", "results", "file"]')
@@ -448,6 +480,312 @@ def test_bad_input_exits_2_before_any_run(flags, message, config_file, capsys, t
     assert message in _one_error_line(err)
     assert stdout == ""
     assert not out.exists()  # no grid.json, no run dirs
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--variants", "none,batch", "--baseline", "layer"],
+     "--baseline 'layer' is not one of the variants (none, batch)"),
+    (["--variants", "batch,bn2", "--variant", "bn2:critic_norm=batch"],
+     "variants 'batch' and 'bn2' have the same settings"),
+    (["--variant", "a:critic_norm=batch", "--variant", "a:critic_norm=layer"],
+     "variant 'a' is defined twice"),
+    (["--variant", "nocolon"], "bad --variant 'nocolon': expected NAME:key=value"),
+    (["--variant", "x:hidden=[1,2"], "malformed YAML in --variant 'x:hidden=[1,2'"),
+    (["--variant", "x:bn_momentum=abc"], "variant 'x' on sac/Pendulum-v1: "),
+    (["--variant", "x:no_such_key=1"], "no_such_key"),
+    (["--variants-file", "missing.yaml"], "config file not found"),
+    (["--variants", "none,crossq", "--agent", "dqn", "--env", "CartPole-v1"],
+     "variant 'crossq' on dqn/CartPole-v1: "),
+    (["--suite", "atari"], "unknown suite 'atari': use one of classic, mujoco, bn-critics"),
+    (["--suite", "classic", "--env", "Hopper-v5"],
+     "Hopper-v5 is not in suite classic: use some of Pendulum-v1"),
+    (["--suite", "classic", "--env", "CartPole-v1", "--agent", "sac"],
+     "no agent of --agent sac fits the envs of suite classic: use one of dqn"),
+])
+def test_bad_variants_and_suites_exit_2_before_any_run(extra, message, capsys, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = ["benchmark", "--seeds", "1", "--steps", "300", "--out", str(out), *extra]
+    if "--agent" not in extra and "--suite" not in extra:
+        argv += ["--agent", "sac", "--env", "Pendulum-v1"]
+    rc, stdout, err = _bench(capsys, argv)
+    assert rc == 2
+    assert message in _one_error_line(err)
+    assert stdout == "" and not out.exists()
+
+
+def _planned(monkeypatch, capsys, argv) -> tuple[list, str]:
+    """The specs ``run.py benchmark argv`` plans (run_grid replaced by a fake that records
+    them and leaves one result file per run, so that the report has runs)."""
+    seen = {}
+
+    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
+        seen["specs"] = specs
+        records = [{**grid._base_record(s, "ok"), "eval_steps": [s.steps],
+                    "eval_returns": [0.0], "final_return": 0.0} for s in specs]
+        for record in records:
+            grid.write_result(record, out)
+        return records
+
+    monkeypatch.setattr(grid, "run_grid", fake_run_grid)
+    rc, stdout, err = _bench(capsys, argv)
+    assert rc == 0, err
+    return seen["specs"], stdout
+
+
+def test_suites_bring_envs_agents_and_step_budgets(capsys, monkeypatch, tmp_path):
+    from bnrl.compare import suites
+
+    monkeypatch.chdir(tmp_path)
+    specs, stdout = _planned(monkeypatch, capsys, ["benchmark", "--suite", "classic",
+                                                   "--seeds", "1", "--variants", "none,batch"])
+    assert "in bench_out/classic" in stdout
+    classic = suites.suite("classic")
+    # The first fitting agent of each env (sac, or dqn for discrete actions), the suite's steps.
+    assert [(s.agent, s.env, s.variant, s.steps) for s in specs] == [
+        (classic.envs[e]["agents"][0], e, v, classic.envs[e]["steps"])
+        for e in ("Pendulum-v1", "MountainCarContinuous-v0", "CartPole-v1", "Acrobot-v1")
+        for v in ("none", "batch")]
+    assert {s.run_agent for s in specs} == {"sac", "dqn"}
+
+    # --env picks envs of the suite, --agent its agents (those that fit), --steps overrides.
+    specs, _ = _planned(monkeypatch, capsys, [
+        "benchmark", "--suite", "classic", "--env", "Pendulum-v1,CartPole-v1", "--agent",
+        "td3,sac", "--seeds", "2", "--steps", "500", "--variants", "none", "--out", "b"])
+    assert [(s.agent, s.env, s.seed, s.steps) for s in specs] == [
+        (a, "Pendulum-v1", k, 500) for a in ("td3", "sac") for k in (0, 1)]
+
+
+def test_mujoco_suite_plans_its_envs(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("mujoco")
+    from bnrl.compare import suites
+
+    monkeypatch.chdir(tmp_path)
+    specs, _ = _planned(monkeypatch, capsys, ["benchmark", "--suite", "mujoco", "--seeds", "1",
+                                              "--variants", "none,crossq"])
+    mujoco = suites.suite("mujoco")
+    assert [(s.env, s.steps, s.variant, s.run_agent) for s in specs] == [
+        (e, mujoco.envs[e]["steps"], v, a) for e in mujoco.envs
+        for v, a in (("none", "sac"), ("crossq", "crossq"))]
+    report = (tmp_path / "bench_out" / "mujoco" / "report.md").read_text()
+    assert "### sac on InvertedDoublePendulum-v5, Hopper-v5, HalfCheetah-v5, Walker2d-v5" \
+        in report
+    # The suites' thresholds reach the per-env tables.
+    assert "Median steps to 4800 (seeds reached)" in report  # HalfCheetah-v5
+
+
+def test_variants_defined_inline_or_in_a_file_reach_the_runs(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    variants_file = tmp_path / "variants.yaml"
+    variants_file.write_text("copy: {critic_norm: batch, target_bn: copy}\n"
+                             "polyak: {critic_norm: batch, target_bn: polyak}\n")
+    specs, stdout = _planned(monkeypatch, capsys, [
+        "benchmark", "--agent", "sac", "--env", "Pendulum-v1", "--seeds", "1", "--steps", "300",
+        "--variants-file", str(variants_file), "--variant", "cq:agent=crossq,hidden=[64,64]",
+        "--baseline", "polyak"])
+    # Without --variants: none, then the defined ones in order.
+    assert [(s.variant, s.run_agent, s.settings) for s in specs] == [
+        ("none", "sac", {"critic_norm": "none"}),
+        ("copy", "sac", {"critic_norm": "batch", "target_bn": "copy"}),
+        ("polyak", "sac", {"critic_norm": "batch", "target_bn": "polyak"}),
+        ("cq", "crossq", {"agent": "crossq", "hidden": [64, 64]})]
+    config = grid.resolve_spec(specs[3])
+    assert config.agent == "crossq" and config.agent_config["hidden"] == [64, 64]
+    assert grid.resolve_spec(specs[1]).agent_config["target_bn"] == "copy"
+    assert len({s.settings_hash for s in specs}) == 4
+    out = tmp_path / "bench_out" / "benchmark"
+    assert json.loads((out / "grid.json").read_text())["baseline"] == "polyak"
+    report = (out / "report.md").read_text()
+    assert "`polyak` (baseline): critic_norm=batch, target_bn=polyak" in report
+    assert "- `none` vs `polyak`: " in report and "- `cq` vs `polyak`: " in report
+
+
+def test_a_variant_can_train_another_agent(config_file, capsys, tmp_path):
+    """CrossQ as a variant of a SAC grid, and the explicit baseline, end to end."""
+    out = tmp_path / "out"
+    rc, _, err = _bench(capsys, _grid_args(
+        out, config_file, "--variant", "cq32:agent=crossq,hidden=[32,32]", "--baseline", "cq32",
+        variants="none,cq32", seeds=1, steps=200))
+    assert rc == 0, err
+    runs = {r["variant"]: r for r in _runs(out)}
+    assert runs["cq32"]["run_agent"] == "crossq" and runs["none"]["run_agent"] == "sac"
+    summary = json.loads((Path(runs["cq32"]["run_dir"]) / "summary.json").read_text())
+    assert summary["agent"] == "crossq" and summary["critic_norm"] == "batch_renorm"
+    assert runs["cq32"]["settings"]["agent_config.hidden"] == [32, 32]
+    report = (out / "report.md").read_text()
+    assert "`cq32` (baseline): agent=crossq, hidden=[32, 32]" in report
+    assert "- `none` vs `cq32`: IQM normalized score" in report
+
+
+# --------------------------------------------------------------------------- #
+# Result files: settings hash, version, merging pieces
+# --------------------------------------------------------------------------- #
+def _edit_result(out: Path, variant: str, seed: int, **changes) -> Path:
+    path = out / "results" / "sac" / "Pendulum-v1" / variant / f"seed{seed}.json"
+    record = json.loads(path.read_text())
+    record.update(changes)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_a_result_file_of_other_settings_or_version_is_refused(small_grid, capsys,
+                                                               monkeypatch, tmp_path):
+    monkeypatch.setattr(grid, "_run_local", _no_workers)
+    for changes, message in (
+            (dict(settings_hash="0" * 16, settings={"agent_config.tau": 0.01}),
+             "was made with other settings (agent_config.tau 0.01 in the file, 0.005 now"),
+            (dict(bnrl_version="0.1.0"), "was made by bnrl 0.1.0, this is bnrl"),
+            (dict(steps=400), "was trained for 400 steps, this grid has 300")):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        shutil.copytree(small_grid["out"], out)
+        path = _edit_result(out, "batch", 1, **changes)
+        argv = list(small_grid["argv"])
+        argv[argv.index("--out") + 1] = str(out)
+        rc, stdout, err = _bench(capsys, argv)
+        assert rc == 2 and stdout == ""
+        line = _one_error_line(err)
+        assert line.startswith("bnrl: error: sac/Pendulum-v1/batch/seed1 " + message[:4])
+        assert message in line and f"move {path} away" in line
+        # `report` refuses to average seed 1 with seeds made differently.
+        if "steps" not in changes:
+            rc, _, err = _bench(capsys, ["report", str(out)])
+            assert rc == 2
+            assert ("sac/Pendulum-v1/batch/seed0 and sac/Pendulum-v1/batch/seed1 were made with "
+                    "different settings or bnrl versions") in _one_error_line(err)
+
+
+def test_a_shorter_result_is_continued_not_refused(small_grid, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(small_grid["out"], out)
+    _edit_result(out, "none", 0, steps=200)
+    specs = grid.specs_of(grid.read_grid(out / "grid.json"), out,
+                          str(small_grid["argv"][small_grid["argv"].index("--config") + 1]))
+    assert [grid.finished(s) is None for s in specs] == [True, False, False, False]
+    # A result file that is not a run record is refused, not taken as done or trained over.
+    path = _edit_result(out, "batch", 0, eval_returns="high")
+    with pytest.raises(UserError, match=f"{path} is not a bnrl result file \\(bad eval_returns"):
+        grid.finished(specs[2])
+
+
+def _grid(cells, variants, seeds=2, config=None, eval_every=None, baseline="none") -> dict:
+    from bnrl.compare.variants import Variant
+
+    return grid.grid_record(cells, [Variant(n, s) for n, s in variants], baseline, seeds, config,
+                            eval_every)
+
+
+def test_merge_grids_unions_comparable_grids_and_refuses_the_rest():
+    none, batch = ("none", {"critic_norm": "none"}), ("batch", {"critic_norm": "batch"})
+    old = _grid([("sac", "Pendulum-v1", 300)], [none, batch])
+    new = _grid([("sac", "Pendulum-v1", 300), ("sac", "Hopper-v5", 500)],
+                [none, ("cq", {"agent": "crossq"})], seeds=3)
+    merged = grid.merge_grids(old, new, "--extend", steps_may_change=True)
+    assert merged["cells"] == new["cells"] and merged["seeds"] == 3
+    assert [v["name"] for v in merged["variants"]] == ["none", "batch", "cq"]
+
+    longer = _grid([("sac", "Pendulum-v1", 600)], [none])
+    assert grid.merge_grids(old, longer, "--extend", steps_may_change=True)["cells"] == [
+        {"agent": "sac", "env": "Pendulum-v1", "steps": 600}]
+    for other, message in (
+            (longer, "merging x: sac on Pendulum-v1 has 300 steps in one piece and 600"),
+            (_grid([("sac", "Pendulum-v1", 300)], [("batch", {"critic_norm": "layer"})]),
+             "merging x cannot change the settings of variant 'batch' (critic_norm=batch "
+             "before, critic_norm=layer now)"),
+            (_grid([("sac", "Pendulum-v1", 300)], [none], config="agent: {tau: 0.1}\n"),
+             "merging x cannot change --config"),
+            (_grid([("sac", "Pendulum-v1", 300)], [none], eval_every=50),
+             "merging x cannot change --eval-every")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            grid.merge_grids(old, other, "merging x", steps_may_change=False)
+
+
+def test_a_grid_json_of_the_previous_layout_is_read(tmp_path):
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"agents": ["sac", "td3"], "envs": ["Pendulum-v1"],
+                                "variants": ["none", "batch"], "seeds": 3, "steps": 20000,
+                                "config": None}))
+    assert grid.read_grid(path) == _grid([("sac", "Pendulum-v1", 20000),
+                                          ("td3", "Pendulum-v1", 20000)],
+                                         [("none", {"critic_norm": "none"}),
+                                          ("batch", {"critic_norm": "batch"})], seeds=3)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["report", "{d}/nope"], "{d}/nope is not a directory"),
+    (["merge", "--out", "{d}/f", "{d}"], "--out {d}/f is a file"),
+    (["merge", "--out", "{d}/m", "{d}/m"], "is the --out directory itself"),
+])
+def test_report_and_merge_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "grid.json").write_text(json.dumps(_grid(
+        [("sac", "Pendulum-v1", 300)], [("none", {"critic_norm": "none"})])))
+    rc, stdout, err = _bench(capsys, [a.replace("{d}", str(tmp_path)) for a in argv])
+    assert rc == 2 and stdout == ""
+    assert message.replace("{d}", str(tmp_path)) in _one_error_line(err)
+
+
+def _piece(source: Path, dest: Path, seed: int) -> Path:
+    """A benchmark directory holding only ``seed``'s result files (no run directories)."""
+    dest.mkdir()
+    shutil.copy(source / "grid.json", dest / "grid.json")
+    for path in (source / "results").rglob(f"seed{seed}.json"):
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return dest
+
+
+def test_pieces_merge_into_the_same_report(small_grid, capsys, tmp_path):
+    source = small_grid["out"]
+    a, b = _piece(source, tmp_path / "a", 0), _piece(source, tmp_path / "b", 1)
+
+    # A piece alone is a partial grid, and its report says so.
+    rc, _, _ = _bench(capsys, ["report", str(a)])
+    assert rc == 0
+    report = (a / "report.md").read_text()
+    assert "**Incomplete grid: 2 of 4 runs missing, 0 failed.**" in report
+    assert ("Missing runs: sac/Pendulum-v1/none/seed1, sac/Pendulum-v1/batch/seed1"
+            in report)
+
+    merged = tmp_path / "merged"
+    rc, stdout, _ = _bench(capsys, ["merge", "--out", str(merged), str(a), str(b)])
+    assert rc == 0
+    assert stdout.strip() == f"merged 4 result files into {merged}; report: {merged}/report.md"
+    assert sorted(p.relative_to(merged).as_posix() for p in (merged / "results").rglob("*")
+                  if p.is_file()) == [f"results/sac/Pendulum-v1/{v}/seed{k}.json"
+                                      for v in ("batch", "none") for k in (0, 1)]
+    assert json.loads((merged / "grid.json").read_text()) == json.loads(
+        (source / "grid.json").read_text())
+    # Same runs, same report as the grid run in one piece (the report is deterministic).
+    assert (merged / "report.md").read_text() == small_grid["report"]
+    # Merging again copies nothing; copying result files in by hand and `report` works too.
+    rc, stdout, _ = _bench(capsys, ["merge", "--out", str(merged), str(a), str(b)])
+    assert rc == 0 and stdout.startswith("merged 0 result files")
+    shutil.copytree(b / "results", a / "results", dirs_exist_ok=True)
+    rc, _, _ = _bench(capsys, ["report", str(a)])
+    assert rc == 0 and (a / "report.md").read_text() == small_grid["report"]
+
+
+def test_merge_refuses_conflicting_pieces(small_grid, capsys, tmp_path):
+    source = small_grid["out"]
+    a = _piece(source, tmp_path / "a", 0)
+    twin = _piece(source, tmp_path / "twin", 0)
+    path = _edit_result(twin, "none", 0, final_return=-1.0)
+    other = _piece(source, tmp_path / "other", 1)
+    record = json.loads((other / "grid.json").read_text())
+    record["cells"][0]["steps"] = 400
+    (other / "grid.json").write_text(json.dumps(record))
+    for pieces, message in (
+            ([a, twin], f"sac/Pendulum-v1/none/seed0 has different results in {path} and in "),
+            ([a, other], "Pendulum-v1 has 300 steps in one piece and 400 in another"),
+            ([a, tmp_path / "nothing"], "is not a benchmark directory (no grid.json)")):
+        out = tmp_path / f"merged{len(message)}"
+        rc, stdout, err = _bench(capsys, ["merge", "--out", str(out), *map(str, pieces)])
+        assert rc == 2 and stdout == ""
+        assert message in _one_error_line(err)
+        assert not (out / "results").exists()
 
 
 # --------------------------------------------------------------------------- #
@@ -506,8 +844,11 @@ def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
 
     def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
         seen.update(specs=specs, out=out, backend=backend)
-        return [{**grid._base_record(s, "ok"), "eval_steps": [6000], "eval_returns": [0.0],
-                 "final_return": 0.0} for s in specs]
+        records = [{**grid._base_record(s, "ok"), "eval_steps": [6000], "eval_returns": [0.0],
+                    "final_return": 0.0} for s in specs]
+        for record in records:
+            grid.write_result(record, out)
+        return records
 
     monkeypatch.setattr(grid, "run_grid", fake_run_grid)
     rc, stdout, _ = _bench(capsys, ["benchmark"])
@@ -518,7 +859,8 @@ def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
         ("sac", "Pendulum-v1", v, k, 6000, None, None) for v in ("none", "batch")
         for k in range(3)]
     assert "benchmark: 6 runs in bench_out/quick" in stdout
-    assert json.loads((tmp_path / "bench_out/quick/grid.json").read_text())["steps"] == 6000
+    assert json.loads((tmp_path / "bench_out/quick/grid.json").read_text())["cells"] == [
+        {"agent": "sac", "env": "Pendulum-v1", "steps": 6000}]
 
 
 # --------------------------------------------------------------------------- #
@@ -529,7 +871,9 @@ def test_results_json_is_rewritten_after_each_run(monkeypatch, tmp_path):
     seen = []
 
     def fake_local(todo, workers, publish):
-        assert todo == specs
+        # Started seed by seed: every variant's seed 0 first (a stopped grid stays balanced).
+        assert [(s.variant, s.seed) for s in todo] == [
+            ("none", 0), ("batch", 0), ("none", 1), ("batch", 1)]
         for spec in reversed(todo):  # completion order differs from grid order
             publish(grid._base_record(spec, error="RuntimeError: boom"), spec)
             seen.append([(r["variant"], r["seed"]) for r in _runs(tmp_path)])
@@ -537,7 +881,7 @@ def test_results_json_is_rewritten_after_each_run(monkeypatch, tmp_path):
     monkeypatch.setattr(grid, "_run_local", fake_local)
     records = grid.run_grid(specs, tmp_path, workers=2)
     # Each rewrite holds the runs finished so far, in grid order.
-    assert seen == [[("batch", 1)], [("batch", 0), ("batch", 1)],
+    assert seen == [[("batch", 1)], [("none", 1), ("batch", 1)],
                     [("none", 1), ("batch", 0), ("batch", 1)],
                     [("none", 0), ("none", 1), ("batch", 0), ("batch", 1)]]
     assert [r["status"] for r in records] == ["failed"] * 4

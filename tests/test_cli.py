@@ -398,7 +398,7 @@ BAD = [
         ["grid.json", "not JSON", "move it away"], files={"out/grid.json": "{\"agents\": ["},
         in_subprocess=False),
     Bad("benchmark-grid-json-missing-keys", [*_BENCH, "--out", "{d}/out"],
-        ["grid.json", "envs, seeds, steps", "move it away"],
+        ["grid.json", "baseline, cells, seeds, variants", "move it away"],
         files={"out/grid.json": '{"agents": ["sac"], "variants": ["none"]}'},
         in_subprocess=False),
     Bad("report-empty-runs", ["report", "{d}"], ["results.json", "no runs"],

@@ -30,6 +30,10 @@ def test_the_suites_the_issue_names():
     assert set(found["mujoco"].envs) == {"InvertedDoublePendulum-v5", "Hopper-v5",
                                         "HalfCheetah-v5", "Walker2d-v5"}
     assert found["mujoco"].extra == "mujoco"
+    # The committed multi-env benchmark: at least 4 envs, at least 2 of them MuJoCo.
+    assert list(found["bn-critics"].envs) == ["Pendulum-v1", "InvertedDoublePendulum-v5",
+                                              "Hopper-v5", "HalfCheetah-v5"]
+    assert found["bn-critics"].extra == "mujoco"
 
 
 def test_normalize_and_agents_for():
@@ -43,5 +47,6 @@ def test_normalize_and_agents_for():
 
 
 def test_unknown_suite_is_one_line():
-    with pytest.raises(UserError, match="unknown suite 'atari': use one of classic, mujoco"):
+    with pytest.raises(UserError,
+                       match="unknown suite 'atari': use one of classic, mujoco, bn-critics"):
         suites.suite("atari")

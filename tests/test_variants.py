@@ -20,6 +20,23 @@ def test_builtins_include_the_norms_and_crossq():
     assert builtins["batch"].agent("td3") == "td3"
 
 
+def test_naive_bn_variant_resolves_to_the_naive_settings():
+    from bnrl.compare.grid import RunSpec, resolve_spec
+
+    naive = vs.builtin_variants()["batch_naive"]
+    spec = RunSpec("sac", "Pendulum-v1", naive.name, 0, 1000, None, "", 1,
+                   settings=dict(naive.settings))
+    agent = resolve_spec(spec).agent_config_object()
+    assert (agent.critic_norm, agent.setting("critic_batch"), agent.setting("bootstrap_mode"),
+            agent.setting("actor_loss_mode")) == ("batch", "separate", "inference", "inference")
+    # `batch` is the remedy: its auto settings resolve to a joint pass, training-mode target.
+    spec = RunSpec("sac", "Pendulum-v1", "batch", 0, 1000, None, "", 1,
+                   settings=dict(vs.builtin_variants()["batch"].settings))
+    agent = resolve_spec(spec).agent_config_object()
+    assert (agent.setting("critic_batch"), agent.setting("bootstrap_mode")) == (
+        "joint", "training")
+
+
 def test_parse_variant_keeps_lists_together():
     v = vs.parse_variant("wide-bn:critic_norm=batch,hidden=[64,64],bn_momentum=0.9", _value)
     assert v.name == "wide-bn"
