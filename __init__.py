@@ -13,4 +13,4 @@ The command line is ``bnrl`` (or ``python -m bnrl``; ``python run.py`` from a ch
 Importing ``bnrl`` itself loads nothing heavy: TensorFlow comes with ``bnrl.networks``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
