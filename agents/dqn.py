@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 from bnrl.agents.core import Agent, AgentConfig, check_range
 from bnrl.agents.update import Schedule, Update, adam, critic_pass, critic_update, td_target
 from bnrl.networks import q_network, tf
@@ -120,6 +121,9 @@ class DQN(Agent):
 
     def _build_act(self):
         return tf.argmax(self.q(self.obs_ph, training=False), axis=1)
+
+    def _numpy_policy(self):
+        return self.q, None, lambda q: int(np.argmax(q))
 
     @property
     def epsilon(self) -> float:

@@ -158,6 +158,9 @@ class SAC(Agent):
     def _build_act(self):
         return self.actor(self.obs_ph, training=False)
 
+    def _numpy_policy(self):
+        return self.actor, "pi_mean", np.tanh
+
     def _postprocess_action(self, dist, explore: bool):
         mean, log_std = dist[: self.act_dim], dist[self.act_dim:]
         if not explore:

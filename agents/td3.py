@@ -199,6 +199,9 @@ class TD3(Agent):
     def _build_act(self):
         return self.actor(self.obs_ph, training=False)
 
+    def _numpy_policy(self):
+        return self.actor, None, lambda action: action
+
     def _postprocess_action(self, action, explore: bool):
         c = self.config
         if not explore or c.action_noise == "none":

@@ -276,8 +276,10 @@ def test_acting_and_evaluating_leave_all_variables_unchanged(bn_agent):
     after = _snapshot(agent)
     for var, b, a in zip(_variables(agent), before, after, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=f"{var.name} changed while acting")
+    # The same actions again; to float tolerance only, since the first action after an update
+    # is the session's and later ones numpy's (tests/test_numpy_act.py).
     for g, a in zip(greedy, again, strict=True):
-        np.testing.assert_array_equal(g, a)
+        np.testing.assert_allclose(g, a, atol=1e-6)
 
     # Acting is inference mode: the moving statistics, not the (size-1) batch's.
     if agent.discrete:
@@ -458,6 +460,10 @@ def test_miswired_agent_is_refused(case, mode, monkeypatch):
     name, config = BN_CASES[case]
     expected = "never updated" if mode.startswith("drop") else "updated 2 times"
     layer = "pi_bn" if mode == "drop_actor" else "q"
+    if mode.startswith("drop"):
+        # Only the plain graph can drop updates: inside a compiled update (the default with BN
+        # layers) automatic control dependencies run every update op created.
+        config = dict(config, xla_single_update=False)
     with pytest.raises(RuntimeError, match="miswired") as info:
         _build(name, config)
     assert expected in str(info.value)

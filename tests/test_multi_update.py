@@ -28,6 +28,7 @@ from bnrl.networks import (
     tf,
     training_call,
 )
+from bnrl.networks.batchnorm import ancestors
 from test_agent_bn import (
     ATOL,
     PLAIN,
@@ -62,7 +63,7 @@ def _rounds(agent, rounds: int = 2) -> list[list[dict]]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_k_updates_in_one_run_equal_k_single_updates(case, xla):
     name, config = CASES[case]
-    single = _build(name, config)
+    single = _build(name, dict(config, xla_single_update=False))  # the plain graph
     many = _build(name, dict(config, gradient_steps=K, xla=xla))
     rounds = _rounds(single)
     expected, got = [], []
@@ -226,8 +227,8 @@ def test_xla_single_update_matches_the_plain_graph():
     """``xla_single_update``: each variant one XLA-compiled function, to float tolerance of the
     plain graph over updates of both variants (no Dense bias before BN makes that hold)."""
     name, config = CASES["td3"]
-    plain = _build(name, config)
-    compiled = _build(name, dict(config, xla_single_update=True))
+    plain = _build(name, dict(config, xla_single_update=False))
+    compiled = _build(name, config)  # BN layers: compiled by default
     for b in _rounds(plain, 1)[0]:
         expected, got = plain.update(b), compiled.update(b, log=True)
         for key, value in expected.items():
@@ -239,12 +240,38 @@ def test_xla_single_update_matches_the_plain_graph():
     compiled.close()
 
 
+def _compiled(agent) -> bool:
+    """Whether every train op runs one XLA-compiled call."""
+    def xla_calls(op):
+        return [a for a in ancestors([op]) if a.type == "StatefulPartitionedCall"
+                and a.get_attr("_XlaMustCompile")]
+
+    return all(len(xla_calls(op)) == 1 for op in agent.train_ops.values())
+
+
+@pytest.mark.parametrize("critic_norm,xla,expected", [
+    ("batch", True, True), ("batch_renorm", True, True), ("layer", True, False),
+    ("none", True, False), ("batch", False, False)])
+def test_single_updates_are_compiled_by_default_exactly_with_bn_layers(critic_norm, xla,
+                                                                       expected):
+    """``xla_single_update: null``: one XLA call op per variant when a network has BN layers
+    (where it measured faster), the plain graph's grouped step otherwise."""
+    name, config = CASES["td3"]
+    agent = _build(name, dict(config, critic_norm=critic_norm, actor_norm="none", xla=xla))
+    assert _compiled(agent) is expected
+    agent.close()
+    forced = _build(name, dict(config, critic_norm="none", actor_norm="none",
+                               xla_single_update=True))
+    assert _compiled(forced)
+    forced.close()
+
+
 def test_xla_switch_is_a_config_setting():
     from bnrl.agents.core import config_from_dict
     from bnrl.agents.sac import SACConfig
 
     assert config_from_dict(SACConfig, {"xla": False}).xla is False
-    assert SACConfig().xla and not SACConfig().xla_single_update
+    assert SACConfig().xla and SACConfig().xla_single_update is None
     with pytest.raises(ValueError, match="xla must be true or false"):
         config_from_dict(SACConfig, {"xla": "off"})
     with pytest.raises(ValueError, match="xla_single_update=true needs xla=true"):
