@@ -648,7 +648,7 @@ class Agent:
         if not explore and self._numpy_act is not None:
             # Evaluation acts many times between weight changes: from the second deterministic
             # action after a change, the weights are copied out once and the action is computed
-            # in numpy (a fifth of a sess.run's latency; benchmarks/README.md). The training
+            # in numpy (11-13 us against ~100 us for a sess.run; benchmarks/README.md). The training
             # loop, which changes the weights between actions, keeps the one sess.run.
             forward, fetch, finish = self._numpy_act
             key = (self._updates, self._restores)

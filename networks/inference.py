@@ -39,14 +39,13 @@ def _dense(layer, w):
 def _batch_norm(layer, w):
     # Keras' inference mode, Batch Renorm included: (x - moving_mean) / sqrt(moving_var + eps)
     # * gamma + beta, folded into one scale and shift per feature.
-    values = dict(zip([v.name.split("/")[-1].split(":")[0] for v in layer.weights], w,
-                      strict=True))
-    scale = 1.0 / np.sqrt(values["moving_variance"] + layer.epsilon)
+    values = {id(v): value for v, value in zip(layer.weights, w, strict=True)}
+    scale = 1.0 / np.sqrt(values[id(layer.moving_variance)] + layer.epsilon)
     if layer.scale:
-        scale = scale * values["gamma"]
-    shift = -values["moving_mean"] * scale
+        scale = scale * values[id(layer.gamma)]
+    shift = -values[id(layer.moving_mean)] * scale
     if layer.center:
-        shift = shift + values["beta"]
+        shift = shift + values[id(layer.beta)]
     scale, shift = scale.astype(np.float32), shift.astype(np.float32)
     return lambda x: x * scale + shift
 
