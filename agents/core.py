@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.update import (
     TARGET,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from bnrl.agents.core import Agent, AgentConfig, check_range
 from bnrl.agents.update import Schedule, Update, adam, critic_pass, critic_update, td_target
 from bnrl.networks import q_network, tf

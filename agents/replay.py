@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from bnrl.training.files import atomic_open
 
 __all__ = ["ReplayBuffer"]

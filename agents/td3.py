@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from bnrl.agents.core import ActorCriticConfig, Agent, check_range
 from bnrl.agents.update import (
     ACTOR,

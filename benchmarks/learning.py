@@ -57,6 +57,7 @@ def _reuse(spec, dirs) -> None:
     import shutil
 
     import yaml
+
     from bnrl.compare.grid import finished
     from bnrl.training import resolve
 

@@ -353,6 +353,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import tensorflow as tf
+
     from bnrl.training.files import atomic_write
 
     libraries = [lib for lib in ("sb3", "sbx") if getattr(args, f"compare_{lib}")]

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.stats
+
 from bnrl.compare.stats import CONFIDENCE, N_RESAMPLES
 
 Groups = Sequence[np.ndarray | Sequence[float]]

@@ -105,9 +105,9 @@ def deciding_settings(config) -> dict:
     """Every resolved setting that decides a run's result, flat (``agent_config.x``): all but
     the seed (recorded apart) and what ``--resume`` may change (the step budget, recorded apart,
     bookkeeping and thread counts)."""
-    from bnrl.training.config import RESUMABLE, _flat
+    from bnrl.training.config import RESUMABLE
 
-    return {k: v for k, v in sorted(_flat(config.to_dict()).items())
+    return {k: v for k, v in sorted(config.flat_dict().items())
             if k not in RESUMABLE and k != "seed"}
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
+
 from bnrl.compare import aggregate as agg
 from bnrl.compare.stats import (
     CONFIDENCE,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
 from bnrl import configs
 from bnrl.training.errors import UserError
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
 from bnrl import configs
 from bnrl.training.errors import UserError
 

@@ -10,8 +10,9 @@ latency before and after). BN layers use their moving statistics, exactly as ``t
 from __future__ import annotations
 
 import numpy as np
-from bnrl.networks.backend import keras, require_keras2
 from tf_keras.src.engine.functional import get_network_config
+
+from bnrl.networks.backend import keras, require_keras2
 
 _ACTIVATIONS = {
     "linear": lambda x: x,

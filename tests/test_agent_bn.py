@@ -16,12 +16,13 @@ Networks are tiny (hidden [32, 32]; CrossQ's critic [64, 64]) so that the file s
 
 from __future__ import annotations
 
-import bnrl.agents.sac
-import bnrl.agents.td3
-import bnrl.agents.update
 import gymnasium as gym
 import numpy as np
 import pytest
+
+import bnrl.agents.sac
+import bnrl.agents.td3
+import bnrl.agents.update
 from bnrl.agents import make_agent
 from bnrl.networks import bn_layers, check_wiring, tf
 from bnrl.networks import training_call as real_training_call

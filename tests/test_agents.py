@@ -15,6 +15,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from bnrl.agents import AGENTS, make_agent
 from bnrl.networks import tf
 from bnrl.networks.batchnorm import ancestors

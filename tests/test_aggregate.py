@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import scipy.stats
+
 from bnrl.compare import aggregate as agg
 
 # rliable/tests/rliable/metrics_test.py: score matrices are runs x tasks.

@@ -13,9 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import bnrl.networks as nw
 import numpy as np
 import pytest
+
+import bnrl.networks as nw
 from bnrl.networks import keras, tf
 from bnrl.networks.backend import KerasVersionError, require_keras2
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from bnrl import run
 from bnrl.compare import grid
 from bnrl.training import files

@@ -15,6 +15,7 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from bnrl.agents import AGENTS, SAC, CrossQ, CrossQConfig, SACConfig, make_agent
 from bnrl.agents.core import PLAIN
 from bnrl.agents.update import Schedule

@@ -5,9 +5,10 @@ Expected numbers are computed with numpy from the weights read back from the ses
 
 from __future__ import annotations
 
-import bnrl.networks as nw
 import numpy as np
 import pytest
+
+import bnrl.networks as nw
 from bnrl.networks import keras, tf
 from bnrl.networks.builders import CROSSQ_RENORM_CLIPPING, LOG_STD_MAX, LOG_STD_MIN
 

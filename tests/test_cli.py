@@ -36,10 +36,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
+from bnrl import run  # noqa: E402
+
 from _cli import main as _main  # noqa: E402
 from _cli import one_line as _one_line  # noqa: E402
 from _cli import train_quiet as _train_quiet  # noqa: E402
-from bnrl import run  # noqa: E402
 
 # Tiny settings: every run here takes seconds.
 TINY = ["--set", "hidden=[32,32]", "--set", "batch_size=32", "--set", "learning_starts=50",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from bnrl.compare import (
     area_under_curve,
     bootstrap_ci,

@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from bnrl.envs import AGENT_ACTION_SPACES, EnvError, check_agent_env, make_env
 
 

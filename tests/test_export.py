@@ -25,10 +25,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bnrl import run  # noqa: E402
+
 from _cli import main as _main  # noqa: E402
 from _cli import one_line as _one_line  # noqa: E402
 from _cli import train_quiet  # noqa: E402
-from bnrl import run  # noqa: E402
 
 TINY = ["--set", "hidden=[32,32]", "--set", "batch_size=32", "--set", "learning_starts=50",
         "--set", "buffer_size=5000", "--eval-every", "300", "--eval-episodes", "1",

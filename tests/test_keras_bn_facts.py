@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from bnrl.networks import keras, tf
 
 RNG = np.random.default_rng(0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from bnrl.agents import make_agent
 from bnrl.envs import make_env
 

@@ -14,11 +14,12 @@ Networks are tiny so that the XLA compiles stay short.
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 import bnrl.agents.sac
 import bnrl.agents.td3
 import bnrl.agents.update
-import numpy as np
-import pytest
 from bnrl.networks import (
     Norm,
     batch_statistics_call,
@@ -29,6 +30,7 @@ from bnrl.networks import (
     training_call,
 )
 from bnrl.networks.batchnorm import ancestors
+
 from test_agent_bn import (
     ATOL,
     PLAIN,

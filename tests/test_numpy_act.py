@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from bnrl.networks import Norm, bn_layers, q_network, tf
 from bnrl.networks.inference import NumpyForward, Unsupported
+
 from test_agent_bn import ACTOR_SMALL, OBS_SCALE, OBS_SHIFT, SMALL, _batch, _build
 
 CASES = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import io
 import json
 import os
@@ -22,6 +23,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+
 from bnrl import run
 from bnrl.training import checkpoint, config, files, loop
 from bnrl.training.errors import UserError
@@ -309,6 +311,9 @@ def test_evaluate_moves_on_when_its_checkpoint_is_pruned(finished_run, tmp_path,
             checkpoint._prune(old)
         return agent
 
+    # evaluate imports training.export lazily, and export binds loop.build_agent when first
+    # imported: import it before the patch, or later tests would export with the patched one.
+    importlib.import_module("bnrl.training.export")
     monkeypatch.setattr(loop, "build_agent", build_while_the_run_saves_and_prunes)
     code, out, err = _main(["evaluate", "--run", str(run_dir), "--episodes", "1"], capsys)
     assert code == 0, err

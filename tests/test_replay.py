@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from bnrl.agents.replay import ReplayBuffer
 
 OBS_SHAPE = (3,)

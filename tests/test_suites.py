@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bnrl.compare import suites
 from bnrl.envs import AGENT_ACTION_SPACES
 from bnrl.training.config import PRESET_DIR

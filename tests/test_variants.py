@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from bnrl.compare import variants as vs
 from bnrl.training.errors import UserError
 

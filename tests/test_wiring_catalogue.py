@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-import bnrl.networks as nw
 import numpy as np
 import pytest
+
+import bnrl.networks as nw
 from bnrl.networks import keras, tf
 
 MOMENTUM = 0.99  # Keras default

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bnrl.training.errors import StorageError, UserError
+from bnrl.training.errors import StorageError, UserError, error_line
 from bnrl.training.files import atomic_write, fsync_dir, fsync_tree
 
 _PREFIX = "step-"
@@ -74,7 +74,7 @@ def save(run_dir, step: int, agent, loop_state: dict, keep: int) -> Path:
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) or _is_tensorflow_error(exc):
-            raise StorageError(f"cannot write checkpoint {final}: {_reason(exc)}") from exc
+            raise StorageError(f"cannot write checkpoint {final}: {error_line(exc)}") from exc
         raise
     for old in list_checkpoints(run_dir)[:-keep]:
         _prune(old)
@@ -159,13 +159,13 @@ def _restore(agent, path: Path, replay: bool) -> None:
             agent.restore(str(view))
         except Exception as exc:  # noqa: BLE001 - any failure to read is a corrupt checkpoint
             raise UserError(f"checkpoint {path} is corrupt or from another config: "
-                            f"{_reason(exc)}") from None
+                            f"{error_line(exc)}") from None
     if replay:
         try:
             agent.buffer.load(replay_file)
         except Exception as exc:  # noqa: BLE001 - numpy/zip errors of a damaged file
             raise UserError(f"checkpoint {path}: {REPLAY} is unreadable "
-                            f"({_reason(exc).replace(str(replay_file) + ': ', '')}): "
+                            f"({error_line(exc).replace(str(replay_file) + ': ', '')}): "
                             f"{_NO_REPLAY_HINT}") from None
 
 
@@ -197,19 +197,3 @@ def _follow_pruning(read: Callable[[Path], object], path: Path) -> tuple[Path, o
             if newest is None or step_of(newest) <= step_of(path):
                 raise
             path = newest
-
-
-# Lines of a TensorFlow graph-mode error that are context, not the reason.
-_CONTEXT = ("Graph execution error", "Detected at node", "File ", "Node:", "[[",
-            "Original stack trace")
-
-
-def _reason(exc: Exception) -> str:
-    """The informative line of an exception (TF's OpError text starts with context lines)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if not line.startswith(_CONTEXT):
-            return line
-    return lines[0] if lines else type(exc).__name__

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
 from bnrl import configs  # presets ship as package data
 from bnrl.training.errors import UserError
 
@@ -179,6 +180,13 @@ class RunConfig:
                 data["agent_config"][key] = list(value)
         return data
 
+    def flat_dict(self) -> dict:
+        """``to_dict`` with the agent's settings as ``agent_config.<name>`` keys."""
+        data = self.to_dict()
+        flat = {k: v for k, v in data.items() if k != "agent_config"}
+        flat.update({f"agent_config.{k}": v for k, v in data["agent_config"].items()})
+        return flat
+
 
 _RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent_config"}
 
@@ -273,16 +281,10 @@ def from_dict(data: dict, source: str = "saved config") -> RunConfig:
 def changed_settings(saved: RunConfig, config: RunConfig) -> list[str]:
     """The settings (``key (saved X, given Y)``) in which ``config`` differs from ``saved``,
     other than those in ``RESUMABLE``."""
-    old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+    old, new = saved.flat_dict(), config.flat_dict()
     changed = []
     for key in dict.fromkeys([*old, *new]):
         if key not in RESUMABLE and old.get(key) != new.get(key):
             changed.append(f"{key.removeprefix('agent_config.')} (saved {old.get(key)!r}, "
                            f"given {new.get(key)!r})")
     return changed
-
-
-def _flat(data: dict) -> dict:
-    flat = {k: v for k, v in data.items() if k != "agent_config"}
-    flat.update({f"agent_config.{k}": v for k, v in data["agent_config"].items()})
-    return flat

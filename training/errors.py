@@ -23,3 +23,19 @@ def one_line(text: object, limit: int = 500) -> str:
         return line
     tail = limit // 3
     return f"{line[:limit - tail - 5]} ... {line[-tail:]}"
+
+
+# Lines of a TensorFlow graph-mode error that are context, not the reason.
+_CONTEXT = ("Graph execution error", "Detected at node", "File ", "Node:", "[[",
+            "Original stack trace")
+
+
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """The informative line of an exception, for a one-line message: an OSError's reason and
+    file, else the first line that is not TensorFlow's context (its OpError text starts with
+    such lines); empty when the exception has no text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if not line.startswith(_CONTEXT)), None)
+    return one_line(reason or (lines[0] if lines else ""), limit)

@@ -31,11 +31,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from bnrl.envs import env_action_bounds
 from bnrl.networks import tf
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig
-from bnrl.training.errors import UserError
+from bnrl.training.errors import UserError, error_line
 from bnrl.training.files import atomic_directory, atomic_write
 from bnrl.training.loop import build_agent, make_run_env, open_run
 
@@ -216,7 +217,7 @@ class ExportedPolicy:
             model = tf.saved_model.load(str(directory))
         except (OSError, ValueError, KeyError, tf.errors.OpError) as exc:
             raise UserError(f"{directory} is not a readable bnrl policy export: "
-                            f"{checkpoint._reason(exc)}") from None
+                            f"{error_line(exc)}") from None
         self._model = model  # keeps the signature's captured constants alive
         self._serve = model.signatures["serving_default"]
         self.discrete = self.metadata["action"]["kind"] == "discrete"

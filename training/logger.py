@@ -17,11 +17,12 @@ import csv
 import time
 from pathlib import Path
 
-from bnrl.training.files import atomic_open
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from bnrl.training.files import atomic_open
 
 
 def flatten_settings(settings: dict, prefix: str = "") -> dict[str, bool | int | float | str]:

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from gymnasium.wrappers import RecordEpisodeStatistics
+
 from bnrl.agents import make_agent
 from bnrl.envs import EnvError, make_env
 from bnrl.training import checkpoint
 from bnrl.training.config import RESUMABLE, RunConfig, changed_settings, from_dict, read_yaml
-from bnrl.training.errors import NonFiniteLoss, StorageError, UserError, one_line
+from bnrl.training.errors import NonFiniteLoss, StorageError, UserError, error_line
 from bnrl.training.files import atomic_write, fsync_dir, fsync_file, lock_directory
 from bnrl.training.logger import ScalarLogger, flatten_settings
-from gymnasium.wrappers import RecordEpisodeStatistics
 
 # Scalars kept in summary.json for the benchmark's bn_stats.png.
 _BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
@@ -50,12 +51,7 @@ def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None):
         else:
             mode = f" with render_mode={render_mode!r}" if render_mode else ""
             where = f"making environment {config.env!r}{mode} failed"
-        raise UserError(f"{where}: {type(exc).__name__}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return one_line(lines[0], 200) if lines else ""
+        raise UserError(f"{where}: {type(exc).__name__}: {error_line(exc)}") from None
 
 
 def check_run(config: RunConfig) -> None:
@@ -457,7 +453,7 @@ def _start_failure(exc: BaseException, held: RunDirectory) -> BaseException:
     if _is_write_failure(exc, held.path):
         return StorageError(f"{_write_failure(exc)}; {kept}")
     if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
-        reason = _first_line(exc) or "out of memory"
+        reason = error_line(exc) or "out of memory"
         return UserError(f"not enough memory to build the run ({reason}); {kept}: lower "
                          "buffer_size or the network widths")
     return exc
@@ -494,7 +490,7 @@ def _write_failure(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"cannot write {exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    return f"cannot write the TensorBoard events: {_first_line(exc)}"
+    return f"cannot write the TensorBoard events: {error_line(exc)}"
 
 
 def _quiet_event_writer_thread(previous):
@@ -674,7 +670,7 @@ def _evaluate_recording(policy, env, episodes: int, video: Path) -> tuple[float,
                 recorder.stop_recording()
         except gym_error.DependencyNotInstalled as exc:
             # Raised on the first render() (Pendulum imports pygame then).
-            raise UserError(f"cannot record a video: {checkpoint._reason(exc)}") from None
+            raise UserError(f"cannot record a video: {error_line(exc)}") from None
         recorded = work / "video" / "eval-episode-0.mp4"
         if not recorded.is_file():
             raise UserError("no video was recorded: the env's render() returned no rgb_array "
