@@ -373,10 +373,23 @@ def _plot_bn_stats(
 # Aggregates across environments
 # --------------------------------------------------------------------------- #
 def _normalized_groups(by_env: dict[str, dict[str, list[Run]]], variant: str,
-                       scores: dict[str, EnvScores], envs: list[str]) -> list[np.ndarray]:
-    """Normalized final returns of ``variant``'s successful runs, one array per env."""
-    return [scores[e].normalize(_finite(_final_return(r) for r in by_env[e].get(variant, [])
+                       scores: dict[str, EnvScores], envs: list[str],
+                       metric=None) -> list[np.ndarray]:
+    """``metric`` (default the final return) of ``variant``'s successful runs, normalized, one
+    array per env. The normalization is affine, so a normalized AUC is the mean normalized
+    score over the run."""
+    metric = metric or _final_return
+    return [scores[e].normalize(_finite(metric(r) for r in by_env[e].get(variant, [])
                                         if _is_ok(r))) for e in envs]
+
+
+def _comparison(x: list[np.ndarray], y: list[np.ndarray]) -> tuple[str, str]:
+    """(IQM of x and of y, P(improvement) and exact p, as report text; the verdict)."""
+    iqm_x, iqm_y = agg.interval(agg.aggregate_iqm, x), agg.interval(agg.aggregate_iqm, y)
+    p, low, high = agg.interval(agg.probability_of_improvement, x, y)
+    p_value = agg.permutation_test(x, y)
+    return (f"{_ci(*iqm_x)} vs {_ci(*iqm_y)}, P(improvement) {_ci(p, low, high)}, exact "
+            f"permutation p = {p_value:.3f}", agg.decide(p, low, high, p_value))
 
 
 def _scored_envs(by_env: dict, variants: list[str], scores: dict) -> list[str]:
@@ -405,19 +418,31 @@ def _aggregate_lines(agent: str, by_env: dict, variants: list[str], baseline: st
             continue
         x = _normalized_groups(by_env, variant, scores, envs)
         y = _normalized_groups(by_env, baseline, scores, envs)
-        iqm_x, iqm_y = agg.interval(agg.aggregate_iqm, x), agg.interval(agg.aggregate_iqm, y)
-        p, low, high = agg.interval(agg.probability_of_improvement, x, y)
-        p_value = agg.permutation_test(x, y)
-        answer = agg.decide(p, low, high, p_value)
+        text, answer = _comparison(x, y)
         left_out = [e for e in by_env if e in scores and e not in envs]
         sizes = f"{sum(g.size for g in x)} vs {sum(g.size for g in y)} runs"
         lines.append(
-            f"- `{variant}` vs `{baseline}`: IQM normalized score {_ci(*iqm_x)} vs "
-            f"{_ci(*iqm_y)}, P(improvement) {_ci(p, low, high)}, exact permutation "
-            f"p = {p_value:.3f}: **{answer}** ({len(envs)} env{'s' * (len(envs) > 1)}, {sizes}"
+            f"- `{variant}` vs `{baseline}`: IQM normalized score {text}: **{answer}** "
+            f"({len(envs)} env{'s' * (len(envs) > 1)}, {sizes}"
             + (f"; without {', '.join(left_out)}, where one of them has no successful run"
                if left_out else "") + ")")
+        # Learning speed, the claim made for CrossQ (Bhatt et al. 2024): variants that all
+        # end at an env's ceiling can still differ in how soon they get there.
+        groups = [_normalized_groups(by_env, v, scores, envs, _auc) for v in (variant, baseline)]
+        kept = [i for i in range(len(envs)) if all(g[i].size for g in groups)]
+        speed = "  - learning speed (normalized score averaged over the run, AUC): "
+        if not kept:
+            lines.append(speed + "cannot compare, no env has runs of both with two or more "
+                         "evaluations")
+            continue
+        text, answer = _comparison(*([g[i] for i in kept] for g in groups))
+        lines.append(f"{speed}IQM {text}: **{_SPEED_WORDS.get(answer, answer)}**"
+                     + (f" ({len(kept)} of the {len(envs)} envs: the others have runs with "
+                        "fewer than two evaluations)" if len(kept) < len(envs) else ""))
     return [*lines, ""]
+
+
+_SPEED_WORDS = {"better": "faster", "worse": "slower"}
 
 
 def _ci(estimate: float, low: float, high: float) -> str:
@@ -450,7 +475,9 @@ def _answer(groups: dict, variants: list[str], baseline: str, scores: dict,
               f"runs of all envs with {CONFIDENCE:.0%} stratified bootstrap CIs; "
               "P(improvement) = chance that a run of the variant beats a run of "
               f"`{baseline}` on the same env, averaged over envs; the verdict needs both its "
-              "CI and an exact permutation test (see Method).", ""]
+              "CI and an exact permutation test (see Method). The indented line under each "
+              "compares learning speed the same way: the normalized score averaged over the "
+              "run (area under the evaluation curve).", ""]
     for agent, by_env in _by_agent(groups).items():
         lines += [f"### {agent} on {', '.join(by_env)}", ""]
         lines += _aggregate_lines(agent, by_env, variants, baseline, scores)
@@ -671,7 +698,12 @@ def _method_note(has_bn: bool) -> list[str]:
         "separated seeds give [1.00, 1.00]), but the exact test's p for 3 vs 3 on one env is "
         "0.1, so three seeds on one env can never give a confident verdict.",
         "- **AUC** is the trapezoid area under the evaluation curve divided by its step "
-        "span, i.e. the mean evaluation return over training.",
+        "span, i.e. the mean evaluation return over training. The answer's *learning speed* "
+        "line compares the normalized AUC with the same IQM, CIs, P(improvement) and exact "
+        "test as the final score (`faster` / `slower` for `better` / `worse`): a variant that "
+        "reaches an env's ceiling sooner wins it even when every variant ends there. Two "
+        "tests per variant double the chance of one false call at 5%; read a verdict that "
+        "only one of them makes, at p near 0.05, with that in mind.",
         "- **Steps to threshold** is the first evaluation step whose mean return reaches "
         "the env's threshold (configs/suites.yaml); the median is over the seeds that "
         "reached it.",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from bnrl.compare import (
     area_under_curve,
@@ -201,6 +202,52 @@ def test_aggregate_answer_across_envs_says_better_or_worse(tmp_path: Path) -> No
     assert line.endswith("**worse** (3 envs, 15 vs 15 runs)")
     assert "`batch` (baseline)" in text
     assert text.split("## Answer\n\n", 1)[1].startswith("Baseline: `batch`. ")
+
+
+def test_learning_speed_is_judged_apart_from_the_final_score(tmp_path: Path) -> None:
+    """Both variants end at each env's level, batch gets there at 4k steps, none at 8k: the
+    final score cannot tell them apart, the normalized AUC line says batch is faster."""
+    all_scores = env_scores()
+    runs, expected = [], {"none": [], "batch": []}
+    for env, start, _, level in _ENVS:
+        for variant, reach in (("none", 8), ("batch", 4)):
+            for seed in range(5):
+                run = _run(variant, seed, level, env=env, start=start)
+                steps = run["eval_steps"]
+                # Equal finals across variants (offsets by seed, so no ties within a variant).
+                rets = [start + (level - start) * min(k / reach, 1.0) + seed
+                        for k in range(len(steps))]
+                run.update(eval_returns=rets, final_return=rets[-1])
+                runs.append(run)
+                auc = np.trapezoid(rets, steps) / (steps[-1] - steps[0])
+                expected[variant].append(all_scores[env].normalize(auc))
+    text = write_report(runs, tmp_path).read_text()
+    answer = text.split("## Answer", 1)[1].split("## Grid", 1)[0].splitlines()
+    final = _answer_line(text, "batch")
+    speed = answer[answer.index(final) + 1]
+    assert "P(improvement) 0.50 [" in final and "exact permutation p = 1.000" in final
+    assert "**no significant difference** (3 envs, 15 vs 15 runs)" in final
+    iqm = {v: scipy.stats.trim_mean(expected[v], 0.25) for v in expected}
+    assert speed.startswith("  - learning speed (normalized score averaged over the run, AUC): "
+                            f"IQM {iqm['batch']:.2f} [")
+    assert f"] vs {iqm['none']:.2f} [" in speed
+    assert speed.endswith("P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.000: "
+                          "**faster**")
+    # And the other way round: against batch, none is slower.
+    text = write_report(runs, tmp_path, baseline="batch").read_text()
+    answer = text.split("## Answer", 1)[1].split("## Grid", 1)[0].splitlines()
+    line = _answer_line(text, "none", "batch")
+    assert answer[answer.index(line) + 1].endswith("**slower**")
+
+    # Runs with one evaluation have no area: the final score is still judged, speed is not.
+    for run in runs:
+        run.update(eval_steps=run["eval_steps"][-1:], eval_returns=run["eval_returns"][-1:])
+    text = write_report(runs, tmp_path).read_text()
+    answer = text.split("## Answer", 1)[1].split("## Grid", 1)[0].splitlines()
+    line = _answer_line(text, "batch")
+    assert answer[answer.index(line) + 1] == (
+        "  - learning speed (normalized score averaged over the run, AUC): cannot compare, no "
+        "env has runs of both with two or more evaluations")
 
 
 def test_a_partial_grid_is_never_averaged_silently(tmp_path: Path) -> None:
