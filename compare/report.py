@@ -628,10 +628,12 @@ def _cell_section(
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     finals: dict[str, np.ndarray] = {}
+    aucs: dict[str, np.ndarray] = {}
     for variant in variants:
         all_runs = by_variant.get(variant, [])
         ok = [r for r in all_runs if _is_ok(r)]
         finals[variant] = _finite(_final_return(r) for r in ok)
+        aucs[variant] = _finite(_auc(r) for r in ok)
         f = finals[variant]
         if f.size:
             low, high = bootstrap_ci(f, iqm)
@@ -642,7 +644,7 @@ def _cell_section(
         row = [f"`{variant}`", f"{len(ok)} / {len(all_runs)}", _fmt(_mean(f)), iqm_cell]
         if scores is not None:
             row.append(_fmt(iqm(scores.normalize(f)), 2) if f.size else _DASH)
-        row.append(_fmt(_mean(_auc(r) for r in ok)))
+        row.append(_fmt(_mean(aucs[variant])))
         if threshold is not None:
             hits = [steps_to_threshold(*_curve(r), threshold) for r in ok]
             reached = [h for h in hits if h is not None]
@@ -654,7 +656,8 @@ def _cell_section(
 
     others = [v for v in variants if v != baseline and v in by_variant]
     if others:
-        lines += ["", f"Against `{baseline}` (final return):", ""]
+        lines += ["", f"Against `{baseline}` (final return; indented, learning speed: the area "
+                  "under the evaluation curve):", ""]
     base = finals.get(baseline, np.empty(0))
     for variant in others:
         f = finals[variant]
@@ -662,13 +665,21 @@ def _cell_section(
             missing = variant if not f.size else baseline
             lines.append(f"- `{variant}`: cannot compare, no successful `{missing}` runs")
             continue
-        p, low, high = probability_of_improvement(f, base)
-        p_value = agg.permutation_test([f], [base])
-        lines.append(f"- `{variant}`: P(improvement) {_fmt(p, 2)} [{_fmt(low, 2)}, "
-                     f"{_fmt(high, 2)}], exact p = {p_value:.3f} ({f.size} vs {base.size} "
-                     f"runs): {agg.decide(p, low, high, p_value)}")
+        lines.append(f"- `{variant}`: {_pairwise(f, base)}")
+        x, y = aucs[variant], aucs.get(baseline, np.empty(0))
+        if x.size and y.size:
+            lines.append(f"  - learning speed (AUC): {_pairwise(x, y, _SPEED_WORDS)}")
     lines.append("")
     return lines
+
+
+def _pairwise(x: np.ndarray, y: np.ndarray, words: dict | None = None) -> str:
+    """One env's comparison of runs ``x`` against ``y``, as report text with its verdict."""
+    p, low, high = probability_of_improvement(x, y)
+    p_value = agg.permutation_test([x], [y])
+    verdict = agg.decide(p, low, high, p_value)
+    return (f"P(improvement) {_fmt(p, 2)} [{_fmt(low, 2)}, {_fmt(high, 2)}], exact p = "
+            f"{p_value:.3f} ({x.size} vs {y.size} runs): {(words or {}).get(verdict, verdict)}")
 
 
 def _method_note(has_bn: bool) -> list[str]:

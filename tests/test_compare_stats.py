@@ -233,6 +233,12 @@ def test_learning_speed_is_judged_apart_from_the_final_score(tmp_path: Path) -> 
     assert f"] vs {iqm['none']:.2f} [" in speed
     assert speed.endswith("P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.000: "
                           "**faster**")
+    # Per env, 5 vs 5 runs completely separated: exact p = 2 / C(10, 5).
+    section = text.split("### sac / InvertedDoublePendulum-v5", 1)[1].split("###", 1)[0]
+    assert "- `batch`: P(improvement) 0.50 [" in section
+    assert ("], exact p = 1.000 (5 vs 5 runs): no significant difference\n  - learning speed "
+            "(AUC): P(improvement) 1.00 [1.00, 1.00], exact p = "
+            f"{2 / math.comb(10, 5):.3f} (5 vs 5 runs): faster") in section
     # And the other way round: against batch, none is slower.
     text = write_report(runs, tmp_path, baseline="batch").read_text()
     answer = text.split("## Answer", 1)[1].split("## Grid", 1)[0].splitlines()
