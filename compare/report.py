@@ -51,6 +51,9 @@ SAMPLE_POINTS = 10
 
 Run = dict[str, Any]
 
+_SPEED_WORDS = {"better": "faster", "worse": "slower"}
+"""The verdicts' words when the compared score is the area under the curve (learning speed)."""
+
 
 # --------------------------------------------------------------------------- #
 # Input validation
@@ -442,9 +445,6 @@ def _aggregate_lines(agent: str, by_env: dict, variants: list[str], baseline: st
     return [*lines, ""]
 
 
-_SPEED_WORDS = {"better": "faster", "worse": "slower"}
-
-
 def _ci(estimate: float, low: float, high: float) -> str:
     return f"{_fmt(estimate, 2)} [{_fmt(low, 2)}, {_fmt(high, 2)}]"
 
@@ -709,10 +709,11 @@ def _method_note(has_bn: bool) -> list[str]:
         "separated seeds give [1.00, 1.00]), but the exact test's p for 3 vs 3 on one env is "
         "0.1, so three seeds on one env can never give a confident verdict.",
         "- **AUC** is the trapezoid area under the evaluation curve divided by its step "
-        "span, i.e. the mean evaluation return over training. The answer's *learning speed* "
-        "line compares the normalized AUC with the same IQM, CIs, P(improvement) and exact "
-        "test as the final score (`faster` / `slower` for `better` / `worse`): a variant that "
-        "reaches an env's ceiling sooner wins it even when every variant ends there. Two "
+        "span, i.e. the mean evaluation return over training. The *learning speed* lines (in "
+        "the answer, of the normalized AUC; per env, of the AUC) use the same statistics and "
+        "verdict rule as the final score (`faster` / `slower` for `better` / `worse`): a "
+        "variant that reaches an env's ceiling sooner wins it even when every variant ends "
+        "there. Two "
         "tests per variant double the chance of one false call at 5%; read a verdict that "
         "only one of them makes, at p near 0.05, with that in mind.",
         "- **Steps to threshold** is the first evaluation step whose mean return reaches "
