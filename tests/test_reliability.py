@@ -26,7 +26,7 @@ import pytest
 
 from bnrl import run
 from bnrl.training import checkpoint, config, files, loop
-from bnrl.training.errors import UserError
+from bnrl.training.errors import UserError, error_line
 
 TINY = ["--set", "hidden=[32,32]", "--set", "actor_hidden=[32,32]", "--set", "batch_size=32",
         "--set", "learning_starts=50", "--set", "buffer_size=5000", "--eval-episodes", "1"]
@@ -55,6 +55,20 @@ def _temporaries(root: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------- settings are read right
+def test_error_line_is_the_reason_without_tensorflow_context():
+    disk_full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/ckpt")
+    assert error_line(disk_full) == f"{os.strerror(errno.ENOSPC)} (/runs/x/ckpt)"
+    # A graph-mode OpError's text: context lines first, the reason after them.
+    op_error = RuntimeError("Graph execution error:\n\nDetected at node 'save/SaveV2' defined "
+                            "at (most recent call last):\n  File \"loop.py\", line 3\n"
+                            "/runs/x/ckpt.data; No space left on device\n"
+                            "\t [[{{node save/SaveV2}}]]")
+    assert error_line(op_error) == "/runs/x/ckpt.data; No space left on device"
+    assert error_line(RuntimeError("Graph execution error:")) == "Graph execution error:"
+    assert error_line(MemoryError()) == ""
+    assert len(error_line(ValueError("x" * 5000))) == 200
+
+
 def test_yaml_1_2_numbers_in_flags_config_files_and_presets(tmp_path, monkeypatch):
     assert run._setting("learning_rate=3e-4") == ("learning_rate", 3e-4)
     assert run._setting("buffer_size=1e6") == ("buffer_size", 1e6)
