@@ -92,3 +92,44 @@ def test_bnrl_only_run_prints_tables_and_writes_json(tp, tmp_path, capsys):
     assert samples["many_per_s"][0] > 0 and samples["many_per_cpu_s"][0] > 0
     assert samples["compile_s"][0] > 0
     assert result["ratios"] == [] and len(result["bn_cost"]) == 1
+
+
+# ------------------------------------------------------------------------ benchmarks/call_cost.py
+@pytest.fixture(scope="module")
+def cc(tp):
+    spec = importlib.util.spec_from_file_location(
+        "call_cost", SCRIPT.parent / "call_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_call_cost_fit_recovers_loop_and_call_time(cc):
+    loop, call = 3.5, 1.3
+    loop_fit, call_fit = cc.fit_call_cost({k: loop + call / k for k in (1, 2, 4, 8, 16)})
+    assert loop_fit == pytest.approx(loop) and call_fit == pytest.approx(call)
+    with pytest.raises(ValueError, match="two K"):
+        cc.fit_call_cost({4: 3.8})
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--agent", "dqn"], "unknown agent 'dqn'"),
+    (["--ks", "0,2"], "--ks needs two or more counts >= 1"),
+    (["--ks", "1,x"], "--ks must be whole numbers"),
+])
+def test_call_cost_bad_input_exits_2(cc, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cc.parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_call_cost_profiles_a_compiled_update_call(cc, capsys):
+    """A BN critic's single update is one XLA call: the sweep and all profiler events print."""
+    assert cc.main(["--critic-norm", "batch", "--ks", "1,2", "--calls", "4", "--repeats", "1",
+                    "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "single update:" in text and "2 per call:" in text
+    assert "ms per call; a single update's call cost" in text
+    for label in cc.EVENTS.values():
+        assert f"{label}: " in text
