@@ -1,5 +1,6 @@
 """benchmarks/throughput.py: which peer each bnrl row is matched with, the ratio arithmetic, the
-bad-input exits, and one tiny bnrl-only run end to end (peers need the optional extras)."""
+bad-input exits, and one tiny bnrl-only run end to end (peers need the optional extras); and
+benchmarks/call_cost.py: its fit, bad-input exits and one tiny run."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ def tp():
     spec.loader.exec_module(module)
     yield module
     del sys.modules["throughput"]
+
+
+@pytest.fixture(scope="module")
+def cc(tp):
+    # call_cost imports throughput by name: tp has put it in sys.modules.
+    spec = importlib.util.spec_from_file_location(
+        "call_cost", SCRIPT.parent / "call_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_crossq_is_matched_like_with_like(tp):
@@ -56,14 +67,18 @@ def test_ratios_are_per_round_and_costs_against_no_norm(tp):
     assert tp.bn_cost_rows([none, batch], samples)[0]["many_cost"] is None
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--agents", "dqn"], "unknown agent 'dqn'"),
-    (["--norms", "group"], "unknown norm 'group'"),
-    (["--repeats", "0"], "--repeats must be >= 1"),
+@pytest.mark.parametrize("script,argv,message", [
+    ("tp", ["--agents", "dqn"], "unknown agent 'dqn'"),
+    ("tp", ["--norms", "group"], "unknown norm 'group'"),
+    ("tp", ["--repeats", "0"], "--repeats must be >= 1"),
+    ("cc", ["--agent", "dqn"], "unknown agent 'dqn'"),
+    ("cc", ["--ks", "0,2"], "--ks needs two or more counts >= 1"),
+    ("cc", ["--ks", "1,x"], "--ks must be whole numbers"),
 ])
-def test_bad_input_exits_2(tp, capsys, argv, message):
+def test_bad_input_exits_2(request, capsys, script, argv, message):
+    """throughput.py (tp) and call_cost.py (cc) refuse bad flags in one line, exit code 2."""
     with pytest.raises(SystemExit) as info:
-        tp.parse_args(argv)
+        request.getfixturevalue(script).parse_args(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -95,33 +110,12 @@ def test_bnrl_only_run_prints_tables_and_writes_json(tp, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ benchmarks/call_cost.py
-@pytest.fixture(scope="module")
-def cc(tp):
-    spec = importlib.util.spec_from_file_location(
-        "call_cost", SCRIPT.parent / "call_cost.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_call_cost_fit_recovers_loop_and_call_time(cc):
     loop, call = 3.5, 1.3
     loop_fit, call_fit = cc.fit_call_cost({k: loop + call / k for k in (1, 2, 4, 8, 16)})
     assert loop_fit == pytest.approx(loop) and call_fit == pytest.approx(call)
     with pytest.raises(ValueError, match="two K"):
         cc.fit_call_cost({4: 3.8})
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["--agent", "dqn"], "unknown agent 'dqn'"),
-    (["--ks", "0,2"], "--ks needs two or more counts >= 1"),
-    (["--ks", "1,x"], "--ks must be whole numbers"),
-])
-def test_call_cost_bad_input_exits_2(cc, capsys, argv, message):
-    with pytest.raises(SystemExit) as info:
-        cc.parse_args(argv)
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
 
 
 def test_call_cost_profiles_a_compiled_update_call(cc, capsys):
