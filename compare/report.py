@@ -377,11 +377,9 @@ def _plot_bn_stats(
 # --------------------------------------------------------------------------- #
 def _normalized_groups(by_env: dict[str, dict[str, list[Run]]], variant: str,
                        scores: dict[str, EnvScores], envs: list[str],
-                       metric=None) -> list[np.ndarray]:
-    """``metric`` (default the final return) of ``variant``'s successful runs, normalized, one
-    array per env. The normalization is affine, so a normalized AUC is the mean normalized
-    score over the run."""
-    metric = metric or _final_return
+                       metric=_final_return) -> list[np.ndarray]:
+    """``metric`` of ``variant``'s successful runs, normalized, one array per env. The
+    normalization is affine, so a normalized AUC is the mean normalized score over the run."""
     return [scores[e].normalize(_finite(metric(r) for r in by_env[e].get(variant, [])
                                         if _is_ok(r))) for e in envs]
 
