@@ -218,10 +218,10 @@ def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
     def on_result(record, done, total):
         if args.quiet:
             return
-        what = (f"final {record['final_return']:.1f}" if record["status"] == "ok"
-                else f"FAILED: {record['error']}")
+        what = (f"final {record['final_return']:.1f} in {record['wall_time_s']:.0f}s"
+                if record["status"] == "ok" else f"FAILED: {record['error']}")
         print(f"[{done}/{total}] {record['agent']} {record['env']} {record['variant']} "
-              f"seed {record['seed']}: {what} ({time.time() - started:.0f}s)", flush=True)
+              f"seed {record['seed']}: {what} ({time.time() - started:.0f}s elapsed)", flush=True)
 
     if not args.quiet:
         print(f"benchmark: {len(specs)} runs in {out} with {workers} workers", flush=True)

@@ -246,6 +246,11 @@ def test_changed_grid_is_refused_unless_extended(small_grid, config_file, capsys
     assert "benchmark: 6 runs" in stdout
     progress = [line for line in stdout.splitlines() if line.startswith("[")]
     assert len(progress) == 2 and all("seed 2: final" in line for line in progress), stdout
+    # Each line gives the run's own training time, then the time since the benchmark started.
+    wall = {r["variant"]: r["wall_time_s"] for r in _runs(out) if r["seed"] == 2}
+    for line in progress:
+        variant = line.split()[3]
+        assert f" in {wall[variant]:.0f}s (" in line and line.endswith("s elapsed)"), line
     after = _summary_mtimes(out)
     assert {k: after[k] for k in before} == before  # the finished runs were not touched
     assert sorted(set(after) - set(before)) == [
