@@ -17,7 +17,8 @@ Percentile bootstrap intervals of the probability of improvement collapse to a p
 runs are completely separated (with 3 vs 3 seeds every resample is separated too, so the CI is
 [1, 1]); ``permutation_test`` gives the exact p-value of the same statistic under the hypothesis
 that the variant labels are exchangeable within each environment, and ``decide`` requires both
-the interval and the test before it calls a difference.
+the interval and the test before it calls a difference. Both take a ``margin`` below which
+two runs tie (rliable has none: 0 by default; the report uses ``TIE_MARGIN``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.stats
 
-from bnrl.compare.stats import CONFIDENCE, N_RESAMPLES
+from bnrl.compare.stats import CONFIDENCE, N_RESAMPLES, pairs_improved
 
 Groups = Sequence[np.ndarray | Sequence[float]]
 
@@ -38,6 +39,12 @@ Groups = Sequence[np.ndarray | Sequence[float]]
 EXACT_LIMIT = 200_000
 MONTE_CARLO_PERMUTATIONS = 20_000
 SIGNIFICANCE = 1.0 - CONFIDENCE
+
+# The report's practical-equivalence margin: normalized scores closer than 1% of an env's
+# (reference - random) range are a tie (93 returns on InvertedDoublePendulum-v5, 36 on
+# Hopper-v5). Without it, variants that all end at an env's ceiling are ranked by differences
+# of 0.01%, and five such ties in a row read as a significant win.
+TIE_MARGIN = 0.01
 
 
 def _as_groups(groups: Groups) -> list[np.ndarray]:
@@ -68,19 +75,14 @@ def aggregate_mean(groups) -> np.ndarray | float:
     return np.mean([np.mean(np.asarray(g, dtype=float), axis=-1) for g in groups], axis=0)
 
 
-def _p_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """P(X > Y) + 0.5 P(X = Y) over all pairs of runs, vectorized over leading axes."""
-    diff = x[..., :, None] - y[..., None, :]
-    return ((diff > 0).sum(axis=(-2, -1)) + 0.5 * (diff == 0).sum(axis=(-2, -1))) / (
-        x.shape[-1] * y.shape[-1])
-
-
-def probability_of_improvement(x_groups, y_groups) -> np.ndarray | float:
-    """Average over environments of P(X > Y) (rliable ``probability_of_improvement``)."""
+def probability_of_improvement(x_groups, y_groups, margin: float = 0.0) -> np.ndarray | float:
+    """Average over environments of P(X > Y) (rliable ``probability_of_improvement``); pairs
+    closer than ``margin`` count as ties (``stats.pairs_improved``)."""
     if len(x_groups) != len(y_groups):
         raise ValueError("both variants need the same environments")
-    return np.mean([_p_improvement(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-                    for x, y in zip(x_groups, y_groups, strict=True)], axis=0)
+    return np.mean([pairs_improved(np.asarray(x, dtype=float), np.asarray(y, dtype=float),
+                                   margin) for x, y in zip(x_groups, y_groups, strict=True)],
+                   axis=0)
 
 
 # ------------------------------------------------------------------------------ bootstrap CIs
@@ -150,7 +152,8 @@ def performance_profile(groups: Groups, taus: Sequence[float], **kwargs):
 
 
 # ---------------------------------------------------------------------------- exact testing
-def _split_statistics(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _split_statistics(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                      margin: float) -> np.ndarray:
     """P(X > Y) for every relabelling of one environment's pooled runs (or a random sample)."""
     pooled = np.concatenate([x, y])
     n, k = pooled.size, x.size
@@ -164,10 +167,11 @@ def _split_statistics(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) ->
     idx = np.broadcast_to(np.arange(n), labels.shape)
     xs = pooled[idx[labels].reshape(len(labels), k)]
     ys = pooled[idx[~labels].reshape(len(labels), n - k)]
-    return _p_improvement(xs, ys)
+    return pairs_improved(xs, ys, margin)
 
 
-def permutation_test(x_groups: Groups, y_groups: Groups, seed: int = 0) -> float:
+def permutation_test(x_groups: Groups, y_groups: Groups, seed: int = 0,
+                     margin: float = 0.0) -> float:
     """Two-sided p-value of the average probability of improvement against 0.5.
 
     The null hypothesis is that a run's variant label does not matter within each environment
@@ -176,16 +180,17 @@ def permutation_test(x_groups: Groups, y_groups: Groups, seed: int = 0) -> float
     relabellings, computed exactly by convolution when each environment has at most
     ``EXACT_LIMIT`` arrangements (else from ``MONTE_CARLO_PERMUTATIONS`` random ones). With one
     environment this is the exact two-sided Mann-Whitney test: 3 vs 3 completely separated runs
-    give p = 0.1, so three seeds can never be called significant at 5%.
+    give p = 0.1, so three seeds can never be called significant at 5%. ``margin`` is
+    ``probability_of_improvement``'s: the statistic relabelled is the one reported.
     """
     xs, ys = _as_groups(x_groups), _as_groups(y_groups)
-    observed = float(probability_of_improvement(xs, ys))
+    observed = float(probability_of_improvement(xs, ys, margin))
     rng = np.random.default_rng(seed)
     # Exact distribution of the sum of per-environment statistics, as {value: probability}.
     # Values are multiples of 0.5 / (n_x n_y), rounded to merge float noise.
     dist = {0.0: 1.0}
     for x, y in zip(xs, ys, strict=True):
-        values, counts = np.unique(np.round(_split_statistics(x, y, rng), 12),
+        values, counts = np.unique(np.round(_split_statistics(x, y, rng, margin), 12),
                                    return_counts=True)
         probs = counts / counts.sum()
         merged: dict[float, float] = {}

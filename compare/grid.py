@@ -400,7 +400,8 @@ def run_one(spec: RunSpec) -> dict:
 
 
 def _record_from_summary(summary: dict) -> dict:
-    keys = ("eval_steps", "eval_returns", "final_return", "wall_time_s", "updates_per_second")
+    keys = ("eval_steps", "eval_returns", "final_return", "wall_time_s", "updates_per_second",
+            "resumes")
     record = {k: summary.get(k) for k in keys}
     from bnrl.compare.stats import area_under_curve
 

@@ -4,7 +4,7 @@ Each run record (one per agent x env x variant x seed) is a dict::
 
     {"agent", "env", "variant", "seed", "status": "ok" | "failed", "error",
      "run_dir", "eval_steps", "eval_returns", "final_return", "auc",
-     "wall_time_s", "updates_per_second",
+     "wall_time_s", "updates_per_second", "resumes",
      "bn_stats": {"steps", "bn_Q_moving_mean", "bn_Q_moving_variance",
                   "bn_Q_train_eval_gap"},   # {} without a BN critic
      # written by bnrl >= 0.2 (compare.grid): what made the run
@@ -18,6 +18,7 @@ statistic. Returns are normalized per env with the random and reference scores o
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,7 +66,7 @@ _OPTIONAL_FIELDS = {"error": str, "run_dir": str, "final_return": _NUMBER, "auc"
                     "wall_time_s": _NUMBER, "updates_per_second": _NUMBER, "eval_steps": list,
                     "eval_returns": list, "bn_stats": dict, "run_agent": str, "steps": int,
                     "bnrl_version": str, "settings_hash": str, "settings": dict,
-                    "variant_settings": dict}
+                    "variant_settings": dict, "resumes": int}
 
 
 def check_runs(runs: Any, source: str) -> None:
@@ -385,10 +386,12 @@ def _normalized_groups(by_env: dict[str, dict[str, list[Run]]], variant: str,
 
 
 def _comparison(x: list[np.ndarray], y: list[np.ndarray]) -> tuple[str, str]:
-    """(IQM of x and of y, P(improvement) and exact p, as report text; the verdict)."""
+    """(IQM of x and of y, P(improvement) and exact p, as report text; the verdict), of
+    normalized scores."""
     iqm_x, iqm_y = agg.interval(agg.aggregate_iqm, x), agg.interval(agg.aggregate_iqm, y)
-    p, low, high = agg.interval(agg.probability_of_improvement, x, y)
-    p_value = agg.permutation_test(x, y)
+    improved = functools.partial(agg.probability_of_improvement, margin=agg.TIE_MARGIN)
+    p, low, high = agg.interval(improved, x, y)
+    p_value = agg.permutation_test(x, y, margin=agg.TIE_MARGIN)
     return (f"{_ci(*iqm_x)} vs {_ci(*iqm_y)}, P(improvement) {_ci(p, low, high)}, exact "
             f"permutation p = {p_value:.3f}", agg.decide(p, low, high, p_value))
 
@@ -592,6 +595,12 @@ def _grid_summary(runs: list[Run], groups: dict, variants: list[str], baseline: 
     ]
     if versions:
         lines.append(f"- bnrl version: {', '.join(versions)}")
+    resumed = [str(r.get("run_dir") or r.get("seed")) for r in runs if r.get("resumes")]
+    if resumed:
+        # training.loop starts a fresh episode with a new seed on resume.
+        lines.append(f"- Resumed from a checkpoint: {len(resumed)} run(s), {', '.join(resumed)} "
+                     "(a resumed run starts new episodes, so it does not repeat an "
+                     "uninterrupted run step for step)")
     if missing:
         lines.append(f"- Missing runs: {', '.join(missing[:20])}"
                      + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""))
@@ -618,7 +627,9 @@ def _cell_section(
     lines = [f"### {agent} / {env}", ""]
     if scores is not None:
         lines.append(f"Normalized: (return - {scores.random:g}) / ({scores.reference:g} - "
-                     f"{scores.random:g}), reference: {scores.reference_source}.")
+                     f"{scores.random:g}), reference: {scores.reference_source}. Returns "
+                     f"within {_tie_margin(scores):.3g} of each other tie in P(improvement) "
+                     f"({agg.TIE_MARGIN:.0%} of that range).")
     lines.append(
         f"Threshold: {threshold:g} (first evaluation with mean return at or above it)."
         if threshold is not None else "No return threshold known for this environment."
@@ -657,24 +668,31 @@ def _cell_section(
         lines += ["", f"Against `{baseline}` (final return; indented, learning speed: the area "
                   "under the evaluation curve):", ""]
     base = finals.get(baseline, np.empty(0))
+    margin = _tie_margin(scores) if scores is not None else 0.0
     for variant in others:
         f = finals[variant]
         if not f.size or not base.size:
             missing = variant if not f.size else baseline
             lines.append(f"- `{variant}`: cannot compare, no successful `{missing}` runs")
             continue
-        lines.append(f"- `{variant}`: {_pairwise(f, base)}")
+        lines.append(f"- `{variant}`: {_pairwise(f, base, margin)}")
         x, y = aucs[variant], aucs.get(baseline, np.empty(0))
         if x.size and y.size:
-            lines.append(f"  - learning speed (AUC): {_pairwise(x, y, _SPEED_WORDS)}")
+            lines.append(f"  - learning speed (AUC): {_pairwise(x, y, margin, _SPEED_WORDS)}")
     lines.append("")
     return lines
 
 
-def _pairwise(x: np.ndarray, y: np.ndarray, words: dict | None = None) -> str:
-    """One env's comparison of runs ``x`` against ``y``, as report text with its verdict."""
-    p, low, high = probability_of_improvement(x, y)
-    p_value = agg.permutation_test([x], [y])
+def _tie_margin(scores: EnvScores) -> float:
+    """The aggregate's tie margin in one env's returns."""
+    return agg.TIE_MARGIN * abs(scores.reference - scores.random)
+
+
+def _pairwise(x: np.ndarray, y: np.ndarray, margin: float, words: dict | None = None) -> str:
+    """One env's comparison of runs ``x`` against ``y`` (returns closer than ``margin`` tie),
+    as report text with its verdict."""
+    p, low, high = probability_of_improvement(x, y, margin=margin)
+    p_value = agg.permutation_test([x], [y], margin=margin)
     verdict = agg.decide(p, low, high, p_value)
     return (f"P(improvement) {_fmt(p, 2)} [{_fmt(low, 2)}, {_fmt(high, 2)}], exact p = "
             f"{p_value:.3f} ({x.size} vs {y.size} runs): {(words or {}).get(verdict, verdict)}")
@@ -698,7 +716,11 @@ def _method_note(has_bn: bool) -> list[str]:
         f"({N_RESAMPLES} resamples, seed 0): the runs of each env are resampled within that "
         "env, each variant independently. Per-env CIs are ordinary percentile bootstraps.",
         "- **P(improvement)** of X over the baseline Y: P(X > Y) + 0.5 P(X = Y) over all "
-        "pairs of runs on one env (Mann-Whitney U / nm), averaged over envs.",
+        "pairs of runs on one env (Mann-Whitney U / nm), averaged over envs. Two runs whose "
+        f"scores differ by at most {agg.TIE_MARGIN:.0%} of the env's (reference - random) "
+        "range count as equal (a practical-equivalence margin; rliable has none): variants "
+        "that all end at an env's ceiling tie there instead of being ranked by differences "
+        "of 0.01%. Envs without normalization scores use no margin.",
         "- **Verdict**: `better` or `worse` only when the bootstrap CI of P(improvement) "
         "excludes 0.5 *and* an exact stratified permutation test (variant labels exchanged "
         "within each env, all arrangements enumerated, the per-env null distributions "

@@ -85,10 +85,18 @@ def bootstrap_ci(
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _prob_improvement(x: np.ndarray, y: np.ndarray, axis: int = -1) -> Any:
-    """P(X > Y) + 0.5 P(X = Y), vectorized over resamples along ``axis``."""
-    u = scipy.stats.mannwhitneyu(x, y, axis=axis).statistic
-    return u / (x.shape[axis] * y.shape[axis])
+def pairs_improved(x: np.ndarray, y: np.ndarray, margin: float = 0.0) -> Any:
+    """P(X > Y) + 0.5 P(X = Y) over all pairs of runs, vectorized over leading axes.
+
+    With ``margin > 0`` a pair whose scores differ by at most ``margin`` counts as a tie:
+    differences too small to matter (runs that all end at an environment's ceiling) then
+    weigh as "no difference" instead of a win for whichever run scored 0.01 more. With
+    ``margin = 0`` this is the Mann-Whitney U statistic of X divided by ``n*m``.
+    """
+    diff = x[..., :, None] - y[..., None, :]
+    wins = (diff > margin).sum(axis=(-2, -1))
+    ties = (np.abs(diff) <= margin).sum(axis=(-2, -1))
+    return (wins + 0.5 * ties) / (x.shape[-1] * y.shape[-1])
 
 
 def probability_of_improvement(
@@ -97,6 +105,7 @@ def probability_of_improvement(
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
+    margin: float = 0.0,
 ) -> tuple[float, float, float]:
     """Probability that a run of X scores higher than a run of Y.
 
@@ -112,6 +121,8 @@ def probability_of_improvement(
         confidence: Confidence level of the interval.
         n_resamples: Number of bootstrap resamples.
         seed: Seed of the resampling generator.
+        margin: Pairs whose scores differ by at most this much count as ties
+            (``pairs_improved``); 0 is rliable's definition.
 
     Returns:
         ``(p, low, high)``: the estimate and its percentile-bootstrap CI, with
@@ -123,12 +134,16 @@ def probability_of_improvement(
     nan = float("nan")
     if xs.size == 0 or ys.size == 0:
         return nan, nan, nan
-    p = float(_prob_improvement(xs, ys))
+    p = float(pairs_improved(xs, ys, margin))
     if xs.size < 2 or ys.size < 2:
         return p, nan, nan
+
+    def statistic(a, b, axis=-1):
+        return pairs_improved(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1), margin)
+
     res = scipy.stats.bootstrap(
         (xs, ys),
-        _prob_improvement,
+        statistic,
         n_resamples=n_resamples,
         confidence_level=confidence,
         method="percentile",

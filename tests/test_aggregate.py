@@ -9,6 +9,7 @@ import pytest
 import scipy.stats
 
 from bnrl.compare import aggregate as agg
+from bnrl.compare.stats import probability_of_improvement
 
 # rliable/tests/rliable/metrics_test.py: score matrices are runs x tasks.
 RLIABLE_X = np.array([[1, 2], [2, 2], [1, 1], [2, 1]])
@@ -31,6 +32,33 @@ def test_probability_of_improvement_by_hand():
     x = [np.array([2.0, 4.0]), np.array([1.0])]
     y = [np.array([1.0, 3.0]), np.array([1.0, 2.0])]
     assert agg.probability_of_improvement(x, y) == pytest.approx((0.75 + 0.25) / 2)
+
+
+def test_a_margin_makes_close_runs_ties():
+    # X = [1.05, 3], Y = [1, 2]: without a margin X wins 3 of 4 pairs; with margin 0.1 the pair
+    # (1.05, 1) is a tie: (2 + 0.5) / 4.
+    x, y = [np.array([1.05, 3.0])], [np.array([1.0, 2.0])]
+    assert agg.probability_of_improvement(x, y) == pytest.approx(0.75)
+    assert agg.probability_of_improvement(x, y, margin=0.1) == pytest.approx(0.625)
+    # A difference of exactly the margin is a tie; the per-env function agrees.
+    assert agg.probability_of_improvement([[1.5]], [[1.0]], margin=0.5) == 0.5
+    assert probability_of_improvement([1.05, 3.0], [1.0, 2.0], margin=0.1)[0] == 0.625
+
+
+def test_runs_at_a_ceiling_are_not_ranked_by_tiny_differences():
+    # InvertedDoublePendulum-v5 in the committed grid: every run ends at the ceiling, one
+    # variant a hair higher (normalized 1.0008 vs 1.0001). Without a margin 5 vs 5 separated
+    # runs are significant (exact p = 2 / C(10, 5)); with the report's margin they all tie.
+    x = [1.0008 + np.arange(5) * 1e-5]
+    y = [1.0001 + np.arange(5) * 1e-5]
+    assert agg.probability_of_improvement(x, y) == 1.0
+    assert agg.permutation_test(x, y) == pytest.approx(2 / math.comb(10, 5))
+    assert agg.probability_of_improvement(x, y, margin=agg.TIE_MARGIN) == 0.5
+    assert agg.permutation_test(x, y, margin=agg.TIE_MARGIN) == 1.0
+    # Beyond the margin the test sees the separation again.
+    far = [y[0] + 2 * agg.TIE_MARGIN]
+    assert agg.permutation_test(far, y, margin=agg.TIE_MARGIN) == pytest.approx(
+        2 / math.comb(10, 5))
 
 
 def test_normalize():

@@ -132,6 +132,7 @@ def test_small_grid_writes_results_report_figures_and_run_dirs(small_grid, capsy
         assert len(r["eval_returns"]) == 3
         assert r["final_return"] == r["eval_returns"][-1]
         assert r["wall_time_s"] > 0 and r["updates_per_second"] > 0
+        assert r["resumes"] == 0
         run_dir = Path(r["run_dir"])
         assert run_dir == out / "runs" / "sac" / "Pendulum-v1" / r["variant"] / f"seed{r['seed']}"
         summary = json.loads((run_dir / "summary.json").read_text())

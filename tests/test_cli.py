@@ -226,7 +226,7 @@ def test_run_directory_files(sac_bn_run):
     assert not list((sac_bn_run / "checkpoints").glob(".tmp-*"))
 
     summary = json.loads((sac_bn_run / "summary.json").read_text())
-    assert summary["steps"] == 400 and summary["agent"] == "sac"
+    assert summary["steps"] == 400 and summary["agent"] == "sac" and summary["resumes"] == 0
     assert summary["critic_norm"] == "batch"
     assert summary["eval_steps"] == [200, 400]
     assert summary["final_return"] == pytest.approx(float(rows[-1][1]))
@@ -548,7 +548,7 @@ def test_resume_after_kill_9_continues_one_run(resumed_run):
     assert killed["evals"][-1] > start  # the killed run got past its last checkpoint
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 1200
+    assert summary["steps"] == 1200 and summary["resumes"] == 1
     assert summary["eval_steps"] == EVAL_STEPS
 
     header, rows = _csv_rows(run_dir / "metrics.csv")

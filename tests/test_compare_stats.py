@@ -168,6 +168,11 @@ def test_write_report(tmp_path: Path) -> None:
     assert line.endswith("P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.100: "
                          "**no significant difference** (1 env, 3 vs 3 runs)")
     assert "**Incomplete grid: 0 of 7 runs missing, 1 failed.**" in text
+    assert "Resumed from a checkpoint" not in text
+    runs[4]["resumes"] = 2
+    resumed = write_report(runs, tmp_path / "resumed").read_text()
+    assert ("- Resumed from a checkpoint: 1 run(s), sac/Pendulum-v1/batch/seed1 (a resumed run "
+            "starts new episodes") in resumed
     assert "(3/3)" in text  # all batch seeds reach -200, no none seed does -> (0/3)
     assert "(0/3)" in text
     figures = ["aggregate.png", "bn_stats.png", "curves.png", "profiles.png"]
@@ -254,6 +259,34 @@ def test_learning_speed_is_judged_apart_from_the_final_score(tmp_path: Path) -> 
     assert answer[answer.index(line) + 1] == (
         "  - learning speed (normalized score averaged over the run, AUC): cannot compare, no "
         "env has runs of both with two or more evaluations")
+
+
+def test_runs_that_all_end_at_the_ceiling_tie(tmp_path: Path, monkeypatch) -> None:
+    """The committed grid's InvertedDoublePendulum-v5: every run ends at ~9,355, batch's 0.1%
+    higher. Those are ties, not a verdict; without the margin they would read as "better"."""
+    scores = env_scores()["InvertedDoublePendulum-v5"]
+    runs = []
+    for variant, end in (("none", 9352.0), ("batch", 9359.8)):
+        for seed in range(5):
+            run = _run(variant, seed, end, env="InvertedDoublePendulum-v5", start=50.0)
+            rets = [50.0 + (end - 50.0) * min(k / 4, 1.0) + 0.01 * seed
+                    for k in range(len(run["eval_steps"]))]
+            run.update(eval_returns=rets, final_return=rets[-1])
+            runs.append(run)
+    tie = ("P(improvement) 0.50 [0.50, 0.50], exact p = 1.000 (5 vs 5 runs): "
+           "no significant difference")
+    text = write_report(runs, tmp_path).read_text()
+    margin = 0.01 * (scores.reference - scores.random)
+    assert f"Returns within {margin:.3g} of each other tie in P(improvement) (1% of" in text
+    assert f"- `batch`: {tie}\n" in text
+    assert _answer_line(text, "batch").endswith(
+        "P(improvement) 0.50 [0.50, 0.50], exact permutation p = 1.000: "
+        "**no significant difference** (1 env, 5 vs 5 runs)")
+
+    monkeypatch.setattr("bnrl.compare.aggregate.TIE_MARGIN", 0.0)
+    text = write_report(runs, tmp_path).read_text()
+    assert (f"- `batch`: P(improvement) 1.00 [1.00, 1.00], exact p = "
+            f"{2 / math.comb(10, 5):.3f} (5 vs 5 runs): better") in text
 
 
 def test_a_partial_grid_is_never_averaged_silently(tmp_path: Path) -> None:

@@ -568,7 +568,7 @@ def _summary(config: RunConfig, agent, state: dict, wall: float, train_time: flo
         "critic_norm": agent.config.critic_norm, "steps": config.steps,
         "eval_steps": state["eval_steps"], "eval_returns": state["eval_returns"],
         "final_return": state["eval_returns"][-1] if state["eval_returns"] else None,
-        "wall_time_s": wall, "updates": agent.updates_done,
+        "wall_time_s": wall, "updates": agent.updates_done, "resumes": state["resets"],
         "updates_per_second": agent.updates_done / train_time if train_time > 0 else 0.0,
         "bn_stats": bn,
     }
