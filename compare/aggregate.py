@@ -18,7 +18,8 @@ runs are completely separated (with 3 vs 3 seeds every resample is separated too
 [1, 1]); ``permutation_test`` gives the exact p-value of the same statistic under the hypothesis
 that the variant labels are exchangeable within each environment, and ``decide`` requires both
 the interval and the test before it calls a difference. Both take a ``margin`` below which
-two runs tie (rliable has none: 0 by default; the report uses ``TIE_MARGIN``).
+two runs tie (rliable has none: 0 by default; the report uses ``TIE_MARGIN``). A report makes
+several tests (two per variant); ``holm`` adjusts their p-values as one family.
 """
 
 from __future__ import annotations
@@ -218,6 +219,23 @@ def decide(p_improve: float, low: float, high: float, p_value: float) -> str:
     if high < 0.5 and p_improve < 0.5:
         return "worse"
     return "no significant difference"
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values of a family of tests, in the given order.
+
+    The i-th smallest of m p-values is multiplied by m - i + 1, the products made
+    non-decreasing in that order and capped at 1. Rejecting every test whose adjusted p is
+    below 5% keeps the chance of one or more false rejections in the family at 5%, whatever
+    the dependence between the tests: a report's final-score and learning-speed tests of one
+    variant, both against one baseline, are far from independent.
+    """
+    p = np.asarray(p_values, dtype=float).ravel()
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(p[order] * np.arange(p.size, 0, -1))
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
 
 
 def sample_efficiency_curve(points: Sequence[Groups], **kwargs):

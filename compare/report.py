@@ -22,7 +22,7 @@ import functools
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.stats
@@ -385,15 +385,48 @@ def _normalized_groups(by_env: dict[str, dict[str, list[Run]]], variant: str,
                                         if _is_ok(r))) for e in envs]
 
 
-def _comparison(x: list[np.ndarray], y: list[np.ndarray]) -> tuple[str, str]:
-    """(IQM of x and of y, P(improvement) and exact p, as report text; the verdict), of
-    normalized scores."""
-    iqm_x, iqm_y = agg.interval(agg.aggregate_iqm, x), agg.interval(agg.aggregate_iqm, y)
-    improved = functools.partial(agg.probability_of_improvement, margin=agg.TIE_MARGIN)
-    p, low, high = agg.interval(improved, x, y)
-    p_value = agg.permutation_test(x, y, margin=agg.TIE_MARGIN)
-    return (f"{_ci(*iqm_x)} vs {_ci(*iqm_y)}, P(improvement) {_ci(p, low, high)}, exact "
-            f"permutation p = {p_value:.3f}", agg.decide(p, low, high, p_value))
+class _Test(NamedTuple):
+    """A report line with a test whose verdict waits for its section's Holm adjustment: the
+    line is ``head`` + p-values + ``mid`` + verdict + ``tail``."""
+    head: str
+    stats: tuple[float, float, float, float]  # P(improvement), its CI, exact p
+    mid: str
+    tail: str = ""
+    words: dict[str, str] | None = None
+    p_name: str = "exact permutation p"
+
+
+def _test(x: list[np.ndarray], y: list[np.ndarray],
+          margin: float) -> tuple[float, float, float, float]:
+    """P(improvement) of groups ``x`` over ``y`` with its stratified CI, and the exact p."""
+    improved = functools.partial(agg.probability_of_improvement, margin=margin)
+    return (*agg.interval(improved, x, y), agg.permutation_test(x, y, margin=margin))
+
+
+def _iqms(x: list[np.ndarray], y: list[np.ndarray]) -> str:
+    """Aggregate IQMs of normalized scores ``x`` and ``y`` with their CIs, as report text."""
+    return (f"{_ci(*agg.interval(agg.aggregate_iqm, x))} vs "
+            f"{_ci(*agg.interval(agg.aggregate_iqm, y))}, ")
+
+
+def _settle(lines: list[str | _Test]) -> list[str]:
+    """A section's lines with each test's verdict, its p-values Holm-adjusted over the
+    section's tests (a section asks several questions; see the Method note)."""
+    tests = [t for t in lines if isinstance(t, _Test)]
+    adjusted = iter(agg.holm([t.stats[3] for t in tests]))
+    out = []
+    for line in lines:
+        if isinstance(line, str):
+            out.append(line)
+            continue
+        p, low, high, p_value = line.stats
+        q = next(adjusted)
+        p_text = (f"{line.p_name} = {p_value:.3f}"
+                  + (f", Holm-adjusted p = {q:.3f}" if len(tests) > 1 else ""))
+        verdict = agg.decide(p, low, high, q)
+        out.append(f"{line.head}P(improvement) {_ci(p, low, high)}, {p_text}{line.mid}"
+                   f"{(line.words or {}).get(verdict, verdict)}{line.tail}")
+    return out
 
 
 def _scored_envs(by_env: dict, variants: list[str], scores: dict) -> list[str]:
@@ -406,7 +439,7 @@ def _aggregate_lines(agent: str, by_env: dict, variants: list[str], baseline: st
                      scores: dict) -> list[str]:
     """The answer for one agent: each variant against the baseline across envs."""
     unscored = [e for e in by_env if e not in scores]
-    lines = []
+    lines: list[str | _Test] = []
     if unscored:
         lines.append(f"Not in the aggregate (no normalization scores in configs/suites.yaml): "
                      f"{', '.join(unscored)}.")
@@ -422,14 +455,14 @@ def _aggregate_lines(agent: str, by_env: dict, variants: list[str], baseline: st
             continue
         x = _normalized_groups(by_env, variant, scores, envs)
         y = _normalized_groups(by_env, baseline, scores, envs)
-        text, answer = _comparison(x, y)
         left_out = [e for e in by_env if e in scores and e not in envs]
         sizes = f"{sum(g.size for g in x)} vs {sum(g.size for g in y)} runs"
-        lines.append(
-            f"- `{variant}` vs `{baseline}`: IQM normalized score {text}: **{answer}** "
-            f"({len(envs)} env{'s' * (len(envs) > 1)}, {sizes}"
+        lines.append(_Test(
+            f"- `{variant}` vs `{baseline}`: IQM normalized score {_iqms(x, y)}",
+            _test(x, y, agg.TIE_MARGIN), ": **",
+            f"** ({len(envs)} env{'s' * (len(envs) > 1)}, {sizes}"
             + (f"; without {', '.join(left_out)}, where one of them has no successful run"
-               if left_out else "") + ")")
+               if left_out else "") + ")"))
         # Learning speed, the claim made for CrossQ (Bhatt et al. 2024): variants that all
         # end at an env's ceiling can still differ in how soon they get there.
         groups = [_normalized_groups(by_env, v, scores, envs, _auc) for v in (variant, baseline)]
@@ -439,11 +472,13 @@ def _aggregate_lines(agent: str, by_env: dict, variants: list[str], baseline: st
             lines.append(speed + "cannot compare, no env has runs of both with two or more "
                          "evaluations")
             continue
-        text, answer = _comparison(*([g[i] for i in kept] for g in groups))
-        lines.append(f"{speed}IQM {text}: **{_SPEED_WORDS.get(answer, answer)}**"
-                     + (f" ({len(kept)} of the {len(envs)} envs: the others have runs with "
-                        "fewer than two evaluations)" if len(kept) < len(envs) else ""))
-    return [*lines, ""]
+        x, y = ([g[i] for i in kept] for g in groups)
+        lines.append(_Test(
+            f"{speed}IQM {_iqms(x, y)}", _test(x, y, agg.TIE_MARGIN), ": **",
+            "**" + (f" ({len(kept)} of the {len(envs)} envs: the others have runs with "
+                    "fewer than two evaluations)" if len(kept) < len(envs) else ""),
+            _SPEED_WORDS))
+    return [*_settle(lines), ""]
 
 
 def _ci(estimate: float, low: float, high: float) -> str:
@@ -476,7 +511,8 @@ def _answer(groups: dict, variants: list[str], baseline: str, scores: dict,
               f"runs of all envs with {CONFIDENCE:.0%} stratified bootstrap CIs; "
               "P(improvement) = chance that a run of the variant beats a run of "
               f"`{baseline}` on the same env, averaged over envs; the verdict needs both its "
-              "CI and an exact permutation test (see Method). The indented line under each "
+              "CI and an exact permutation test, its p Holm-adjusted over all the tests of "
+              "the agent's answer (see Method). The indented line under each "
               "compares learning speed the same way: the normalized score averaged over the "
               "run (area under the evaluation curve).", ""]
     for agent, by_env in _by_agent(groups).items():
@@ -669,18 +705,18 @@ def _cell_section(
                   "under the evaluation curve):", ""]
     base = finals.get(baseline, np.empty(0))
     margin = _tie_margin(scores) if scores is not None else 0.0
+    tests: list[str | _Test] = []
     for variant in others:
         f = finals[variant]
         if not f.size or not base.size:
             missing = variant if not f.size else baseline
-            lines.append(f"- `{variant}`: cannot compare, no successful `{missing}` runs")
+            tests.append(f"- `{variant}`: cannot compare, no successful `{missing}` runs")
             continue
-        lines.append(f"- `{variant}`: {_pairwise(f, base, margin)}")
+        tests.append(_pairwise(f"- `{variant}`: ", f, base, margin))
         x, y = aucs[variant], aucs.get(baseline, np.empty(0))
         if x.size and y.size:
-            lines.append(f"  - learning speed (AUC): {_pairwise(x, y, margin, _SPEED_WORDS)}")
-    lines.append("")
-    return lines
+            tests.append(_pairwise("  - learning speed (AUC): ", x, y, margin, _SPEED_WORDS))
+    return [*lines, *_settle(tests), ""]
 
 
 def _tie_margin(scores: EnvScores) -> float:
@@ -688,14 +724,12 @@ def _tie_margin(scores: EnvScores) -> float:
     return agg.TIE_MARGIN * abs(scores.reference - scores.random)
 
 
-def _pairwise(x: np.ndarray, y: np.ndarray, margin: float, words: dict | None = None) -> str:
-    """One env's comparison of runs ``x`` against ``y`` (returns closer than ``margin`` tie),
-    as report text with its verdict."""
-    p, low, high = probability_of_improvement(x, y, margin=margin)
-    p_value = agg.permutation_test([x], [y], margin=margin)
-    verdict = agg.decide(p, low, high, p_value)
-    return (f"P(improvement) {_fmt(p, 2)} [{_fmt(low, 2)}, {_fmt(high, 2)}], exact p = "
-            f"{p_value:.3f} ({x.size} vs {y.size} runs): {(words or {}).get(verdict, verdict)}")
+def _pairwise(head: str, x: np.ndarray, y: np.ndarray, margin: float,
+              words: dict[str, str] | None = None) -> _Test:
+    """One env's comparison of runs ``x`` against ``y`` (returns closer than ``margin`` tie)."""
+    stats = (*probability_of_improvement(x, y, margin=margin),
+             agg.permutation_test([x], [y], margin=margin))
+    return _Test(head, stats, f" ({x.size} vs {y.size} runs): ", words=words, p_name="exact p")
 
 
 def _method_note(has_bn: bool) -> list[str]:
@@ -724,7 +758,8 @@ def _method_note(has_bn: bool) -> list[str]:
         "- **Verdict**: `better` or `worse` only when the bootstrap CI of P(improvement) "
         "excludes 0.5 *and* an exact stratified permutation test (variant labels exchanged "
         "within each env, all arrangements enumerated, the per-env null distributions "
-        "convolved) rejects 'no difference' at 5%; otherwise `no significant difference`. "
+        "convolved) rejects 'no difference' at 5% after the Holm adjustment below; "
+        "otherwise `no significant difference`. "
         "Percentile CIs collapse to a point when runs are completely separated (3 vs 3 "
         "separated seeds give [1.00, 1.00]), but the exact test's p for 3 vs 3 on one env is "
         "0.1, so three seeds on one env can never give a confident verdict.",
@@ -733,9 +768,15 @@ def _method_note(has_bn: bool) -> list[str]:
         "the answer, of the normalized AUC; per env, of the AUC) use the same statistics and "
         "verdict rule as the final score (`faster` / `slower` for `better` / `worse`): a "
         "variant that reaches an env's ceiling sooner wins it even when every variant ends "
-        "there. Two "
-        "tests per variant double the chance of one false call at 5%; read a verdict that "
-        "only one of them makes, at p near 0.05, with that in mind.",
+        "there.",
+        "- **Multiple comparisons**: the answer for an agent, and the comparisons of each "
+        "env, are each one family of tests (two per variant: final score and learning "
+        "speed). Their exact p-values are Holm-adjusted (Holm 1979) within the family, and "
+        "the verdict uses the adjusted p, so the chance of any false `better` / `worse` in a "
+        "family is at most 5% whatever the dependence between its tests. The raw p is "
+        "printed next to it. The smallest exact p of n vs n runs on one env is "
+        "2 / C(2n, n) (0.0079 for 5 vs 5), so an env with k tests needs k times that below "
+        "5% to call anything: at 5 seeds, at most three variants besides the baseline.",
         "- **Steps to threshold** is the first evaluation step whose mean return reaches "
         "the env's threshold (configs/suites.yaml); the median is over the seeds that "
         "reached it.",

@@ -157,6 +157,21 @@ def test_five_seeds_in_four_envs_can_be_significant():
     assert agg.decide(1 - p, 1 - high, 1 - low, p_value) == "worse"
 
 
+def test_holm_adjustment_by_hand():
+    # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> 0.06
+    # (adjusted p-values never decrease along the sorted order); returned in the given order.
+    assert agg.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert agg.holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])
+    assert agg.holm([0.7, 0.2]) == pytest.approx([0.7, 0.4])
+    assert agg.holm([0.04]) == pytest.approx([0.04])  # one test: nothing to adjust
+    assert agg.holm([0.6, 0.6, 0.6]) == pytest.approx([1.0, 1.0, 1.0])  # capped at 1
+    # The committed MuJoCo grid's six answer tests (batch_naive, batch, crossq256: final score
+    # and AUC): batch's p = 0.0318 becomes 4 * 0.0318 > 0.05, CrossQ's stay below.
+    raw = [0.3741, 0.1239, 0.0318, 0.1778, 0.00273, 9.9e-6]
+    expected = [0.3741, 3 * 0.1239, 4 * 0.0318, 3 * 0.1239, 5 * 0.00273, 6 * 9.9e-6]
+    assert agg.holm(raw) == pytest.approx(expected)
+
+
 def test_sample_efficiency_curve_is_the_iqm_at_each_point():
     points = [[np.array([0.0, 0.1, 0.2, 0.3])], [np.array([0.5, 0.6, 0.7, 0.8])]]
     iqm, low, high = agg.sample_efficiency_curve(points, n_resamples=200)

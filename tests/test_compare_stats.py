@@ -155,9 +155,10 @@ def test_write_report(tmp_path: Path) -> None:
     assert "| `batch` | 3 / 4 |" in text
     assert "FloatingPointError: NaN in critic loss" in text  # one line, not the traceback
     # Complete separation of 3 vs 3 seeds: the percentile CI collapses to [1, 1], but the exact
-    # test's p is 2 / C(6, 3) = 0.1, so there is no confident verdict (issue 14).
-    assert ("- `batch`: P(improvement) 1.00 [1.00, 1.00], exact p = 0.100 (3 vs 3 runs): "
-            "no significant difference") in text
+    # test's p is 2 / C(6, 3) = 0.1, so there is no confident verdict (issue 14). The section
+    # makes two tests (final return, AUC), both at p = 0.1: Holm gives 2 * 0.1.
+    assert ("- `batch`: P(improvement) 1.00 [1.00, 1.00], exact p = 0.100, Holm-adjusted p = "
+            "0.200 (3 vs 3 runs): no significant difference") in text
     scores = env_scores()["Pendulum-v1"]
     batch = [scores.normalize(r["final_return"]) for r in runs[3:6]]
     none = [scores.normalize(r["final_return"]) for r in runs[:3]]
@@ -165,8 +166,9 @@ def test_write_report(tmp_path: Path) -> None:
     # With 3 runs the IQM trims nothing: it is the mean.
     assert line.startswith(f"- `batch` vs `none`: IQM normalized score {np.mean(batch):.2f} [")
     assert f"] vs {np.mean(none):.2f} [" in line
-    assert line.endswith("P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.100: "
-                         "**no significant difference** (1 env, 3 vs 3 runs)")
+    assert line.endswith("P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.100, "
+                         "Holm-adjusted p = 0.200: **no significant difference** (1 env, 3 "
+                         "vs 3 runs)")
     assert "**Incomplete grid: 0 of 7 runs missing, 1 failed.**" in text
     assert "Resumed from a checkpoint" not in text
     runs[4]["resumes"] = 2
@@ -195,8 +197,8 @@ def test_aggregate_answer_across_envs_says_better_or_worse(tmp_path: Path) -> No
     # batch wins every pair on every env: P = 1, and under the null each env is separated with
     # probability 2 / C(10, 5), all three in the same direction with 2 / 252**3.
     assert _answer_line(text, "batch").endswith(
-        "P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.000: **better** "
-        "(3 envs, 15 vs 15 runs)")
+        "P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.000, Holm-adjusted p = "
+        "0.000: **better** (3 envs, 15 vs 15 runs)")
     assert "### sac on Pendulum-v1, MountainCarContinuous-v0, InvertedDoublePendulum-v5" in text
     assert text.index("## Answer") < text.index("## Grid") < text.index("## Per environment")
     assert "Incomplete" not in text
@@ -236,14 +238,16 @@ def test_learning_speed_is_judged_apart_from_the_final_score(tmp_path: Path) -> 
     assert speed.startswith("  - learning speed (normalized score averaged over the run, AUC): "
                             f"IQM {iqm['batch']:.2f} [")
     assert f"] vs {iqm['none']:.2f} [" in speed
-    assert speed.endswith("P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.000: "
-                          "**faster**")
-    # Per env, 5 vs 5 runs completely separated: exact p = 2 / C(10, 5).
+    assert speed.endswith("P(improvement) 1.00 [1.00, 1.00], exact permutation p = 0.000, "
+                          "Holm-adjusted p = 0.000: **faster**")
+    # Per env, 5 vs 5 runs completely separated: exact p = 2 / C(10, 5), and Holm over the
+    # env's two tests doubles the smaller p (the larger, 1, stays).
     section = text.split("### sac / InvertedDoublePendulum-v5", 1)[1].split("###", 1)[0]
     assert "- `batch`: P(improvement) 0.50 [" in section
-    assert ("], exact p = 1.000 (5 vs 5 runs): no significant difference\n  - learning speed "
-            "(AUC): P(improvement) 1.00 [1.00, 1.00], exact p = "
-            f"{2 / math.comb(10, 5):.3f} (5 vs 5 runs): faster") in section
+    p = 2 / math.comb(10, 5)
+    assert ("], exact p = 1.000, Holm-adjusted p = 1.000 (5 vs 5 runs): no significant "
+            "difference\n  - learning speed (AUC): P(improvement) 1.00 [1.00, 1.00], exact p = "
+            f"{p:.3f}, Holm-adjusted p = {2 * p:.3f} (5 vs 5 runs): faster") in section
     # And the other way round: against batch, none is slower.
     text = write_report(runs, tmp_path, baseline="batch").read_text()
     answer = text.split("## Answer", 1)[1].split("## Grid", 1)[0].splitlines()
@@ -273,20 +277,21 @@ def test_runs_that_all_end_at_the_ceiling_tie(tmp_path: Path, monkeypatch) -> No
                     for k in range(len(run["eval_steps"]))]
             run.update(eval_returns=rets, final_return=rets[-1])
             runs.append(run)
-    tie = ("P(improvement) 0.50 [0.50, 0.50], exact p = 1.000 (5 vs 5 runs): "
-           "no significant difference")
+    tie = ("P(improvement) 0.50 [0.50, 0.50], exact p = 1.000, Holm-adjusted p = 1.000 (5 vs "
+           "5 runs): no significant difference")
     text = write_report(runs, tmp_path).read_text()
     margin = 0.01 * (scores.reference - scores.random)
     assert f"Returns within {margin:.3g} of each other tie in P(improvement) (1% of" in text
     assert f"- `batch`: {tie}\n" in text
     assert _answer_line(text, "batch").endswith(
-        "P(improvement) 0.50 [0.50, 0.50], exact permutation p = 1.000: "
-        "**no significant difference** (1 env, 5 vs 5 runs)")
+        "P(improvement) 0.50 [0.50, 0.50], exact permutation p = 1.000, Holm-adjusted p = "
+        "1.000: **no significant difference** (1 env, 5 vs 5 runs)")
 
     monkeypatch.setattr("bnrl.compare.aggregate.TIE_MARGIN", 0.0)
     text = write_report(runs, tmp_path).read_text()
-    assert (f"- `batch`: P(improvement) 1.00 [1.00, 1.00], exact p = "
-            f"{2 / math.comb(10, 5):.3f} (5 vs 5 runs): better") in text
+    p = 2 / math.comb(10, 5)  # final return and AUC both separated: Holm doubles both
+    assert (f"- `batch`: P(improvement) 1.00 [1.00, 1.00], exact p = {p:.3f}, Holm-adjusted p "
+            f"= {2 * p:.3f} (5 vs 5 runs): better") in text
 
 
 def test_a_partial_grid_is_never_averaged_silently(tmp_path: Path) -> None:
@@ -321,3 +326,36 @@ def test_write_report_without_bn_or_successful_runs(tmp_path: Path) -> None:
     assert "cannot compare, no successful `layer` runs" in text
     assert "placeholder" in text
     assert (tmp_path / "bn_stats.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_holm_withdraws_a_verdict_that_one_test_alone_would_make(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """One env, 5 vs 5 runs, batch ahead in 23 of the 25 pairs on the final return and on the
+    AUC: each exact p is 2 * 4 / C(10, 5) = 0.032 (U >= 23 in 4 of the 252 labellings), below
+    5% alone, but Holm over the two tests makes both 0.063: no verdict. Without the adjustment
+    the same runs read "better" and "faster"."""
+    runs = []
+    for variant, levels in (("none", [0, 1, 2, 3, 4]), ("batch", [2.5, 4.5, 5, 6, 7])):
+        for seed, level in enumerate(levels):
+            run = _run(variant, seed, -900.0 + 100 * level)
+            rets = [-1400.0 + (500.0 + 100 * level) * min(k / 4, 1.0)
+                    for k in range(len(run["eval_steps"]))]
+            run.update(eval_returns=rets, final_return=rets[-1])
+            runs.append(run)
+    none, batch = ([r["final_return"] for r in runs if r["variant"] == v]
+                   for v in ("none", "batch"))
+    p = scipy.stats.mannwhitneyu(batch, none, method="exact").pvalue
+    assert p == pytest.approx(8 / 252)
+    pi, low, high = probability_of_improvement(batch, none)
+    assert pi == pytest.approx(23 / 25) and low > 0.5  # the CI alone would allow a verdict
+    text = write_report(runs, tmp_path).read_text()
+    assert (f"- `batch`: P(improvement) {pi:.2f} [{low:.2f}, {high:.2f}], exact p = {p:.3f}, "
+            f"Holm-adjusted p = {2 * p:.3f} (5 vs 5 runs): no significant difference") in text
+    assert _answer_line(text, "batch").endswith(
+        f"exact permutation p = {p:.3f}, Holm-adjusted p = {2 * p:.3f}: **no significant "
+        "difference** (1 env, 5 vs 5 runs)")
+
+    monkeypatch.setattr("bnrl.compare.aggregate.holm", lambda p_values: p_values)
+    text = write_report(runs, tmp_path).read_text()
+    assert _answer_line(text, "batch").endswith("**better** (1 env, 5 vs 5 runs)")
+    assert "(5 vs 5 runs): faster" in text
