@@ -702,7 +702,7 @@ def _cell_section(
     others = [v for v in variants if v != baseline and v in by_variant]
     if others:
         lines += ["", f"Against `{baseline}` (final return; indented, learning speed: the area "
-                  "under the evaluation curve):", ""]
+                  "under the evaluation curve; p Holm-adjusted over this env's tests):", ""]
     base = finals.get(baseline, np.empty(0))
     margin = _tie_margin(scores) if scores is not None else 0.0
     tests: list[str | _Test] = []
