@@ -6,8 +6,7 @@
     python run.py benchmark            # the quick BN vs no-BN benchmark (about 5 minutes)
     python run.py report bench_out/quick
 
-Bad input exits with code 2 and one line on stderr; heavy imports happen after parsing so that
-``--help`` and input errors are instant.
+Bad input exits with code 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -39,7 +38,20 @@ def _use_checkout() -> None:
 if __name__ in ("__main__", "__mp_main__"):
     _use_checkout()
 
-AGENTS = ("dqn", "ddpg", "td3", "sac", "crossq")
+# Every bnrl import comes after _use_checkout (so that it is this checkout's), and TensorFlow is
+# first imported by quiet_tensorflow, with its start-up logging hidden.
+from bnrl.common.quiet import quiet_tensorflow  # noqa: E402 - after _use_checkout
+
+quiet_tensorflow()
+
+from bnrl import agents  # noqa: E402 - after quiet_tensorflow
+from bnrl.common.errors import NonFiniteLoss, StorageError, UserError, one_line  # noqa: E402
+from bnrl.compare.cli import COMMANDS, add_benchmark_commands  # noqa: E402
+from bnrl.training import evaluate_run, resolve, train  # noqa: E402
+from bnrl.training.config import load_yaml  # noqa: E402
+from bnrl.training.export import export_policy  # noqa: E402
+
+AGENTS = tuple(agents.AGENTS)
 NORMS = ("none", "batch", "batch_renorm", "layer")
 
 
@@ -70,9 +82,6 @@ _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _setting(text: str) -> tuple[str, object]:
-    from bnrl.training.config import load_yaml
-    from bnrl.training.errors import UserError, one_line
-
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{one_line(text, 100)}'")
@@ -193,17 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--run", required=True, help="run directory written by train")
     export.add_argument("--out", required=True, help="new directory for the SavedModel")
 
-    from bnrl.compare.cli import add_benchmark_commands
-
-    add_benchmark_commands(sub, _positive_int, AGENTS, NORMS)
+    add_benchmark_commands(sub, _positive_int)
     return parser
 
 
 def cmd_train(args) -> int:
-    from bnrl.training import resolve, train
-
     if args.without_replay and not args.resume:
-        raise_user("--without-replay only applies to --resume")
+        raise UserError("--without-replay only applies to --resume")
     agent_overrides = dict(args.settings)
     # The flags win over --set critic_norm=... / actor_norm=..., but only when given.
     if args.critic_norm is not None:
@@ -215,10 +220,10 @@ def cmd_train(args) -> int:
     config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
     if args.actor_norm is not None:  # the agent may come from --config: known only now
         if config.agent == "dqn":
-            raise_user("dqn has no actor: use --critic-norm for its Q-network")
+            raise UserError("dqn has no actor: use --critic-norm for its Q-network")
         agent_overrides["actor_norm"] = args.actor_norm
         config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
-    norm = config.agent_config_object().critic_norm
+    norm = config.agent_config.critic_norm
     logdir = args.logdir or os.path.join(
         "runs", f"{config.agent}-{config.env.replace(':', '_').replace('/', '_')}-{norm}"
         f"-s{config.seed}")
@@ -234,8 +239,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from bnrl.training import evaluate_run
-
     mean, std, video = evaluate_run(args.run, args.episodes, args.render_video, args.seed)
     print(f"mean return {mean:.2f} +- {std:.2f} over {args.episodes} episodes")
     if video is not None:
@@ -244,32 +247,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from bnrl.training.export import export_policy
-
     metadata = export_policy(args.run, args.out)
     print(f"exported {metadata['agent']} on {metadata['env']} ({metadata['checkpoint']}) to "
           f"{args.out}")
     return 0
 
 
-def raise_user(message: str):
-    from bnrl.training.errors import UserError
-
-    raise UserError(message)
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from bnrl.training.quiet import quiet_tensorflow
-
-    quiet_tensorflow()
-    from bnrl.training.errors import NonFiniteLoss, StorageError, UserError, one_line
-
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}
-    from bnrl.compare.cli import COMMANDS
-
-    commands.update(COMMANDS)
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, **COMMANDS}
     try:
         return commands[args.command](args)
     except UserError as exc:

@@ -1,22 +1,29 @@
-"""Agents on the Session-based core: DQN, DDPG, TD3, SAC, CrossQ.
+"""Agents: DQN, DDPG, TD3, SAC, CrossQ, each an ``Algorithm`` run by the shared ``Agent``.
 
-``make_agent(name, observation_space, action_space, config, seed)`` builds one by name; ``config``
-is the agent's dataclass or a dict of its fields (unknown keys are a one-line ValueError).
+``AGENTS`` is the one registry of agents by name: the command line, the env checks, the
+benchmark and the export all read it. Adding an agent is writing its algorithm file and adding
+one line here. ``make_agent(name, observation_space, action_space, config, seed)`` builds one;
+``config`` is the agent's dataclass or a dict of its fields (unknown keys and bad values are a
+one-line ValueError).
 """
 
-from bnrl.agents.core import Agent, AgentConfig, config_from_dict
+from bnrl.agents.agent import Agent
+from bnrl.agents.algorithm import Algorithm, Networks
+from bnrl.agents.config import AgentConfig, config_from_dict
 from bnrl.agents.crossq import CrossQ, CrossQConfig
 from bnrl.agents.dqn import DQN, DQNConfig
 from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.sac import SAC, SACConfig
 from bnrl.agents.td3 import DDPG, TD3, DDPGConfig, TD3Config
 
-AGENTS: dict[str, type[Agent]] = {"dqn": DQN, "ddpg": DDPG, "td3": TD3, "sac": SAC,
-                                  "crossq": CrossQ}
+AGENTS: dict[str, type[Algorithm]] = {a.name: a for a in (DQN, DDPG, TD3, SAC, CrossQ)}
+
+ACTION_SPACES: dict[str, str] = {name: a.head_class.action_space for name, a in AGENTS.items()}
+"""The action space each agent acts in: ``discrete`` or ``box`` (what ``envs`` checks)."""
 
 
-def agent_class(name: str) -> type[Agent]:
-    """The agent class registered as ``name``; ValueError naming the accepted ones otherwise."""
+def agent_class(name: str) -> type[Algorithm]:
+    """The algorithm registered as ``name``; ValueError naming the accepted ones otherwise."""
     try:
         return AGENTS[name]
     except KeyError:
@@ -25,12 +32,13 @@ def agent_class(name: str) -> type[Agent]:
 
 def make_agent(name: str, observation_space, action_space, config=None, seed: int = 0) -> Agent:
     """Build agent ``name``; ``config`` is its config dataclass, a dict of fields, or None."""
-    cls = agent_class(name)
+    algorithm = agent_class(name)
     if config is None or isinstance(config, dict):
-        config = config_from_dict(cls.config_class, config)
-    return cls(observation_space, action_space, config, seed)
+        config = config_from_dict(algorithm.config_class, config)
+    return Agent(algorithm, observation_space, action_space, config, seed)
 
 
-__all__ = ["AGENTS", "Agent", "AgentConfig", "CrossQ", "CrossQConfig", "DDPG", "DDPGConfig", "DQN",
-           "DQNConfig", "ReplayBuffer", "SAC", "SACConfig", "TD3", "TD3Config", "agent_class",
-           "config_from_dict", "make_agent"]
+__all__ = ["ACTION_SPACES", "AGENTS", "Agent", "AgentConfig", "Algorithm", "CrossQ",
+           "CrossQConfig", "DDPG", "DDPGConfig", "DQN", "DQNConfig", "Networks", "ReplayBuffer",
+           "SAC", "SACConfig", "TD3", "TD3Config", "agent_class", "config_from_dict",
+           "make_agent"]

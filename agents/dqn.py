@@ -1,6 +1,6 @@
 """DQN (Mnih et al. 2015) with double Q-learning (van Hasselt et al. 2016) and a Huber loss.
 
-One ``sess.run`` per gradient step, read top to bottom in ``_build_update``: TD target (double Q:
+One ``sess.run`` per gradient step, read top to bottom in ``DQN.build_update``: TD target (double Q:
 the online network picks the next action, the target network values it) -> Q step with the BN
 updates of its training-mode pass -> every ``target_update_interval``-th update: target copy (BN
 statistics by the ``target_bn`` policy). Defaults follow SB3; configs/CartPole-v1.yaml has the RL
@@ -12,10 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
-from bnrl.agents.core import Agent, AgentConfig, check_range
-from bnrl.agents.update import Schedule, Update, adam, critic_pass, critic_update, td_target
+from bnrl.agents.algorithm import Algorithm, Networks
+from bnrl.agents.config import AgentConfig, check_range
+from bnrl.agents.policy import GreedyHead
+from bnrl.agents.update import (
+    TARGET,
+    Schedule,
+    Update,
+    adam,
+    critic_pass,
+    critic_update,
+    target_update,
+    td_target,
+)
 from bnrl.networks import q_network, tf
 
 
@@ -63,50 +72,47 @@ class DQNConfig(AgentConfig):
     dueling: bool = False
     """Dueling head (Wang et al. 2016)."""
 
-    def validate(self) -> None:
-        super().validate()
+    def _validate(self) -> None:
+        super()._validate()
         check_range(self, "learning_rate", 0, open_low=True)
         check_range(self, "target_update_interval", 1)
         check_range(self, "exploration_steps", 0)
         for name in ("exploration_initial_eps", "exploration_final_eps"):
             check_range(self, name, 0, 1)
         check_range(self, "max_grad_norm", 0, open_low=True)
-        if self.double_q and self.setting("target") == "none":
+        if self.double_q and self.target == "none":
             raise ValueError("double_q values the next action with a target network but "
                              "target=none: set double_q=false or target=polyak")
 
 
-class DQN(Agent):
+class DQN(Algorithm):
     name = "dqn"
     config_class = DQNConfig
-    discrete = True
+    head_class = GreedyHead
 
-    def _build_networks(self):
+    def _build_networks(self) -> Networks:
         c = self.config
-        polyak = c.setting("target") == "polyak"
+        polyak = c.target == "polyak"
 
         def q_net(name):
-            return q_network(self.obs_dim, self.n_actions, c.hidden, self._critic_norm(),
-                             c.dueling, name=name, seed=self._model_seed())
+            return q_network(self.obs_dim, self.head.n, c.hidden, self.critic_norm(), c.dueling,
+                             name=name, seed=self.network_seed())
 
         self.q = q_net("q_network")
         self.target_q = q_net("target_q_network") if polyak else None
-        self.critic_models, self.actor_models = [self.q], []
-        self.target_pairs = [(self.q, self.target_q)] if polyak else []
         self.optimizer = adam(c.learning_rate, c.adam_beta1)
+        return Networks(critics=[self.q], policy=self.q,
+                        target_pairs=[(self.q, self.target_q)] if polyak else [])
 
     def _build_schedule(self) -> Schedule:
         interval = self.config.target_update_interval
-        return Schedule(target_every=interval if self.target_pairs else None)
+        return Schedule(target_every=interval if self.target_q is not None else None)
 
-    def _build_update(self, b, noise, pieces) -> Update:
+    def build_update(self, b, noise, steps) -> Update:
         c = self.config
         # TD target. Double Q: the online network picks the next action (in the bootstrap mode),
         # the target network values it.
-        values = critic_pass(self.q, b.obs, b.next_obs, self.target_q,
-                             joint_batch=c.setting("critic_batch") == "joint",
-                             bootstrap_training=c.setting("bootstrap_mode") == "training",
-                             online_next=c.double_q)
+        values = critic_pass(self.q, b.obs, b.next_obs, self.target_q, c, online_next=c.double_q)
         if c.double_q:
             best = tf.argmax(values.q_next_online, axis=1)
             q_next = tf.gather(values.q_next, best, axis=1, batch_dims=1)
@@ -117,24 +123,11 @@ class DQN(Agent):
         # Q step (gradient norm clipped, SB3), with the BN updates of its training-mode pass.
         q = tf.gather(values.q, b.action, axis=1, batch_dims=1)
         loss = tf.reduce_mean(tf.compat.v1.losses.huber_loss(y, q, reduction="none"))
-        return critic_update(self.optimizer, loss, q, self.q, values, loss_name="losses/q_loss",
-                             clip_norm=c.max_grad_norm, name="q_step")
+        update = critic_update(self.optimizer, loss, q, self.q, values, loss_name="losses/q_loss",
+                               clip_norm=c.max_grad_norm, name="q_step")
 
-    def _build_act(self):
-        return tf.argmax(self.q(self.obs_ph, training=False), axis=1)
-
-    def _numpy_policy(self):
-        return self.q, None, lambda q: int(np.argmax(q))
-
-    @property
-    def epsilon(self) -> float:
-        c = self.config
-        frac = min(1.0, self.env_steps / max(1, c.exploration_steps))
-        return c.exploration_initial_eps + frac * (c.exploration_final_eps
-                                                   - c.exploration_initial_eps)
-
-    def _postprocess_action(self, action, explore: bool):
-        if explore and self.rng.random() < self.epsilon:
-            return int(self.rng.integers(self.n_actions))
-        return int(action)
-
+        if TARGET in steps:
+            # Target sync (hard copy at tau = 1), reading the Q-network after the step.
+            update.target_step = target_update([(self.q, self.target_q)], c.tau, c.target_bn,
+                                               update.optimizer_steps())
+        return update

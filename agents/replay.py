@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bnrl.training.files import atomic_open
+from bnrl.common.files import atomic_open
 
 __all__ = ["ReplayBuffer"]
 
@@ -185,7 +185,7 @@ class ReplayBuffer:
 
         The file holds only plain arrays (the RNG state is JSON text in a 0-d unicode
         array), so it loads with `allow_pickle=False`. It is written atomically
-        (`training.files.atomic_open`), so a crash mid-save never leaves a truncated file.
+        (`common.files.atomic_open`), so a crash mid-save never leaves a truncated file.
 
         Args:
             path: Destination file; no `.npz` suffix is added.

@@ -1,6 +1,6 @@
 """Soft Actor-Critic (Haarnoja et al. 2018) with twin critics and automatic entropy tuning.
 
-One ``sess.run`` per gradient step, read top to bottom in ``_build_update``: TD target (next
+One ``sess.run`` per gradient step, read top to bottom in ``SAC.build_update``: TD target (next
 actions sampled from the actor in inference mode) -> critic step with the BN updates of its
 training-mode pass -> every ``policy_delay``-th update: actor step (reading the new critic) ->
 temperature step -> polyak target update. Defaults follow SB3 / RL Zoo. CrossQ is this agent with
@@ -13,11 +13,12 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
-from bnrl.agents.core import ActorCriticConfig, Agent, check_range
+from bnrl.agents.algorithm import Algorithm, Networks
+from bnrl.agents.config import ActorCriticConfig, check_range
+from bnrl.agents.policy import SquashedGaussianHead
 from bnrl.agents.update import (
     ACTOR,
+    TARGET,
     Schedule,
     Update,
     adam,
@@ -25,10 +26,11 @@ from bnrl.agents.update import (
     critic_pass,
     critic_update,
     gradient_step,
+    target_update,
     td_target,
     temperature_step,
 )
-from bnrl.networks import Norm, critic, gaussian_actor, squashed_gaussian, tf, training_call
+from bnrl.networks import critic, gaussian_actor, squashed_gaussian, tf, training_call
 
 
 @dataclass
@@ -52,8 +54,6 @@ class SACConfig(ActorCriticConfig):
     """Adam learning rate of actor, critics and temperature (SB3)."""
     actor_hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of the actor."""
-    actor_norm: str = "none"
-    """Normalization of the actor: none, batch, batch_renorm, layer."""
     n_critics: int = 2
     """Number of Q-heads; the target takes their minimum (clipped double Q)."""
     init_alpha: float = 1.0
@@ -66,8 +66,8 @@ class SACConfig(ActorCriticConfig):
     """Critic updates per actor, temperature and target update (TD3's delayed policy updates,
     Fujimoto et al. 2018; CrossQ: 3)."""
 
-    def validate(self) -> None:
-        super().validate()
+    def _validate(self) -> None:
+        super()._validate()
         check_range(self, "learning_rate", 0, open_low=True)
         check_range(self, "n_critics", 1)
         check_range(self, "init_alpha", 0, open_low=True)
@@ -75,53 +75,53 @@ class SACConfig(ActorCriticConfig):
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
             raise ValueError(f"target_entropy must be a finite number or null, got "
                              f"{self.target_entropy}")
-        Norm(self.actor_norm)
 
 
-class SAC(Agent):
-    """SAC on the shared core; CrossQ is SAC with CrossQConfig's defaults."""
+class SAC(Algorithm):
+    """SAC; CrossQ is SAC with CrossQConfig's defaults."""
 
     name = "sac"
     config_class = SACConfig
+    head_class = SquashedGaussianHead
 
-    def _build_networks(self):
+    def _build_networks(self) -> Networks:
         c = self.config
-        self.critic = critic(self.obs_dim, self.act_dim, c.hidden, self._critic_norm(),
-                             n_critics=c.n_critics, name="critic", seed=self._model_seed())
-        self.actor = gaussian_actor(self.obs_dim, self.act_dim, c.actor_hidden,
-                                    self._actor_norm(c.actor_norm), name="actor",
-                                    seed=self._model_seed())
-        self.critic_models, self.actor_models = [self.critic], [self.actor]
-        self.target_critic, self.target_pairs = None, []
-        if c.setting("target") == "polyak":
-            self.target_critic = critic(self.obs_dim, self.act_dim, c.hidden, self._critic_norm(),
+        act_dim = self.head.action_dim
+        self.critic = critic(self.obs_dim, act_dim, c.hidden, self.critic_norm(),
+                             n_critics=c.n_critics, name="critic", seed=self.network_seed())
+        self.actor = gaussian_actor(self.obs_dim, act_dim, c.actor_hidden,
+                                    self.norm(c.actor_norm), name="actor",
+                                    seed=self.network_seed())
+        self.target_critic = None
+        if c.target == "polyak":
+            self.target_critic = critic(self.obs_dim, act_dim, c.hidden, self.critic_norm(),
                                         n_critics=c.n_critics, name="target_critic",
-                                        seed=self._model_seed())
-            self.target_pairs = [(self.critic, self.target_critic)]
+                                        seed=self.network_seed())
         self.log_alpha = tf.Variable(math.log(c.init_alpha), dtype=tf.float32, name="log_alpha")
         self.target_entropy = (c.target_entropy if c.target_entropy is not None
-                               else -float(self.act_dim))
+                               else -float(act_dim))
         self.critic_optimizer, self.actor_optimizer, self.alpha_optimizer = (
             adam(c.learning_rate, c.adam_beta1) for _ in range(3))
+        return Networks(critics=[self.critic], actors=[self.actor], policy=self.actor,
+                        target_pairs=[(self.critic, self.target_critic)]
+                        if self.target_critic is not None else [])
 
     def _build_schedule(self) -> Schedule:
-        delay = self.config.policy_delay
-        return Schedule(actor_every=delay, target_every=delay if self.target_pairs else None)
+        return Schedule.actor_critic(self.config.policy_delay, self.target_critic is not None)
 
-    def _build_noise(self, rows, step) -> dict:
-        return {"next_action": self._step_noise(rows, step, self.act_dim, 1),
-                "action": self._step_noise(rows, step, self.act_dim, 2)}
+    def noise(self, rows, step) -> dict:
+        act_dim = self.head.action_dim
+        return {"next_action": self.step_noise(rows, step, act_dim, 1),
+                "action": self.step_noise(rows, step, act_dim, 2)}
 
-    def _build_update(self, b, noise, pieces) -> Update:
+    def build_update(self, b, noise, steps) -> Update:
         c = self.config
         alpha = tf.exp(self.log_alpha)
         # TD target: soft value of the bootstrap critic at actions sampled in inference mode.
         next_action, next_logp, _ = squashed_gaussian(self.actor(b.next_obs, training=False),
                                                       noise["next_action"])
         values = critic_pass(self.critic, [b.obs, b.action], [b.next_obs, next_action],
-                             self.target_critic,
-                             joint_batch=c.setting("critic_batch") == "joint",
-                             bootstrap_training=c.setting("bootstrap_mode") == "training")
+                             self.target_critic, c)
         y = td_target(b.reward, b.done, c.gamma,
                       tf.reduce_min(values.q_next, axis=1) - alpha * next_logp)
 
@@ -129,42 +129,35 @@ class SAC(Agent):
         q = values.q
         critic_loss = 0.5 * tf.reduce_sum(tf.reduce_mean(tf.square(q - y[:, None]), axis=0))
         update = critic_update(self.critic_optimizer, critic_loss, q, self.critic, values)
-        if ACTOR not in pieces:
-            return update
 
-        # Delayed actor step. Model calls inside this block read their variables after the
-        # critic step; the critic's training-mode call here collects no updates.
-        with tf.control_dependencies([update.critic_step]):
-            dist, actor_updates = training_call(self.actor, b.obs)
-            action, logp, _ = squashed_gaussian(dist, noise["action"])
-            q_pi = tf.reduce_min(call_in_mode(self.critic, [b.obs, action],
-                                              c.setting("actor_loss_mode") == "training"), axis=1)
-            alpha_now = tf.exp(self.log_alpha)
-        actor_loss = tf.reduce_mean(tf.stop_gradient(alpha_now) * logp - q_pi)
-        actor_step = gradient_step(self.actor_optimizer, actor_loss,
-                                   self.actor.trainable_variables, actor_updates,
-                                   name="actor_step")
+        if ACTOR in steps:
+            # Delayed actor step. Model calls inside this block read their variables after the
+            # critic step; the critic's training-mode call here collects no updates.
+            with tf.control_dependencies([update.critic_step]):
+                dist, actor_updates = training_call(self.actor, b.obs)
+                action, logp, _ = squashed_gaussian(dist, noise["action"])
+                q_pi = tf.reduce_min(call_in_mode(self.critic, [b.obs, action],
+                                                  c.actor_loss_mode), axis=1)
+                alpha_now = tf.exp(self.log_alpha)
+            actor_loss = tf.reduce_mean(tf.stop_gradient(alpha_now) * logp - q_pi)
+            actor_step = gradient_step(self.actor_optimizer, actor_loss,
+                                       self.actor.trainable_variables, actor_updates,
+                                       name="actor_step")
 
-        # Temperature step, after the actor has used the temperature.
-        alpha_loss = -tf.reduce_mean(self.log_alpha * tf.stop_gradient(logp + self.target_entropy))
-        if c.autotune_alpha:
-            alpha_step = temperature_step(self.alpha_optimizer, alpha_loss, self.log_alpha,
-                                          actor_step)
-            actor_step = tf.group(actor_step, alpha_step, name="actor_alpha_step")
-        update.actor_step = actor_step
-        update.actor_scalars = {"losses/actor_loss": actor_loss, "losses/alpha_loss": alpha_loss,
-                                "losses/alpha": alpha, "losses/entropy": -tf.reduce_mean(logp)}
+            # Temperature step, after the actor has used the temperature.
+            alpha_loss = -tf.reduce_mean(
+                self.log_alpha * tf.stop_gradient(logp + self.target_entropy))
+            if c.autotune_alpha:
+                alpha_step = temperature_step(self.alpha_optimizer, alpha_loss, self.log_alpha,
+                                              actor_step)
+                actor_step = tf.group(actor_step, alpha_step, name="actor_alpha_step")
+            update.actor_step = actor_step
+            update.actor_scalars = {"losses/actor_loss": actor_loss,
+                                    "losses/alpha_loss": alpha_loss, "losses/alpha": alpha,
+                                    "losses/entropy": -tf.reduce_mean(logp)}
+
+        if TARGET in steps:
+            # Polyak target critic, reading the online critic after this update's steps.
+            update.target_step = target_update([(self.critic, self.target_critic)], c.tau,
+                                               c.target_bn, update.optimizer_steps())
         return update
-
-    def _build_act(self):
-        return self.actor(self.obs_ph, training=False)
-
-    def _numpy_policy(self):
-        return self.actor, "pi_mean", np.tanh
-
-    def _postprocess_action(self, dist, explore: bool):
-        mean, log_std = dist[: self.act_dim], dist[self.act_dim:]
-        if not explore:
-            return np.tanh(mean)
-        return np.tanh(mean + np.exp(log_std) * self.rng.standard_normal(self.act_dim)).astype(
-            np.float32)

@@ -4,7 +4,7 @@ DDPG = TD3 with one critic, no target policy smoothing and no actor delay (as SB
 ``DDPGConfig.paper()`` is the paper's setup: BN on the state input and on the critic layers before
 the action, which joins at the second hidden layer, and in the actor; L2 1e-2 on Q; OU noise.
 
-One ``sess.run`` per gradient step, read top to bottom in ``_build_update``: TD target (target
+One ``sess.run`` per gradient step, read top to bottom in ``TD3.build_update``: TD target (target
 actor's smoothed next action, bootstrap critic) -> critic step with the BN updates of its
 training-mode pass -> every ``policy_delay``-th update: actor step (reading the new critic) ->
 polyak target update.
@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
-from bnrl.agents.core import ActorCriticConfig, Agent, check_range
+from bnrl.agents.algorithm import Algorithm, Networks
+from bnrl.agents.config import ActorCriticConfig, check_range
+from bnrl.agents.policy import DeterministicHead
 from bnrl.agents.update import (
     ACTOR,
+    TARGET,
     Schedule,
     Update,
     adam,
@@ -27,9 +28,10 @@ from bnrl.agents.update import (
     critic_pass,
     critic_update,
     gradient_step,
+    target_update,
     td_target,
 )
-from bnrl.networks import Norm, critic, deterministic_actor, tf, training_call
+from bnrl.networks import critic, deterministic_actor, tf, training_call
 
 
 @dataclass
@@ -56,8 +58,6 @@ class TD3Config(ActorCriticConfig):
     """Actor learning rate when it differs (DDPG paper: 1e-4)."""
     actor_hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of the actor."""
-    actor_norm: str = "none"
-    """Normalization of the actor: none, batch, batch_renorm, layer."""
     actor_input_norm: bool = False
     """Also normalize the actor's state input (DDPG paper)."""
     n_critics: int = 2
@@ -81,8 +81,8 @@ class TD3Config(ActorCriticConfig):
     critic_l2: float = 0.0
     """L2 weight decay on the critic's kernels (DDPG paper: 1e-2)."""
 
-    def validate(self) -> None:
-        super().validate()
+    def _validate(self) -> None:
+        super()._validate()
         for name in ("learning_rate", "actor_learning_rate"):
             check_range(self, name, 0, open_low=True)
         for name in ("n_critics", "policy_delay"):
@@ -93,7 +93,6 @@ class TD3Config(ActorCriticConfig):
         check_range(self, "action_at", 0, len(self.hidden))
         if self.action_noise not in ("gaussian", "ou", "none"):
             raise ValueError(f"unknown action_noise '{self.action_noise}': use gaussian, ou, none")
-        Norm(self.actor_norm)
 
 
 @dataclass
@@ -120,45 +119,45 @@ class DDPGConfig(TD3Config):
         return cls(**settings)
 
 
-class TD3(Agent):
+class TD3(Algorithm):
     name = "td3"
     config_class = TD3Config
+    head_class = DeterministicHead
 
-    def _build_networks(self):
+    def _build_networks(self) -> Networks:
         c = self.config
-        polyak = c.setting("target") == "polyak"
+        polyak = c.target == "polyak"
+        act_dim = self.head.action_dim
 
         def critic_net(name):
-            return critic(self.obs_dim, self.act_dim, c.hidden, self._critic_norm(), c.action_at,
-                          c.n_critics, c.norm_after_action, name=name, seed=self._model_seed())
+            return critic(self.obs_dim, act_dim, c.hidden, self.critic_norm(), c.action_at,
+                          c.n_critics, c.norm_after_action, name=name, seed=self.network_seed())
 
         def actor_net(name):
-            return deterministic_actor(self.obs_dim, self.act_dim, c.actor_hidden,
-                                       self._actor_norm(c.actor_norm, c.actor_input_norm),
-                                       name=name, seed=self._model_seed())
+            return deterministic_actor(self.obs_dim, act_dim, c.actor_hidden,
+                                       self.norm(c.actor_norm, c.actor_input_norm), name=name,
+                                       seed=self.network_seed())
 
         self.critic = critic_net("critic")
         self.target_critic = critic_net("target_critic") if polyak else None
         self.actor = actor_net("actor")
         self.target_actor = actor_net("target_actor") if polyak else None
-        self.critic_models, self.actor_models = [self.critic], [self.actor]
-        self.target_pairs = ([(self.critic, self.target_critic), (self.actor, self.target_actor)]
-                             if polyak else [])
-        self._ou_state = np.zeros(self.act_dim, np.float32)
         self.critic_optimizer = adam(c.learning_rate, c.adam_beta1)
         self.actor_optimizer = adam(c.actor_learning_rate or c.learning_rate, c.adam_beta1)
+        self.target_pairs = ([(self.critic, self.target_critic), (self.actor, self.target_actor)]
+                             if polyak else [])
+        return Networks(critics=[self.critic], actors=[self.actor], policy=self.actor,
+                        target_pairs=self.target_pairs)
 
     def _build_schedule(self) -> Schedule:
-        # As SB3: the actor and the targets move on every policy_delay-th update.
-        delay = self.config.policy_delay
-        return Schedule(actor_every=delay, target_every=delay if self.target_pairs else None)
+        return Schedule.actor_critic(self.config.policy_delay, bool(self.target_pairs))
 
-    def _build_noise(self, rows, step) -> dict:
+    def noise(self, rows, step) -> dict:
         if self.config.target_policy_noise <= 0:
             return {}
-        return {"target_policy": self._step_noise(rows, step, self.act_dim, 1)}
+        return {"target_policy": self.step_noise(rows, step, self.head.action_dim, 1)}
 
-    def _build_update(self, b, noise, pieces) -> Update:
+    def build_update(self, b, noise, steps) -> Update:
         c = self.config
         # TD target: the target actor's next action (the online actor's without targets), with
         # target policy smoothing (TD3), valued by the bootstrap critic; clipped double Q.
@@ -169,9 +168,7 @@ class TD3(Agent):
                                          -c.target_noise_clip, c.target_noise_clip)
             next_action = tf.clip_by_value(next_action + smoothing, -1.0, 1.0)
         values = critic_pass(self.critic, [b.obs, b.action], [b.next_obs, next_action],
-                             self.target_critic,
-                             joint_batch=c.setting("critic_batch") == "joint",
-                             bootstrap_training=c.setting("bootstrap_mode") == "training")
+                             self.target_critic, c)
         y = td_target(b.reward, b.done, c.gamma, tf.reduce_min(values.q_next, axis=1))
 
         # Critic step, with the BN updates of its one training-mode pass.
@@ -181,45 +178,24 @@ class TD3(Agent):
             kernels = [v for v in self.critic.trainable_variables if "kernel" in v.name]
             critic_loss += c.critic_l2 * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
         update = critic_update(self.critic_optimizer, critic_loss, q, self.critic, values)
-        if ACTOR not in pieces:
-            return update
 
-        # Delayed actor step on the first critic head, reading the new critic; the critic's
-        # training-mode call here collects no updates.
-        with tf.control_dependencies([update.critic_step]):
-            action, actor_updates = training_call(self.actor, b.obs)
-            q_pi = call_in_mode(self.critic, [b.obs, action],
-                                c.setting("actor_loss_mode") == "training")[:, 0]
-        actor_loss = -tf.reduce_mean(q_pi)
-        update.actor_step = gradient_step(self.actor_optimizer, actor_loss,
-                                          self.actor.trainable_variables, actor_updates,
-                                          name="actor_step")
-        update.actor_scalars = {"losses/actor_loss": actor_loss}
+        if ACTOR in steps:
+            # Delayed actor step on the first critic head, reading the new critic; the critic's
+            # training-mode call here collects no updates.
+            with tf.control_dependencies([update.critic_step]):
+                action, actor_updates = training_call(self.actor, b.obs)
+                q_pi = call_in_mode(self.critic, [b.obs, action], c.actor_loss_mode)[:, 0]
+            actor_loss = -tf.reduce_mean(q_pi)
+            update.actor_step = gradient_step(self.actor_optimizer, actor_loss,
+                                              self.actor.trainable_variables, actor_updates,
+                                              name="actor_step")
+            update.actor_scalars = {"losses/actor_loss": actor_loss}
+
+        if TARGET in steps:
+            # Polyak target critic and actor, reading the online networks after the steps.
+            update.target_step = target_update(self.target_pairs, c.tau, c.target_bn,
+                                               update.optimizer_steps())
         return update
-
-    def _build_act(self):
-        return self.actor(self.obs_ph, training=False)
-
-    def _numpy_policy(self):
-        return self.actor, None, lambda action: action
-
-    def _postprocess_action(self, action, explore: bool):
-        c = self.config
-        if not explore or c.action_noise == "none":
-            return action
-        if c.action_noise == "ou":
-            # dx = theta * (0 - x) dt + sigma * sqrt(dt) dW with dt = 1e-2 (SB3's OU defaults).
-            dt = 1e-2
-            self._ou_state += (-c.ou_theta * self._ou_state * dt
-                               + c.action_noise_std * np.sqrt(dt)
-                               * self.rng.standard_normal(self.act_dim))
-            noise = self._ou_state
-        else:
-            noise = c.action_noise_std * self.rng.standard_normal(self.act_dim)
-        return np.clip(action + noise, -1.0, 1.0).astype(np.float32)
-
-    def on_episode_end(self) -> None:
-        self._ou_state[:] = 0.0
 
 
 class DDPG(TD3):

@@ -1,14 +1,14 @@
-"""The named pieces every agent's update is assembled from.
+"""The building blocks every algorithm's update is assembled from, and its schedule.
 
-An agent's ``_build_update(batch, noise, pieces)`` reads top to bottom like a CleanRL training
+An algorithm's ``build_update(batch, noise, steps)`` reads top to bottom like a CleanRL training
 step: TD target (``critic_pass`` + ``td_target``) -> critic step with the BN updates of its one
-training-mode pass (``critic_update``) -> when ``pieces`` has it, the delayed actor step
-(``gradient_step``) -> temperature step (``temperature_step``). The core adds the target update
-(``target_update``) and builds one such function per variant of the agent's ``Schedule`` (which
-pieces run at update ``i``). Every piece is a function of the tensors it is given (the batch's
-input tensors and noise drawn outside, never placeholders read from ``self``), so that a variant
-is one function of its inputs, with nothing shared between variants but variables and
-optimizers.
+training-mode pass (``critic_update``) -> when ``steps`` has them, the delayed actor step
+(``gradient_step``) -> temperature step (``temperature_step``) -> target update
+(``target_update``). The runner builds one such function per phase of the algorithm's
+``Schedule`` (which steps run at update ``i``). Every block is a function of the tensors it is
+given (the batch's input tensors and noise drawn outside, never placeholders read from ``self``),
+so that a phase is one function of its inputs, with nothing shared between phases but
+variables and optimizers.
 
 Order inside the one ``sess.run`` is explicit: critic step -> actor step (its critic reads see the
 new critic, as in SB3 and CleanRL) -> temperature step -> target update. It is threaded through
@@ -78,39 +78,42 @@ def joint(inputs, next_inputs):
     return tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), inputs, next_inputs)
 
 
-def call_in_mode(model: keras.Model, inputs, training: bool):
-    """``model`` on ``inputs`` with BN in training mode (batch statistics of ``inputs``, no
-    statistics update) or inference mode (moving statistics)."""
-    return batch_statistics_call(model, inputs) if training else model(inputs, training=False)
+def call_in_mode(model: keras.Model, inputs, mode: str):
+    """``model`` on ``inputs`` with BN in ``mode``: ``training`` (batch statistics of ``inputs``,
+    no statistics update) or ``inference`` (moving statistics)."""
+    if mode == "training":
+        return batch_statistics_call(model, inputs)
+    return model(inputs, training=False)
 
 
 def _next_half(joint_output):
     return tf.split(joint_output, 2, axis=0)[1]
 
 
-def critic_pass(critic: keras.Model, inputs, next_inputs, target: keras.Model | None = None,
-                joint_batch: bool = False, bootstrap_training: bool = False,
-                online_next: bool = False) -> CriticPass:
+def critic_pass(critic: keras.Model, inputs, next_inputs, target: keras.Model | None,
+                config, online_next: bool = False) -> CriticPass:
     """The critic's one training-mode call and the bootstrap values of the TD target.
 
-    ``joint_batch`` runs the training-mode call once on ``concat([x, x'])`` and splits it
-    (CrossQ, Bhatt et al. 2024): one set of batch statistics, and one statistics update per step,
-    from both halves. Otherwise the call sees ``x`` alone. The bootstrap network is ``target``, or
-    the online critic itself when ``target`` is None. With ``bootstrap_training`` it runs in
-    training mode: BN normalizes with the batch statistics of the rows it sees (``x'``; the joint
-    batch when ``joint_batch``, so that bootstrap and trained Q are normalized alike) and its
-    moving statistics are not updated; otherwise it runs in inference mode (moving statistics).
+    ``config.critic_batch == "joint"`` runs the training-mode call once on ``concat([x, x'])``
+    and splits it (CrossQ, Bhatt et al. 2024): one set of batch statistics, and one statistics
+    update per step, from both halves; ``separate``: the call sees ``x`` alone. The bootstrap
+    network is ``target``, or the online critic itself when ``target`` is None. With
+    ``config.bootstrap_mode == "training"`` it runs in training mode: BN normalizes with the batch
+    statistics of the rows it sees (``x'``; the joint batch with a joint pass, so that bootstrap
+    and trained Q are normalized alike) and its moving statistics are not updated; with
+    ``inference``, it normalizes with the moving statistics.
 
     Args:
       critic: the online critic / Q-network.
       inputs: its inputs on the batch (``[obs, action]`` or ``obs``).
       next_inputs: the same on the next states (``[next_obs, next_action]`` or ``next_obs``).
       target: the target network, or None to bootstrap from the online critic.
-      joint_batch: one training-mode pass over the joint batch.
-      bootstrap_training: bootstrap networks in training mode (no statistics update).
+      config: the agent's resolved config (``critic_batch``, ``bootstrap_mode``).
       online_next: also compute the online critic's output on ``next_inputs`` in the bootstrap
         mode (double Q).
     """
+    joint_batch = config.critic_batch == "joint"
+    bootstrap_training = config.bootstrap_mode == "training"
     if target is None and joint_batch and not bootstrap_training:
         raise ValueError("a joint pass bootstraps from its own training-mode output: "
                          "bootstrap_training must be True without a target network")
@@ -136,7 +139,7 @@ def critic_pass(critic: keras.Model, inputs, next_inputs, target: keras.Model | 
     elif joint_batch and bootstrap_training:
         q_next = _next_half(batch_statistics_call(target, both))
     else:
-        q_next = call_in_mode(target, next_inputs, bootstrap_training)
+        q_next = call_in_mode(target, next_inputs, config.bootstrap_mode)
     return CriticPass(q=q, q_next=tf.stop_gradient(q_next),
                       q_next_online=tf.stop_gradient(online) if online_next else None,
                       updates=updates, inputs=both if joint_batch else inputs)
@@ -188,7 +191,7 @@ def critic_update(optimizer, loss, q, critic: keras.Model, values: CriticPass,
                   loss_name: str = "losses/critic_loss", clip_norm: float | None = None,
                   name: str = "critic_step") -> Update:
     """The critic step on ``loss`` with the BN updates of the critic pass, as the start of the
-    variant's ``Update`` (scalars: the loss and the mean of ``q``, the trained Q)."""
+    phase's ``Update`` (scalars: the loss and the mean of ``q``, the trained Q)."""
     step = gradient_step(optimizer, loss, critic.trainable_variables, values.updates,
                          clip_norm=clip_norm, name=name)
     return Update(critic_step=step,
@@ -251,12 +254,12 @@ CRITIC, ACTOR, TARGET = "critic", "actor", "target"
 
 @dataclass(frozen=True)
 class Schedule:
-    """Which pieces run at update ``i`` (counted from 0) and whether that update is complete.
+    """Which steps run at update ``i`` (counted from 0) and whether that update is complete.
 
     The critic step runs at every update; the actor step (with the temperature step) at every
     ``actor_every``-th, the target update at every ``target_every``-th (SB3 counts the same way:
-    update ``i`` runs them when ``(i + 1) % every == 0``). Each distinct set of pieces is one
-    variant, built as its own train op.
+    update ``i`` runs them when ``(i + 1) % every == 0``). Each distinct set of steps is one
+    phase, built as its own train op.
 
     Attributes:
       actor_every: updates per actor step; None when the agent has no actor (DQN).
@@ -266,8 +269,13 @@ class Schedule:
     actor_every: int | None = None
     target_every: int | None = None
 
-    def pieces(self, i: int) -> tuple[str, ...]:
-        """The pieces update ``i`` runs, in order, e.g. ``("critic", "actor", "target")``."""
+    @classmethod
+    def actor_critic(cls, policy_delay: int, targets: bool) -> Schedule:
+        """The actor and the targets move on every ``policy_delay``-th update (SB3, TD3)."""
+        return cls(actor_every=policy_delay, target_every=policy_delay if targets else None)
+
+    def steps_at(self, i: int) -> tuple[str, ...]:
+        """The steps update ``i`` runs, in order, e.g. ``("critic", "actor", "target")``."""
         out = [CRITIC]
         if self.actor_every is not None and (i + 1) % self.actor_every == 0:
             out.append(ACTOR)
@@ -275,33 +283,34 @@ class Schedule:
             out.append(TARGET)
         return tuple(out)
 
-    def variant(self, i: int) -> str:
-        """The name of update ``i``'s variant: its pieces joined by ``+``."""
-        return "+".join(self.pieces(i))
+    def phase(self, i: int) -> str:
+        """The name of update ``i``'s phase: its steps joined by ``+``."""
+        return "+".join(self.steps_at(i))
 
     def period(self) -> int:
-        """Updates after which the sequence of variants repeats."""
+        """Updates after which the sequence of phases repeats."""
         return math.lcm(self.actor_every or 1, self.target_every or 1)
 
-    def variants(self) -> dict[str, tuple[str, ...]]:
-        """Every variant some update runs, in order of first use, with its pieces."""
-        return {self.variant(i): self.pieces(i) for i in range(self.period())}
+    def phases(self) -> dict[str, tuple[str, ...]]:
+        """Every phase some update runs, in order of first use, with its steps."""
+        return {self.phase(i): self.steps_at(i) for i in range(self.period())}
 
     def is_complete(self, i: int) -> bool:
         """Whether update ``i`` computes every loss (the actor's too), so a log reports all."""
-        return self.actor_every is None or ACTOR in self.pieces(i)
+        return self.actor_every is None or ACTOR in self.steps_at(i)
 
 
 @dataclass
 class Update:
-    """The pieces one variant of an agent's update built (its ``_build_update`` result).
+    """The steps one phase of an algorithm's update built (its ``build_update`` result).
 
     Attributes:
       critic_step: the critic step with its BN updates.
       critic_scalars: scalars of the critic step (losses, Q means), by TensorBoard tag.
       critic_inputs: inputs of the critic's training-mode call (the train/eval gap uses them).
-      actor_step: the actor step, temperature step included; None when the variant has none.
+      actor_step: the actor step, temperature step included; None when the phase has none.
       actor_scalars: scalars of the actor step.
+      target_step: the target update ops; empty when the phase has none.
     """
 
     critic_step: tf.Operation
@@ -309,10 +318,15 @@ class Update:
     critic_inputs: object
     actor_step: tf.Operation | None = None
     actor_scalars: dict = field(default_factory=dict)
+    target_step: list = field(default_factory=list)
 
-    def steps(self) -> list[tf.Operation]:
+    def optimizer_steps(self) -> list[tf.Operation]:
         """The optimizer steps in the order they run."""
         return [self.critic_step] + ([self.actor_step] if self.actor_step is not None else [])
+
+    def ops(self) -> list[tf.Operation]:
+        """Everything the phase runs: the optimizer steps, then the target update."""
+        return self.optimizer_steps() + list(self.target_step)
 
     def scalars(self) -> dict:
         return {**self.critic_scalars, **self.actor_scalars}

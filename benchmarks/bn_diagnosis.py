@@ -47,17 +47,28 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
 
+import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bnrl.agents import ACTION_SPACES, make_agent  # noqa: E402
+from bnrl.common.files import atomic_write  # noqa: E402
+from bnrl.envs import make_env  # noqa: E402
+from bnrl.networks import bn_layers, keras, tf  # noqa: E402
+from bnrl.training.cadence import Cadence  # noqa: E402
+from bnrl.training.config import resolve  # noqa: E402
+from bnrl.training.evaluation import evaluate  # noqa: E402
 
 ROLLOUTS = 5
 TAIL_WEIGHT = 0.02  # discounted weight of the part of a rollout cut off after the last state used
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    import yaml
-
     name, _, rest = text.partition(":")
     settings = {}
     for item in filter(None, rest.split(",")):
@@ -77,52 +88,51 @@ class Probe:
     """
 
     def __init__(self, agent):
-        from bnrl.networks import bn_layers, keras, tf
-
         self.agent = agent
         self.graph = tf.Graph()
         with self.graph.as_default():
             clone = keras.Model.from_config
-            self.critic = clone(agent.critic_models[0].get_config())
-            sources = [agent.critic_models[0]]
+            self.critic = clone(agent.networks.critics[0].get_config())
+            sources = [agent.networks.critics[0]]
             self.actor = None
-            if agent.actor_models:
-                self.actor = clone(agent.actor_models[0].get_config())
-                self.next_actor = clone(agent.actor_models[0].get_config())
-                target = getattr(agent, "target_actor", None)
-                sources += [agent.actor_models[0], target or agent.actor_models[0]]
+            if agent.networks.actors:
+                self.actor = clone(agent.networks.actors[0].get_config())
+                self.next_actor = clone(agent.networks.actors[0].get_config())
+                target = getattr(agent.algorithm, "target_actor", None)
+                sources += [agent.networks.actors[0], target or agent.networks.actors[0]]
             # The target critic: the TD target's bootstrap network when there is one.
             self.target = None
-            if agent.target_pairs:
-                self.target = clone(agent.target_pairs[0][1].get_config())
-                sources.append(agent.target_pairs[0][1])
+            if agent.networks.target_pairs:
+                self.target = clone(agent.networks.target_pairs[0][1].get_config())
+                sources.append(agent.networks.target_pairs[0][1])
             self.layers = bn_layers(self.critic)
             features = keras.Model(self.critic.inputs, [layer.input for layer in self.layers])
             f32 = tf.float32
+            discrete = agent.head.action_space == "discrete"
             self.obs = tf.compat.v1.placeholder(f32, [None, agent.obs_dim])
             self.next_obs = tf.compat.v1.placeholder(f32, [None, agent.obs_dim])
-            if agent.discrete:
+            if discrete:
                 self.action = tf.compat.v1.placeholder(tf.int64, [None])
                 next_action = tf.argmax(self.critic(self.next_obs, training=False), axis=1)
                 inputs, next_inputs = self.obs, self.next_obs
             else:
-                self.action = tf.compat.v1.placeholder(f32, [None, agent.act_dim])
+                self.action = tf.compat.v1.placeholder(f32, [None, agent.head.action_dim])
                 next_action = self._policy(self.next_actor, self.next_obs)
                 inputs, next_inputs = [self.obs, self.action], [self.next_obs, next_action]
 
             def q(out, action):
-                if agent.discrete:
+                if discrete:
                     return tf.gather(out, action, axis=1, batch_dims=1)
                 return out[:, 0]
 
             outputs = {mode: self.critic(inputs, training=mode) for mode in (True, False)}
-            if agent.discrete:  # greedy actions and action gaps on the batch's states
+            if discrete:  # greedy actions and action gaps on the batch's states
                 self.greedy = {mode: tf.argmax(out, axis=1) for mode, out in outputs.items()}
                 top2 = tf.math.top_k(outputs[False], 2).values
                 self.action_gap = tf.reduce_mean(top2[:, 0] - top2[:, 1])
             self.q = {mode: q(out, self.action) for mode, out in outputs.items()}
             # What the agent's losses/q_values averages: all heads, training mode.
-            self.q_values = tf.reduce_mean(self.q[True] if agent.discrete else outputs[True])
+            self.q_values = tf.reduce_mean(self.q[True] if discrete else outputs[True])
             self.q_next = {mode: q(self.critic(next_inputs, training=mode), next_action)
                            for mode in (True, False)}
             self.features = {"sa": features(inputs, training=True),
@@ -159,11 +169,9 @@ class Probe:
                 raise RuntimeError(f"probe copy mismatch: {mine.name} vs {theirs.name}")
 
     def _policy(self, actor, obs):
-        from bnrl.networks import tf
-
         out = actor(obs, training=False)
-        if self.agent.name in ("sac", "crossq"):  # Gaussian actor: the mean action
-            return tf.tanh(out[:, : self.agent.act_dim])
+        if self.agent.head.kind == "squashed_gaussian":  # Gaussian actor: the mean action
+            return tf.tanh(out[:, : self.agent.head.action_dim])
         return out
 
     def sync(self) -> None:
@@ -176,10 +184,8 @@ class Probe:
 
 def layer_shift(agent, feats: dict) -> dict:
     """Standardized distances between batch and moving statistics of each BN layer's inputs."""
-    from bnrl.networks import bn_layers
-
     moving = agent.sess.run([(layer.moving_mean, layer.moving_variance)
-                             for layer in bn_layers(agent.critic_models[0])])
+                             for layer in bn_layers(agent.networks.critics[0])])
     eps = agent.config.bn_epsilon
     out = {"shift_sa": [], "shift_next": [], "shift_sa_next": [], "logvar_sa": [],
            "logvar_next": []}
@@ -195,7 +201,7 @@ def layer_shift(agent, feats: dict) -> dict:
                                                               / (var + eps))))))
     if "target" in feats:
         # The target network's (copied or averaged) statistics vs its own inputs on (s', a').
-        target = agent.target_pairs[0][1]
+        target = agent.networks.target_pairs[0][1]
         moving = agent.sess.run([(layer.moving_mean, layer.moving_variance)
                                  for layer in bn_layers(target)])
         out["shift_target"] = [float(np.mean(np.abs(x.mean(0) - mean) / np.sqrt(var + eps)))
@@ -253,7 +259,7 @@ def measure(agent, probe, rollout_env, gamma: float, batch: dict, checks: dict) 
            "bias_next": float(np.mean(qn_inf - qn_tr))}
     if probe.layers:
         out.update(layer_shift(agent, run(probe.features, feed)))
-    if agent.discrete:
+    if agent.head.action_space == "discrete":
         greedy_tr, greedy_inf, action_gap = run(
             [probe.greedy[True], probe.greedy[False], probe.action_gap], feed)
         out["action_gap"] = float(action_gap)
@@ -280,8 +286,8 @@ def measure(agent, probe, rollout_env, gamma: float, batch: dict, checks: dict) 
     out.update(monte_carlo(agent, rollout_env, gamma, probe))
     # The copy's training-mode Q on (s, a) is the agent's own (its critic pass sees (s, a) alone
     # with critic_batch=separate): a check on this script, not on the agent.
-    if agent.config.setting("critic_batch") == "separate":
-        tensor = agent.scalars[agent.schedule.variant(0)]["losses/q_values"]
+    if agent.config.critic_batch == "separate":
+        tensor = agent.runner.scalars[agent.schedule.phase(0)]["losses/q_values"]
         fed = (batch["obs"], batch["action"], batch["reward"], batch["next_obs"], batch["done"])
         theirs = agent.sess.run(tensor, dict(zip(agent.batch_phs, fed, strict=True)))
         checks["copy_max_error"] = max(checks.get("copy_max_error", 0.0),
@@ -292,44 +298,40 @@ def measure(agent, probe, rollout_env, gamma: float, batch: dict, checks: dict) 
 # ------------------------------------------------------------------------------------ train
 def train_variant(agent_name: str, env_id: str, seed: int, steps: int, settings: dict,
                   probe_every: int) -> dict:
-    from bnrl.agents import make_agent
-    from bnrl.envs import make_env
-    from bnrl.training.config import resolve
-    from bnrl.training.loop import evaluate
-
     config = resolve(agent_name, env_id, train_overrides={"seed": seed, "steps": steps},
                      agent_overrides=settings)
-    agent_config = config.agent_config_object()
-    env = make_env(env_id, seed, agent=agent_name)
-    eval_env = make_env(env_id, seed + 10_000, agent=agent_name)
-    rollout_env = make_env(env_id, seed + 30_000, agent=agent_name)
+    agent_config = config.agent_config
+    env = make_env(env_id, seed, agent=agent_name, agents=ACTION_SPACES)
+    eval_env = make_env(env_id, seed + 10_000, agent=agent_name, agents=ACTION_SPACES)
+    rollout_env = make_env(env_id, seed + 30_000, agent=agent_name, agents=ACTION_SPACES)
     rollout_env.reset(seed=seed + 30_000)
     agent = make_agent(agent_name, env.observation_space, env.action_space, agent_config, seed)
     probe = Probe(agent)
     batch_rng = np.random.default_rng(seed + 77)
-    resolved = {k: agent_config.setting(k) for k in ("critic_batch", "target", "bootstrap_mode")}
-    if agent.actor_models:
-        resolved["actor_loss_mode"] = agent_config.setting("actor_loss_mode")
+    resolved = {k: getattr(agent_config, k) for k in ("critic_batch", "target", "bootstrap_mode")}
+    if agent.networks.actors:
+        resolved["actor_loss_mode"] = agent_config.actor_loss_mode
     checks: dict = {"target_copy_max_error": 0.0}
     records, evals = [], []
     obs, _ = env.reset(seed=seed)
     eval_env.reset(seed=seed + 10_000)
     start = time.time()
+    cadence = Cadence.of(agent_config, log_every=1)
     for step in range(1, steps + 1):
         action = agent.act(obs, explore=True)
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        agent.observe(obs, action, reward, next_obs, terminated)
+        agent.observe(obs, action, reward, next_obs, terminated, truncated)
         if terminated or truncated:
-            agent.on_episode_end()
             obs, _ = env.reset()
         else:
             obs = next_obs
-        if agent.ready_to_train():
-            for _ in range(agent_config.gradient_steps):
-                synced = "target" in agent.schedule.pieces(agent.updates_done)
-                agent.train_step()
-                if synced and agent_config.target_bn == "copy":
-                    check_target_copy(agent, checks)
+        # The training loop's cadence; its updates run one at a time here, so that the target
+        # copy can be checked after every sync.
+        for _ in range(cadence.updates_due(step, len(agent.buffer))):
+            synced = "target" in agent.schedule.steps_at(agent.updates_done)
+            agent.train_step()
+            if synced and agent_config.target_bn == "copy":
+                check_target_copy(agent, checks)
         if step % config.eval_every == 0 or step == steps:
             evals.append((step, evaluate(agent, eval_env, config.eval_episodes)[0]))
         if step % probe_every == 0 and len(agent.buffer) >= agent_config.batch_size:
@@ -354,9 +356,7 @@ def train_variant(agent_name: str, env_id: str, seed: int, steps: int, settings:
 
 
 def check_target_copy(agent, checks: dict) -> None:
-    from bnrl.networks import bn_layers
-
-    for online, target in agent.target_pairs:
+    for online, target in agent.networks.target_pairs:
         pairs = [(a.moving_mean, b.moving_mean) for a, b in zip(bn_layers(online),
                                                                 bn_layers(target), strict=True)]
         for x, y in agent.sess.run(pairs):
@@ -380,11 +380,6 @@ PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "ta
 
 def plot(run_dirs: list[str], out_dir: str, only: list[str] | None = None) -> list[str]:
     """One PNG per agent, env and seed; ``only`` picks and orders the variants drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs: dict = {}  # directories of one agent, env and seed are drawn together
     for run_dir in run_dirs:
         data = json.loads((Path(run_dir) / "diagnosis.json").read_text())
@@ -463,8 +458,6 @@ def main(argv=None) -> int:
         print(f"{name}: {settings}", flush=True)
         data["variants"][name] = train_variant(args.agent, args.env, args.seed, args.steps,
                                                settings, args.probe_every)
-        from bnrl.training.files import atomic_write
-
         atomic_write(path, json.dumps(data, indent=1))
         result = data["variants"][name]
         print(f"{name}: final return {result['final_return']:.1f} "

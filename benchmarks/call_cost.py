@@ -106,7 +106,7 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    from bnrl.training.quiet import quiet_tensorflow
+    from bnrl.common.quiet import quiet_tensorflow
 
     quiet_tensorflow()  # after parsing, so that --help stays instant
     from bnrl.networks import NORM_KINDS

@@ -6,7 +6,7 @@
 
 Grid: DDPG, TD3, SAC, CrossQ on Pendulum-v1 for 20k steps and DQN on CartPole-v1 for 50k steps
 (the RL Zoo budgets), critic normalization none vs batch, 2 seeds, env presets from configs/.
-Runs go through the benchmark grid runner (``compare.grid``), so an interrupted run resumes and a
+Runs go through the benchmark grid runner (``compare.workers``), so an interrupted run resumes and a
 rerun only prints. The table shows the mean final eval return (10 episodes, deterministic policy)
 per seed; RL Zoo's single trained agents reach about -150 on Pendulum and 500 on CartPole.
 """
@@ -15,8 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bnrl.compare.grid import plan
+from bnrl.compare.results import finished
+from bnrl.compare.workers import run_grid
+from bnrl.training import resolve
 
 GRIDS = [  # (agents, env, steps)
     (["dqn"], "CartPole-v1", 50_000),
@@ -35,8 +44,6 @@ def main(argv=None) -> int:
                         help="benchmark --out directory whose finished runs with the very same "
                         "resolved config are copied instead of trained again (repeatable)")
     args = parser.parse_args(argv)
-    from bnrl.compare.grid import plan, run_grid
-
     rows = []
     for agents, env, steps in GRIDS:
         steps = max(1000, int(steps * args.steps_scale))
@@ -54,13 +61,6 @@ def main(argv=None) -> int:
 def _reuse(spec, dirs) -> None:
     """Copy a finished run of ``spec`` from a benchmark directory when its resolved config is
     identical (same agent, env, seed, steps, evaluation and agent settings)."""
-    import shutil
-
-    import yaml
-
-    from bnrl.compare.grid import finished
-    from bnrl.training import resolve
-
     if finished(spec) is not None or Path(spec.run_dir).exists():
         return
     wanted = resolve(spec.agent, spec.env, None, {"steps": spec.steps, "seed": spec.seed,
@@ -85,8 +85,6 @@ def _progress(record, done, total) -> None:
 
 
 def _print_table(rows, seeds: int) -> None:
-    import numpy as np
-
     table: dict[tuple, list] = {}
     for record, steps in rows:
         key = (record["agent"], record["env"], steps, record["variant"])

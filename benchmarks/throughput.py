@@ -137,10 +137,12 @@ def matched_peers(row: Row, libraries) -> list[Peer]:
 
 # ------------------------------------------------------------------------------------- bnrl
 def bnrl_agent(row: Row, threads: int, gradient_steps: int = 1):
-    from bnrl.agents import make_agent
+    # bnrl (TensorFlow) is imported here, not at the top: the peers' processes import this
+    # file too, and torch crashes in a process where TensorFlow ran.
+    from bnrl.agents import ACTION_SPACES, make_agent
     from bnrl.envs import make_env
 
-    env = make_env(ENV, 0, agent=row.agent)
+    env = make_env(ENV, 0, agent=row.agent, agents=ACTION_SPACES)
     config = {"critic_norm": row.critic_norm, "actor_norm": row.actor_norm, "hidden": WIDTH,
               "actor_hidden": WIDTH, "batch_size": BATCH, "learning_starts": 0,
               "intra_op_threads": threads, "inter_op_threads": threads,
@@ -200,7 +202,7 @@ def bnrl_loop(row: Row, threads: int, steps: int) -> float:
         for _ in range(n):
             action = agent.act(obs, explore=True)
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            agent.observe(obs, action, reward, next_obs, terminated)
+            agent.observe(obs, action, reward, next_obs, terminated, truncated)
             obs = env.reset()[0] if terminated or truncated else next_obs
             agent.train_step()
 
@@ -328,7 +330,7 @@ def parse_args(argv):
     parser.add_argument("--json", default="throughput.json", help="output file")
     args = parser.parse_args(argv)
     args.agents, args.norms = args.agents.split(","), args.norms.split(",")
-    from bnrl.training.quiet import quiet_tensorflow
+    from bnrl.common.quiet import quiet_tensorflow
 
     quiet_tensorflow()  # after parsing, so that --help stays instant
     from bnrl.networks import NORM_KINDS
@@ -354,7 +356,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import tensorflow as tf
 
-    from bnrl.training.files import atomic_write
+    from bnrl.common.files import atomic_write
 
     libraries = [lib for lib in ("sb3", "sbx") if getattr(args, f"compare_{lib}")]
     rows = bnrl_rows(args.agents, args.norms)

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import os
 import time
 from pathlib import Path
 
-from bnrl.compare.grid import QUICK
+from bnrl.agents import AGENTS
+from bnrl.common.errors import StorageError, UserError
+from bnrl.common.files import lock_directory
+from bnrl.compare import variants as vs
+from bnrl.compare.collect import collect, merge
+from bnrl.compare.grid import QUICK, plan
+from bnrl.compare.report import write_report
+from bnrl.compare.results import RunSpec, resolve_spec
+from bnrl.compare.suites import load_suites, suite
+from bnrl.compare.workers import run_grid
+from bnrl.training.config import load_yaml
+from bnrl.training.runs import check_run
 
 DEFAULT_STEPS = 20_000
 """Step budget of a grid given without --suite or --steps."""
 
 
 def _csv(text: str) -> list[str]:
-    import argparse
-
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma list, got '{text}'")
@@ -24,7 +35,8 @@ def _csv(text: str) -> list[str]:
     return items
 
 
-def add_benchmark_commands(sub, positive_int, agents, norms) -> None:
+def add_benchmark_commands(sub, positive_int) -> None:
+    """Add the benchmark, report and merge commands to ``run.py``'s subparsers."""
     bench = sub.add_parser(
         "benchmark", help="benchmark critic variants (BN or not, CrossQ...) over a grid of runs",
         description="Run agent x env x variant x seed, then write report.md (the aggregate "
@@ -33,14 +45,12 @@ def add_benchmark_commands(sub, positive_int, agents, norms) -> None:
         f"benchmark ({','.join(QUICK['agents'])} on {','.join(QUICK['envs'])}, "
         f"{' vs '.join(QUICK['variants'])}, {QUICK['seeds']} seeds, {QUICK['steps']} steps, "
         "about 5 minutes on 2 cores). Re-running the same command skips finished runs.")
-    from bnrl.compare.suites import load_suites
-
     bench.add_argument("--suite", help=f"a suite of configs/suites.yaml "
                        f"({', '.join(load_suites())}): its "
                        "envs, their step budgets and the agents that fit them; --env picks some "
                        "of its envs, --agent some of its agents (default the first that fits "
                        "each env: sac, or dqn for discrete actions)")
-    bench.add_argument("--agent", type=_csv, help=f"comma list of {','.join(agents)}")
+    bench.add_argument("--agent", type=_csv, help=f"comma list of {','.join(AGENTS)}")
     bench.add_argument("--env", type=_csv, help="comma list of env ids")
     bench.add_argument("--variants", type=_csv,
                        help="comma list of variant names: built-in "
@@ -91,17 +101,11 @@ def add_benchmark_commands(sub, positive_int, agents, norms) -> None:
 
 
 def _builtin_names() -> list[str]:
-    from bnrl.compare.variants import builtin_variants
-
-    return list(builtin_variants())
+    return list(vs.builtin_variants())
 
 
 def _defined_variants(args) -> tuple[dict, list[str]]:
     """Every known variant by name, and the names the user defined (file, then inline)."""
-    from bnrl.compare import variants as vs
-    from bnrl.training.config import load_yaml
-    from bnrl.training.errors import UserError
-
     defined = vs.builtin_variants()
     own: list[str] = []
     if args.variants_file:
@@ -124,14 +128,10 @@ def _defined_variants(args) -> tuple[dict, list[str]]:
 
 def _cells(args, quick: bool) -> tuple[dict, list[str], dict]:
     """``({env: [agents]}, envs, {env: steps})`` of the grid the arguments describe."""
-    from bnrl.compare.suites import suite
-    from bnrl.envs import AGENT_ACTION_SPACES
-    from bnrl.training.errors import UserError
-
     for agent in args.agent or []:
-        if agent not in AGENT_ACTION_SPACES:
+        if agent not in AGENTS:
             raise UserError(f"unknown agent '{agent}': use a comma list of "
-                            f"{', '.join(AGENT_ACTION_SPACES)}")
+                            f"{', '.join(AGENTS)}")
     if not args.suite:
         envs = args.env or QUICK["envs"]
         steps = args.steps or (QUICK["steps"] if quick else DEFAULT_STEPS)
@@ -155,20 +155,12 @@ def _cells(args, quick: bool) -> tuple[dict, list[str], dict]:
 
 
 def _check_extra(chosen) -> None:
-    import importlib.util
-
-    from bnrl.training.errors import UserError
-
     if importlib.util.find_spec(chosen.extra) is None:
         raise UserError(f"suite {chosen.name} needs {chosen.extra}: pip install "
                         f"'bnrl[{chosen.extra}]'")
 
 
 def cmd_benchmark(args) -> int:
-    from bnrl.compare import variants as vs
-    from bnrl.training.errors import StorageError, UserError
-    from bnrl.training.files import lock_directory
-
     quick = all(not getattr(args, k) for k in (
         "suite", "agent", "env", "variants", "variant", "variants_file", "seeds", "steps"))
     agents, envs, steps = _cells(args, quick)
@@ -209,8 +201,6 @@ def cmd_benchmark(args) -> int:
 def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
                workers) -> int:
     """Plan, run and report the grid in ``out`` (locked by the caller)."""
-    from bnrl.compare.grid import plan, run_grid
-
     specs = plan(out, agents, envs, variants, seeds, steps, args.config, args.extend, workers,
                  args.eval_every, baseline)
     started = time.time()
@@ -236,10 +226,6 @@ def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every) ->
     """Resolve every run's settings as its worker will, and make its env, so that a --config key
     an agent does not accept, a variant's bad setting, a bad env or a too big replay buffer
     fails now with one line instead of as one failed run per grid cell."""
-    from bnrl.compare.grid import RunSpec, resolve_spec
-    from bnrl.training.errors import UserError
-    from bnrl.training.loop import check_run
-
     for env_id, env_agents in agents.items():
         for agent in env_agents:
             for variant in variants:
@@ -256,17 +242,12 @@ def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every) ->
 
 def report_directory(out) -> Path:
     """Write the report of a benchmark directory from its result files; its path."""
-    from bnrl.compare.collect import collect
-    from bnrl.compare.report import write_report
-
     found = collect(Path(out))
     return write_report(found.runs, out, baseline=found.baseline, missing=found.missing,
                         variants=found.variants, cells=found.cells)
 
 
 def cmd_report(args) -> int:
-    from bnrl.training.errors import UserError
-
     if not Path(args.dir).is_dir():
         raise UserError(f"{args.dir} is not a directory: give a benchmark --out directory")
     try:
@@ -278,10 +259,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from bnrl.compare.collect import merge
-    from bnrl.training.errors import UserError
-    from bnrl.training.files import lock_directory
-
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a directory")

@@ -1,8 +1,8 @@
 """A benchmark directory's runs, read back from its result files; merging pieces of a grid.
 
 ``OUT/results/<agent>/<env>/<variant>/seed<k>.json`` (one per finished run, written by
-``compare.grid``) are the source of truth: they can be copied between machines, committed, and
-reported without the run directories. ``OUT/results.json`` adds the failed runs of the last
+``compare.workers``) are the source of truth: they can be copied between machines, committed,
+and reported without the run directories. ``OUT/results.json`` adds the failed runs of the last
 benchmark command; ``OUT/grid.json`` says which runs the grid has, so that a report counts the
 missing ones instead of silently averaging a partial grid.
 """
@@ -13,15 +13,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnrl.compare.grid import (
-    merge_grids,
-    read_grid,
-    read_result,
-    result_path,
-    run_key,
-)
-from bnrl.training.errors import UserError
-from bnrl.training.files import atomic_write
+from bnrl.common.errors import UserError
+from bnrl.common.files import atomic_write
+from bnrl.compare.grid import merge_grids, read_grid
+from bnrl.compare.records import check_runs, record_problem
+from bnrl.compare.results import read_result, record_settings_hash, result_path, run_key
 
 
 @dataclass
@@ -47,8 +43,6 @@ def _key(record: dict) -> str:
 
 def read_results(out: Path) -> dict[str, tuple[Path, dict]]:
     """Every result file under ``out/results`` by run key; UserError for one that is not."""
-    from bnrl.compare.report import record_problem
-
     found = {}
     for path in _result_files(out):
         record = read_result(path)
@@ -64,13 +58,16 @@ def read_results(out: Path) -> dict[str, tuple[Path, dict]]:
 
 def check_consistent(records) -> None:
     """UserError unless the runs of each (agent, env, variant) share one settings hash and one
-    bnrl version: a report must not average runs of different settings or code."""
+    bnrl version: a report must not average runs of different settings or code. The hashes
+    compared are of the settings as this bnrl resolves them (``record_settings_hash``), so that
+    a run made before the agent's config was resolved matches one made with the same settings
+    since."""
     seen: dict[tuple, tuple[str, tuple]] = {}
     for record in records:
         if record.get("settings_hash") is None:
             continue  # a record of bnrl <= 0.2 (results.json only)
         group = (record["agent"], record["env"], record["variant"])
-        made = (record.get("bnrl_version"), record.get("settings_hash"))
+        made = (record.get("bnrl_version"), record_settings_hash(record))
         first = seen.setdefault(group, (_key(record), made))
         if first[1] != made:
             raise UserError(
@@ -82,8 +79,6 @@ def check_consistent(records) -> None:
 
 def collect(out: Path) -> Found:
     """The runs of a benchmark directory, checked; UserError when there are none."""
-    from bnrl.compare.report import check_runs
-
     results = {key: record for key, (_, record) in read_results(out).items()}
     for record in results.values():
         record["run_dir"] = str(out / record["run_dir"])

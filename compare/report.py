@@ -1,16 +1,7 @@
 """Markdown report and figures of a benchmark: the aggregate answer first, then per env.
 
-Each run record (one per agent x env x variant x seed) is a dict::
-
-    {"agent", "env", "variant", "seed", "status": "ok" | "failed", "error",
-     "run_dir", "eval_steps", "eval_returns", "final_return", "auc",
-     "wall_time_s", "updates_per_second", "resumes",
-     "bn_stats": {"steps", "bn_Q_moving_mean", "bn_Q_moving_variance",
-                  "bn_Q_train_eval_gap"},   # {} without a BN critic
-     # written by bnrl >= 0.2 (compare.grid): what made the run
-     "run_agent", "steps", "bnrl_version", "settings_hash", "settings", "variant_settings"}
-
-``agent`` is the grid's agent; a variant may train another (``run_agent``, e.g. CrossQ as a
+The report reads run records (``compare.records``), one per agent x env x variant x seed;
+``agent`` is the grid's agent, and a variant may train another (``run_agent``, e.g. CrossQ as a
 variant of SAC). Failed and missing runs are counted in the report and excluded from every
 statistic. Returns are normalized per env with the random and reference scores of
 ``configs/suites.yaml`` (``compare.suites``) for the aggregates across envs.
@@ -26,7 +17,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.stats
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from bnrl.common.errors import error_text_line
+from bnrl.common.files import atomic_open, atomic_write
 from bnrl.compare import aggregate as agg
 from bnrl.compare.stats import (
     CONFIDENCE,
@@ -38,8 +33,6 @@ from bnrl.compare.stats import (
     steps_to_threshold,
 )
 from bnrl.compare.suites import EnvScores, env_scores
-from bnrl.training.errors import UserError
-from bnrl.training.files import atomic_open, atomic_write
 
 BN_KEYS = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
 # Fixed colours so a variant looks the same in every subplot and figure.
@@ -54,54 +47,6 @@ Run = dict[str, Any]
 
 _SPEED_WORDS = {"better": "faster", "worse": "slower"}
 """The verdicts' words when the compared score is the area under the curve (learning speed)."""
-
-
-# --------------------------------------------------------------------------- #
-# Input validation
-# --------------------------------------------------------------------------- #
-_NUMBER = (int, float)
-# Fields every run record needs, and fields that are None or of a type.
-_REQUIRED_FIELDS = {"agent": str, "env": str, "variant": str, "seed": int, "status": str}
-_OPTIONAL_FIELDS = {"error": str, "run_dir": str, "final_return": _NUMBER, "auc": _NUMBER,
-                    "wall_time_s": _NUMBER, "updates_per_second": _NUMBER, "eval_steps": list,
-                    "eval_returns": list, "bn_stats": dict, "run_agent": str, "steps": int,
-                    "bnrl_version": str, "settings_hash": str, "settings": dict,
-                    "variant_settings": dict, "resumes": int}
-
-
-def check_runs(runs: Any, source: str) -> None:
-    """One-line UserError, naming ``source`` and the first bad record, unless ``runs`` is a
-    non-empty list of run records (schema in the module docstring)."""
-    if not isinstance(runs, list):
-        raise UserError(f"{source}: 'runs' must be a list of run records, not a "
-                        f"{type(runs).__name__}")
-    if not runs:
-        raise UserError(f"{source} lists no runs: nothing to report")
-    for index, run in enumerate(runs):
-        problem = record_problem(run)
-        if problem:
-            raise UserError(f"{source}: run {index} is not a bnrl run record ({problem})")
-
-
-def record_problem(run: Any) -> str | None:
-    """What makes ``run`` not a run record (module docstring), or None."""
-    if not isinstance(run, dict):
-        return f"a {type(run).__name__}, not a mapping"
-    for key, kind in _REQUIRED_FIELDS.items():
-        if not isinstance(run.get(key), kind) or isinstance(run.get(key), bool):
-            return f"bad or missing {key}"
-    for key, kind in _OPTIONAL_FIELDS.items():
-        value = run.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            return f"bad {key}"
-    series = [("eval_steps", run.get("eval_steps")), ("eval_returns", run.get("eval_returns"))]
-    series += [(f"bn_stats.{k}", v) for k, v in (run.get("bn_stats") or {}).items()]
-    for key, values in series:
-        try:
-            np.asarray(values if values is not None else [], dtype=float)
-        except (TypeError, ValueError):
-            return f"non-numeric {key}"
-    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -172,16 +117,6 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return f"{round(value, digits) + 0.0:,.{digits}f}"  # + 0.0: no "-0.00"
 
 
-def _one_line(error: Any) -> str:
-    """One informative line of an error message or traceback."""
-    lines = [ln.strip() for ln in str(error or "unknown error").splitlines() if ln.strip()]
-    if not lines:
-        return "unknown error"
-    # In a traceback the exception itself is the last line.
-    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
 def _save_figure(fig: Any, path: Path) -> None:
     """Save a matplotlib figure as PNG, atomically (through a file object)."""
     with atomic_open(path, "wb") as f:
@@ -247,12 +182,8 @@ def _new_figure(width: float, height: float) -> Any:
     Attaching ``FigureCanvasAgg`` to a bare ``Figure`` selects Agg for this
     figure only. Unlike ``matplotlib.use("Agg")`` + pyplot it neither changes
     the caller's global backend (e.g. in a notebook) nor keeps figures alive
-    in pyplot's registry; it works headless. Imported lazily so importing this
-    module has no matplotlib cost or side effects.
+    in pyplot's registry; it works headless.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -809,9 +740,9 @@ def write_report(
     ``bn_stats.png`` for a benchmark.
 
     Args:
-        runs: Run records (schema in the module docstring), failed ones included.
+        runs: Run records (``compare.records``), failed ones included.
         out_dir: Directory for the outputs; created if missing. Every file is written
-            atomically (``training.files``).
+            atomically (``common.files``).
         baseline: The variant the others are compared with (default ``none`` if present,
             else the first).
         missing: Keys (``agent/env/variant/seedK``) of planned runs with no record.
@@ -853,7 +784,7 @@ def write_report(
     lines += ["## Failed runs", ""]
     lines += [
         f"- {r.get('agent')} / {r.get('env')} / `{r.get('variant')}` / seed {r.get('seed')}"
-        f" (`{r.get('run_dir', _DASH)}`): {_one_line(r.get('error'))}"
+        f" (`{r.get('run_dir', _DASH)}`): {error_text_line(r.get('error'))}"
         for r in failed
     ] or ["None."]
     lines.append("")

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from bnrl import configs
-from bnrl.training.errors import UserError
+from bnrl.common.errors import UserError
 
 SUITES_FILE = Path(configs.__file__).resolve().parent / "suites.yaml"
 

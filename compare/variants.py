@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from bnrl import configs
-from bnrl.training.errors import UserError
+from bnrl.common.errors import UserError
+from bnrl.training.config import read_yaml
 
 VARIANTS_FILE = Path(configs.__file__).resolve().parent / "variants.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -66,8 +67,6 @@ def builtin_variants() -> dict[str, Variant]:
 
 def read_variants_file(path, parse_value) -> dict[str, Variant]:
     """Variants of a user's YAML file ``{name: {key: value}}``."""
-    from bnrl.training.config import read_yaml
-
     data = read_yaml(path)
     return {_check_name(str(name)): Variant(str(name), _check_settings(name, s, str(path)))
             for name, s in data.items()}

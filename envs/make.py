@@ -17,6 +17,7 @@ import numbers
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from typing import Any, Final
 
 import gymnasium as gym
@@ -26,18 +27,11 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import RescaleAction, TransformAction, TransformObservation
 
-__all__ = ["AGENT_ACTION_SPACES", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]
+from bnrl.common.errors import one_line
+
+__all__ = ["EnvError", "check_agent_env", "env_action_bounds", "make_env"]
 
 _log = logging.getLogger(__name__)
-
-#: The action-space kind each agent supports: "discrete" (`spaces.Discrete`) or "box".
-AGENT_ACTION_SPACES: Final[dict[str, str]] = {
-    "dqn": "discrete",
-    "ddpg": "box",
-    "td3": "box",
-    "sac": "box",
-    "crossq": "box",
-}
 
 _KIND_NAMES: Final[dict[str, str]] = {
     "discrete": "a discrete (Discrete)",
@@ -56,11 +50,6 @@ class EnvError(ValueError):
     """
 
 
-def _one_line(text: str) -> str:
-    # gymnasium messages and numpy array reprs can span lines; CLI errors should not.
-    return " ".join(str(text).split())
-
-
 def _is_int(value: object) -> bool:
     # numbers.Integral covers numpy ints; bool is excluded because True is not a count.
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -71,41 +60,45 @@ def _env_name(env: gym.Env) -> str:
     return spec.id if spec is not None else type(env.unwrapped).__name__
 
 
-def _agents_for(kind: str) -> str:
-    names = [name for name, k in AGENT_ACTION_SPACES.items() if k == kind]
+def _agents_for(kind: str, agents: Mapping[str, str]) -> str:
+    names = [name for name, k in agents.items() if k == kind]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def _check_agent_name(agent: str) -> str:
-    kind = AGENT_ACTION_SPACES.get(agent)
+def _check_agent_name(agent: str, agents: Mapping[str, str] | None) -> str:
+    if agents is None:
+        raise TypeError("make_env(agent=...) needs agents= (bnrl.agents.ACTION_SPACES)")
+    kind = agents.get(agent)
     if kind is None:
-        raise EnvError(f"unknown agent {agent!r}: use one of {', '.join(AGENT_ACTION_SPACES)}")
+        raise EnvError(f"unknown agent {agent!r}: use one of {', '.join(agents)}")
     return kind
 
 
-def check_agent_env(agent: str, env: gym.Env) -> None:
+def check_agent_env(agent: str, env: gym.Env, agents: Mapping[str, str]) -> None:
     """Check that `agent` can act in `env`'s action space.
 
     Args:
-        agent: An agent name, one of the keys of `AGENT_ACTION_SPACES`.
+        agent: An agent name, one of the keys of `agents`.
         env: Any gymnasium environment (wrapped or not).
+        agents: The action-space kind of every agent by name, "discrete" (`spaces.Discrete`)
+            or "box" (`bnrl.agents.ACTION_SPACES`, the agents' registry).
 
     Raises:
         EnvError: If the agent is unknown or needs another kind of action space.
     """
-    kind = _check_agent_name(agent)
+    kind = _check_agent_name(agent, agents)
     space = env.action_space
     if isinstance(space, spaces.Discrete if kind == "discrete" else spaces.Box):
         return
     if isinstance(space, spaces.Discrete):
-        hint = f"use {_agents_for('discrete')} for discrete actions"
+        hint = f"use {_agents_for('discrete', agents)} for discrete actions"
     elif isinstance(space, spaces.Box):
-        hint = f"use {_agents_for('box')} for continuous actions"
+        hint = f"use {_agents_for('box', agents)} for continuous actions"
     else:
         hint = "bnrl agents support only Discrete or Box action spaces"
     raise EnvError(
         f"agent {agent!r} needs {_KIND_NAMES[kind]} action space but {_env_name(env)} "
-        f"has {_one_line(str(space))}; {hint}"
+        f"has {one_line(str(space))}; {hint}"
     )
 
 
@@ -115,7 +108,7 @@ def _check_spaces(env: gym.Env) -> None:
     obs_space = env.observation_space
     if not (isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1):
         raise EnvError(
-            f"{name} has observation space {_one_line(str(obs_space))}; "
+            f"{name} has observation space {one_line(str(obs_space))}; "
             "bnrl accepts only 1-D Box (vector) observations"
         )
 
@@ -138,18 +131,18 @@ def _check_spaces(env: gym.Env) -> None:
         )
         if not ok:
             raise EnvError(
-                f"{name} has action space {_one_line(str(act_space))}; bnrl accepts 1-D float Box "
+                f"{name} has action space {one_line(str(act_space))}; bnrl accepts 1-D float Box "
                 "action spaces with finite bounds (low < high) or Discrete action spaces"
             )
         return
     raise EnvError(
-        f"{name} has action space {_one_line(str(act_space))}; "
+        f"{name} has action space {one_line(str(act_space))}; "
         "bnrl accepts only Discrete or 1-D Box action spaces"
     )
 
 
 def _missing_dependency(env_id: str, exc: Exception) -> EnvError:
-    text = _one_line(str(exc))
+    text = one_line(str(exc))
     for extra, label in (("box2d", "Box2D"), ("mujoco", "MuJoCo")):
         if extra in text.lower():
             return EnvError(
@@ -173,7 +166,7 @@ def _import_failure(env_id: str, exc: ImportError) -> EnvError:
             "an importable Python module that registers the environment"
         )
     where = f"importing module {module!r}" if module is not None else "making the environment"
-    return EnvError(f"{where} for {env_id!r} failed: {_one_line(str(cause))}")
+    return EnvError(f"{where} for {env_id!r} failed: {one_line(str(cause))}")
 
 
 def _make_raw(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
@@ -196,9 +189,9 @@ def _make_raw(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
             ) from e
         raise EnvError(f"unknown environment {env_id!r}: {_UNKNOWN_ID_HINT}") from e
     except (gym_error.VersionNotFound, gym_error.DeprecatedEnv) as e:
-        raise EnvError(f"unknown version of environment {env_id!r}: {_one_line(str(e))}") from e
+        raise EnvError(f"unknown version of environment {env_id!r}: {one_line(str(e))}") from e
     except gym_error.Error as e:
-        raise EnvError(f"cannot make environment {env_id!r}: {_one_line(str(e))}") from e
+        raise EnvError(f"cannot make environment {env_id!r}: {one_line(str(e))}") from e
     except ImportError as e:
         raise _import_failure(env_id, e) from e
 
@@ -276,13 +269,13 @@ def _check_custom_env(env_id: str) -> None:
             try:
                 check_env(env.unwrapped, skip_render_check=True)
             except Exception as e:  # noqa: BLE001 - whatever the checker raises is its finding
-                failure = f"fails gymnasium's env checker: {_one_line(e) or type(e).__name__}"
+                failure = f"fails gymnasium's env checker: {one_line(e) or type(e).__name__}"
     finally:
         env.close()
     os.environ[_CHECKED_VAR] = ",".join([*_checked_ids(), env_id])
     shown = []
     for w in caught:
-        text = _one_line(_ANSI.sub("", str(w.message))).removeprefix("WARN: ")
+        text = one_line(_ANSI.sub("", str(w.message))).removeprefix("WARN: ")
         if text not in shown and not text.startswith(_IRRELEVANT_WARNINGS):
             shown.append(text)
     for text in shown + ([failure] if failure else []):
@@ -349,6 +342,7 @@ def make_env(
     seed: int | None = None,
     *,
     agent: str | None = None,
+    agents: Mapping[str, str] | None = None,
     max_episode_steps: int | None = None,
     render_mode: str | None = None,
 ) -> gym.Env:
@@ -365,8 +359,10 @@ def make_env(
         seed: If given, seeds the action and observation spaces and the first `reset()`
             that does not pass its own seed, so equal seeds give equal trajectories
             under equal actions.
-        agent: If given, an agent name from `AGENT_ACTION_SPACES`; the env's action
-            space must be of the kind that agent supports.
+        agent: If given, an agent name from `agents`; the env's action space must be of
+            the kind that agent supports.
+        agents: With `agent`, the action-space kind of every agent by name
+            (`bnrl.agents.ACTION_SPACES`).
         max_episode_steps: Overrides the registered episode-length limit when given.
         render_mode: Passed to `gymnasium.make` when given; the env must list it in its
             `metadata["render_modes"]`.
@@ -385,7 +381,7 @@ def make_env(
     if not isinstance(env_id, str) or not env_id or env_id.count(":") > 1:
         raise EnvError(f"invalid environment id {env_id!r}: {_UNKNOWN_ID_HINT}")
     if agent is not None:
-        _check_agent_name(agent)  # fail before paying for the env's construction
+        _check_agent_name(agent, agents)  # fail before paying for the env's construction
     if seed is not None:
         if not _is_int(seed) or seed < 0:
             raise EnvError(f"invalid seed {seed!r}: use a non-negative int or None")
@@ -405,7 +401,7 @@ def make_env(
 
     try:
         if agent is not None:
-            check_agent_env(agent, env)
+            check_agent_env(agent, env, agents)
         _check_spaces(env)
         if render_mode is not None:
             _check_render_mode(env, env_id, render_mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bnrl.common.seeding import derive_seed
 from bnrl.networks.backend import keras, tf
 
 NORM_KINDS = ("none", "batch", "batch_renorm", "layer")
@@ -91,7 +92,7 @@ class Seeds:
         if self.seed is None:
             return "glorot_uniform"
         self.count += 1
-        return keras.initializers.GlorotUniform(seed=self.seed * 7919 + self.count)
+        return keras.initializers.GlorotUniform(seed=derive_seed(self.seed, self.count, 7919))
 
 
 def _normalize(x, norm: Norm, prefix: str, suffix: str, training):

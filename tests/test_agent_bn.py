@@ -11,7 +11,8 @@ For each agent (DQN, DDPG, TD3, SAC, CrossQ with Batch Renorm and with plain BN)
 * ``check_wiring`` passes for every variant, and a miswired agent is refused at construction;
 * ``log=True`` returns the seed's diagnostics with post-step values, and none without BN.
 
-Networks are tiny (hidden [32, 32]; CrossQ's critic [64, 64]) so that the file stays fast.
+Networks are tiny (one hidden layer of 32 units; CrossQ's critic 64) and each agent is built
+once (tests/conftest.py), so that the file stays fast.
 """
 
 from __future__ import annotations
@@ -41,28 +42,31 @@ DQN_OBS = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM + 1,), np.float32)
 BOX_ACT = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
 DISCRETE_ACT = gym.spaces.Discrete(N_ACTIONS)
 
-SMALL = dict(hidden=(32, 32), batch_size=BATCH, learning_starts=0)
-ACTOR_SMALL = dict(actor_hidden=(32, 32))
+SMALL = dict(hidden=(32,), batch_size=BATCH, learning_starts=0)
+ACTOR_SMALL = dict(actor_hidden=(32,))
 # The pre-remedy BN settings (one training-mode pass on (s, a), targets and actor-loss critic in
 # inference mode), which the "auto" defaults no longer pick with critic_norm=batch.
-PLAIN = dict(critic_batch="separate", target="polyak", bootstrap_mode="inference")
-ACTOR_PLAIN = dict(PLAIN, actor_loss_mode="inference")
+CLASSIC_BN = dict(critic_batch="separate", target="polyak", bootstrap_mode="inference")
+ACTOR_PLAIN = dict(CLASSIC_BN, actor_loss_mode="inference")
 # case id -> (agent name, config). Every critic normalizes its state input too, so that the
-# input BN layer's batch statistics are exactly those of the observations fed.
+# input BN layer's batch statistics are exactly those of the observations fed. Targets move with
+# tau = 0.5 (DQN's every 2 updates), as the target network tests check them: their "copy" cases
+# are these agents.
 BN_CASES = {
-    "dqn": ("dqn", dict(SMALL, **PLAIN, critic_norm="batch", critic_input_norm=True)),
-    "ddpg": ("ddpg", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+    "dqn": ("dqn", dict(SMALL, **CLASSIC_BN, tau=0.5, target_update_interval=2,
+                        critic_norm="batch", critic_input_norm=True)),
+    "ddpg": ("ddpg", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, tau=0.5, critic_norm="batch",
                           critic_input_norm=True, actor_norm="batch")),
-    "td3": ("td3", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+    "td3": ("td3", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, tau=0.5, critic_norm="batch",
                         critic_input_norm=True, actor_norm="batch")),
-    "sac": ("sac", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, critic_norm="batch",
+    "sac": ("sac", dict(SMALL, **ACTOR_SMALL, **ACTOR_PLAIN, tau=0.5, critic_norm="batch",
                         critic_input_norm=True, actor_norm="batch")),
     # TD3's defaults with a BN critic (joint pass, target critic in training mode).
     "td3-defaults": ("td3", dict(SMALL, **ACTOR_SMALL, critic_norm="batch",
                                  critic_input_norm=True, actor_norm="batch")),
     # CrossQ's defaults: Batch Renorm in critic and actor, critic input norm on.
-    "crossq-renorm": ("crossq", dict(SMALL, **ACTOR_SMALL, hidden=(64, 64))),
-    "crossq-batch": ("crossq", dict(SMALL, **ACTOR_SMALL, hidden=(64, 64), critic_norm="batch",
+    "crossq-renorm": ("crossq", dict(SMALL, **ACTOR_SMALL, hidden=(64,))),
+    "crossq-batch": ("crossq", dict(SMALL, **ACTOR_SMALL, hidden=(64,), critic_norm="batch",
                                     actor_norm="batch")),
 }
 
@@ -81,15 +85,22 @@ def _build(name: str, config: dict, seed: int = 0):
     return make_agent(name, obs_space, act_space, config, seed)
 
 
+def _shared(agents, name: str, config: dict, seed: int = 0):
+    """``_build(name, config, seed)`` from the module's ``agents`` cache (tests/conftest.py): in
+    the state of a new build, built once per module. Not to be closed by the test."""
+    obs_space, act_space = _spaces(name)
+    return agents.get(name, obs_space, act_space, config, seed)
+
+
 def _batch(rng: np.random.Generator, agent, n: int = BATCH, done=None) -> dict:
     d = agent.obs_dim
     obs = rng.normal(OBS_SHIFT[:d], OBS_SCALE[:d], (n, d)).astype(np.float32)
     # next_obs with other statistics than obs: the joint CrossQ batch must differ from either.
     next_obs = (rng.normal(OBS_SHIFT[:d], OBS_SCALE[:d], (n, d)) * 1.5 - 0.7).astype(np.float32)
-    if agent.discrete:
-        action = rng.integers(0, agent.n_actions, n).astype(np.int64)
+    if agent.head.action_space == "discrete":
+        action = rng.integers(0, agent.head.n, n).astype(np.int64)
     else:
-        action = rng.uniform(-1.0, 1.0, (n, agent.act_dim)).astype(np.float32)
+        action = rng.uniform(-1.0, 1.0, (n, agent.head.action_dim)).astype(np.float32)
     return dict(obs=obs, action=action, reward=rng.normal(size=n).astype(np.float32),
                 next_obs=next_obs,
                 done=np.zeros(n, np.float32) if done is None else np.asarray(done, np.float32))
@@ -146,13 +157,11 @@ def _snapshot(agent) -> list[np.ndarray]:
     return _run(agent, _variables(agent))
 
 
-@pytest.fixture(scope="module", params=list(BN_CASES))
-def bn_agent(request):
-    """One agent per case, shared by the tests below: each reads its state before acting."""
+@pytest.fixture(params=list(BN_CASES))
+def bn_agent(request, agents):
+    """The case's agent as built (built once, shared by the tests below)."""
     name, config = BN_CASES[request.param]
-    agent = _build(name, config)
-    yield agent
-    agent.close()
+    return _shared(agents, name, config)
 
 
 # ------------------------------------------------------------------------- 1. EMA, once per step
@@ -163,8 +172,8 @@ def test_moving_statistics_move_once_per_update(bn_agent):
     pre-activations, and the actor's first BN layer moves only on the steps that train the
     actor."""
     agent = bn_agent
-    critic = agent.critic_models[0]
-    joint = agent.config.setting("critic_batch") == "joint"
+    critic = agent.networks.critics[0]
+    joint = agent.config.critic_batch == "joint"
     input_layers = [layer for layer in bn_layers(critic) if layer.name.endswith("_bn_in")]
     n_heads = getattr(agent.config, "n_critics", 1)
     assert len(input_layers) == n_heads  # q_bn_in (DQN) or q0_bn_in, q1_bn_in
@@ -174,14 +183,14 @@ def test_moving_statistics_move_once_per_update(bn_agent):
     batches = [_batch(rng, agent) for _ in range(3)]
     variants = []
     for batch in batches:
-        variant = agent.schedule.variant(agent.updates_done)
+        variant = agent.schedule.phase(agent.updates_done)
         variants.append(variant)
         before = {layer.name: _layer_values(agent, layer) for layer in bn_layers(critic)}
         first = "q" if agent.name == "dqn" else "q0"
         k0, b0 = _dense_values(agent, _layer(critic, f"{first}_dense0"))
         actor_bn = actor_before = None
-        if agent.actor_models:
-            actor = agent.actor_models[0]
+        if agent.networks.actors:
+            actor = agent.networks.actors[0]
             actor_bn = _layer(actor, "pi_bn0")
             actor_before = _layer_values(agent, actor_bn)
             ka, ba = _dense_values(agent, _layer(actor, "pi_dense0"))
@@ -214,7 +223,7 @@ def test_moving_statistics_move_once_per_update(bn_agent):
             # on the training-mode-normalized input.
             bn_in = before[input_layers[0].name]
             x = _bn_train(batch["obs"], bn_in["gamma"], bn_in["beta"])
-            if not agent.discrete:
+            if agent.head.action_space != "discrete":
                 x = np.concatenate([x, batch["action"]], axis=1)
             h = x @ k0.astype(np.float64) + b0
             hidden = _layer(critic, f"{first}_bn0")
@@ -283,14 +292,14 @@ def test_acting_and_evaluating_leave_all_variables_unchanged(bn_agent):
         np.testing.assert_allclose(g, a, atol=1e-6)
 
     # Acting is inference mode: the moving statistics, not the (size-1) batch's.
-    if agent.discrete:
-        body = _numpy_forward(agent, agent.q, obs, "q", len(agent.config.hidden), True)
-        out = _layer(agent.q, "q_out")
+    if agent.head.action_space == "discrete":
+        body = _numpy_forward(agent, agent.algorithm.q, obs, "q", len(agent.config.hidden), True)
+        out = _layer(agent.algorithm.q, "q_out")
         kernel, bias = _run(agent, [out.kernel, out.bias])
         q = body @ kernel + bias
         np.testing.assert_array_equal(greedy, q.argmax(1))
     else:
-        actor = agent.actor_models[0]
+        actor = agent.networks.actors[0]
         body = _numpy_forward(agent, actor, obs, "pi", len(agent.config.actor_hidden), False)
         head = _layer(actor, "pi_mean" if agent.name in ("sac", "crossq") else "pi_out")
         kernel, bias = _run(agent, [head.kernel, head.bias])
@@ -305,24 +314,24 @@ TARGET_CASES = [("dqn", "copy"), ("ddpg", "copy"), ("td3", "copy"), ("sac", "cop
 
 
 @pytest.mark.parametrize("name,policy", TARGET_CASES, ids=[f"{n}-{p}" for n, p in TARGET_CASES])
-def test_target_networks_follow_target_bn_policy(name, policy):
+def test_target_networks_follow_target_bn_policy(agents, name, policy):
     """With tau = 0.5: trainable target weights become 0.5 * old + 0.5 * new online; BN statistics
     are copied (``copy``), kept at their init 0 / 1 (``frozen``) or polyak-averaged (``polyak``)
     on the steps that update targets, and nothing changes on the other steps."""
     config = dict(BN_CASES[name][1], target_bn=policy, tau=0.5)
     if name == "dqn":
         config["target_update_interval"] = 2  # steps alternate train, sync
-    agent = _build(name, config)
+    agent = _shared(agents, name, config)  # with "copy": the bn_agent of its case
     tau = 0.5
     rng = np.random.default_rng(3)
-    pairs = agent.target_pairs
+    pairs = agent.networks.target_pairs
     assert pairs and [o.name for o, _ in pairs] == (
         ["q_network"] if name == "dqn" else
         ["critic", "actor"] if name in ("ddpg", "td3") else ["critic"])
     checked_stat = checked_weight = False
     variants = []
     for _ in range(4):
-        variant = agent.schedule.variant(agent.updates_done)
+        variant = agent.schedule.phase(agent.updates_done)
         variants.append(variant)
         targets_before = {t.name: _run(agent, t.weights) for _, t in pairs}
         agent.update(_batch(rng, agent))
@@ -362,21 +371,20 @@ def test_target_networks_follow_target_bn_policy(name, policy):
             np.testing.assert_array_equal(var, np.ones_like(var))
         else:
             assert np.abs(mean).max() > 0
-    agent.close()
 
 
 def test_target_networks_exist_except_for_crossq(bn_agent):
     agent = bn_agent
-    targets = [t for _, t in agent.target_pairs]
-    if agent.config.setting("target") == "none":
+    targets = [t for _, t in agent.networks.target_pairs]
+    if agent.config.target == "none":
         assert targets == []
     else:
         assert targets
         # Each target's BN layers mirror the online network's.
-        for online, target in agent.target_pairs:
+        for online, target in agent.networks.target_pairs:
             assert [la.name for la in bn_layers(target)] == [la.name for la in bn_layers(online)]
     # Every moving mean in the graph belongs to a known model: no hidden (target) copies.
-    models = agent.critic_models + agent.actor_models + targets
+    models = agent.networks.critics + agent.networks.actors + targets
     n_bn = sum(len(bn_layers(m)) for m in models)
     assert len([v for v in _variables(agent) if v.name.endswith("moving_mean:0")]) == n_bn
 
@@ -403,9 +411,9 @@ def test_graph_is_finalized_and_does_not_grow(bn_agent):
 # ---------------------------------------------------------------------------- 5. wiring check
 def test_every_variant_is_wired(bn_agent):
     agent = bn_agent
-    models = agent.critic_models + agent.actor_models
+    models = agent.networks.critics + agent.networks.actors
     assert [layer for m in models for layer in bn_layers(m)]
-    for variant, op in agent.train_ops.items():
+    for variant, op in agent.runner.train_ops.items():
         assert check_wiring(op, models) == [], variant
 
 
@@ -500,25 +508,25 @@ def test_log_returns_post_step_diagnostics(bn_agent):
         if i % 2:  # shifts the logged steps' phase, so that every variant gets logged
             plain_keys = set(agent.update(_batch(rng, agent)))
             assert plain_keys and not [k for k in plain_keys if k.startswith("bn")]
-        seen.add(agent.schedule.variant(agent.updates_done))
+        seen.add(agent.schedule.phase(agent.updates_done))
         out = agent.update(_batch(rng, agent), log=True)
         assert agent.updates_done == n + 1 + i % 2  # logging does not take another step
-        expected = _expected_diagnostics(agent, agent.critic_models, "Q")
-        expected.update(_expected_diagnostics(agent, agent.actor_models, "pi"))
+        expected = _expected_diagnostics(agent, agent.networks.critics, "Q")
+        expected.update(_expected_diagnostics(agent, agent.networks.actors, "pi"))
         got_keys = {k for k in out if k.startswith("bn")}
         assert got_keys == set(expected) | {"bn_Q_train_eval_gap"}
         for key in ("bn_Q_gamma", "bn_Q_beta", "bn_Q_moving_mean", "bn_Q_moving_variance"):
             assert key in out
-        if agent.actor_models:
+        if agent.networks.actors:
             assert {"bn_pi_gamma", "bn_pi_moving_mean"} <= got_keys
         # The post-step values read from the session right after that step.
         for key, value in expected.items():
             assert out[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
         assert np.isfinite(out["bn_Q_train_eval_gap"]) and out["bn_Q_train_eval_gap"] >= 0
         assert expected["bn_Q_moving_mean"] > 0  # moved from its init
-    # Every variant these updates can use (DQN syncs only every 2500, DDPG runs all pieces).
+    # Every variant these updates can use (DDPG runs all pieces on every step).
     n = agent.updates_done
-    assert seen == {agent.schedule.variant(i) for i in range(n, n + 6)}
+    assert seen == {agent.schedule.phase(i) for i in range(n, n + 6)}
 
 
 NO_BN_CASES = {
@@ -543,7 +551,7 @@ def test_no_bn_scalars_without_bn(case):
         keys |= set(agent.update(_batch(rng, agent), log=True))
     bn_keys = {k for k in keys if k.startswith("bn")}
     if case == "ddpg-actor-only":
-        expected = _expected_diagnostics(agent, agent.actor_models, "pi")
+        expected = _expected_diagnostics(agent, agent.networks.actors, "pi")
         assert bn_keys == set(expected)
         assert not [k for k in keys if k.startswith(("bn_Q", "bn/Q"))]
     else:

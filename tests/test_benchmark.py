@@ -1,4 +1,5 @@
-"""End-to-end tests of ``run.py benchmark`` / ``run.py report`` (compare/grid.py, compare/cli.py).
+"""End-to-end tests of ``run.py benchmark`` / ``run.py report`` (compare/: grid, results, workers,
+collect, cli).
 
 Every grid here is tiny (SAC with 32-unit nets, a few hundred env steps) so the whole module runs
 in a few minutes on 2 cores; the grid's worker processes are real (one fresh Python process per
@@ -9,6 +10,7 @@ that change a benchmark work on their own copy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from bnrl import run
-from bnrl.compare import grid
-from bnrl.training import files
-from bnrl.training.errors import UserError
+from bnrl.common import files
+from bnrl.common.errors import UserError
+from bnrl.compare import cli, grid, results, workers
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -164,7 +166,7 @@ def test_small_grid_writes_results_report_figures_and_run_dirs(small_grid, capsy
         assert result["run_agent"] == "sac"
         assert result["settings"]["agent_config.critic_norm"] == r["variant"]
         assert "seed" not in result["settings"] and "steps" not in result["settings"]
-        assert result["settings_hash"] == grid.settings_hash(result["settings"])
+        assert result["settings_hash"] == results.settings_hash(result["settings"])
         hashes.setdefault(r["variant"], set()).add(result["settings_hash"])
     # One hash per variant (the seed is not part of it), different between variants.
     assert [len(h) for h in hashes.values()] == [1, 1] and hashes["none"] != hashes["batch"]
@@ -197,7 +199,7 @@ def test_small_grid_writes_results_report_figures_and_run_dirs(small_grid, capsy
 # --------------------------------------------------------------------------- #
 def test_rerun_skips_finished_runs(small_grid, capsys, monkeypatch):
     out = small_grid["out"]
-    monkeypatch.setattr(grid, "_run_local", _no_workers)
+    monkeypatch.setattr(workers, "_run_local", _no_workers)
     started = time.perf_counter()
     rc, stdout, _ = _bench(capsys, small_grid["argv"])
     elapsed = time.perf_counter() - started
@@ -262,7 +264,7 @@ def test_changed_grid_is_refused_unless_extended(small_grid, config_file, capsys
     assert "Runs: 6 planned, 6 ok, 0 failed, 0 missing" in (out / "report.md").read_text()
 
     # The extended grid is now the directory's benchmark: its plain command just skips.
-    monkeypatch.setattr(grid, "_run_local", _no_workers)
+    monkeypatch.setattr(workers, "_run_local", _no_workers)
     rc, _, _ = _bench(capsys, _grid_args(out, config_file, seeds=3))
     assert rc == 0
 
@@ -388,7 +390,7 @@ def test_killing_the_benchmark_kills_its_workers_and_a_second_one_is_refused(con
 def test_ctrl_c_stops_the_workers_and_says_how_to_continue(config_file, capsys, monkeypatch,
                                                           tmp_path):
     started = []
-    real_start = grid._start_worker
+    real_start = workers._start_worker
 
     def start_then_ctrl_c(spec):
         if started:  # Ctrl-C while the first worker runs
@@ -396,7 +398,7 @@ def test_ctrl_c_stops_the_workers_and_says_how_to_continue(config_file, capsys, 
         started.append(real_start(spec))
         return started[-1]
 
-    monkeypatch.setattr(grid, "_start_worker", start_then_ctrl_c)
+    monkeypatch.setattr(workers, "_start_worker", start_then_ctrl_c)
     rc, _, err = _bench(capsys, _grid_args(tmp_path / "out", config_file, variants="none"))
     assert rc == 130
     assert err.splitlines() == [  # benchmark takes no --resume: it just resumes
@@ -408,13 +410,12 @@ def test_ctrl_c_stops_the_workers_and_says_how_to_continue(config_file, capsys, 
 def test_retry_after_a_failure_before_the_run_started(config_file, monkeypatch, tmp_path):
     """A run that failed before train() wrote config.yaml (e.g. its env could not be made in the
     worker) leaves only error.txt in its directory; the retry must not trip over it."""
-    from bnrl import training
     from bnrl.training.loop import prepare_run_dir
 
     run_dir = tmp_path / "runs" / "seed0"
-    spec = grid.RunSpec("sac", "no_such_module:Nope-v0", "none", 0, 200, str(config_file),
-                        str(run_dir), 1, 100)
-    record = grid.run_one(spec)  # fails in make_env, before the run directory is prepared
+    spec = results.RunSpec("sac", "no_such_module:Nope-v0", "none", 0, 200, str(config_file),
+                           str(run_dir), 1, 100)
+    record = workers.run_one(spec)  # fails in make_env, before the run directory is prepared
     assert record["status"] == "failed" and "cannot import module" in record["error"]
     assert [p.name for p in run_dir.iterdir()] == ["error.txt"]
 
@@ -423,9 +424,9 @@ def test_retry_after_a_failure_before_the_run_started(config_file, monkeypatch, 
         return {"eval_steps": [100, 200], "eval_returns": [-1.0, -0.5], "final_return": -0.5,
                 "wall_time_s": 1.0, "updates_per_second": 10.0, "bn_stats": {}}
 
-    monkeypatch.setattr(training, "train", fake_train)
-    record = grid.run_one(grid.RunSpec("sac", "Pendulum-v1", "none", 0, 200, str(config_file),
-                                       str(run_dir), 1, 100))
+    monkeypatch.setattr(workers, "train", fake_train)
+    record = workers.run_one(results.RunSpec("sac", "Pendulum-v1", "none", 0, 200,
+                                             str(config_file), str(run_dir), 1, 100))
     assert record["status"] == "ok", record["error"]
     assert not (run_dir / "error.txt").exists()
 
@@ -529,13 +530,13 @@ def _planned(monkeypatch, capsys, argv) -> tuple[list, str]:
 
     def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
         seen["specs"] = specs
-        records = [{**grid._base_record(s, "ok"), "eval_steps": [s.steps],
+        records = [{**results.base_record(s, "ok"), "eval_steps": [s.steps],
                     "eval_returns": [0.0], "final_return": 0.0} for s in specs]
         for record in records:
-            grid.write_result(record, out)
+            results.write_result(record, out)
         return records
 
-    monkeypatch.setattr(grid, "run_grid", fake_run_grid)
+    monkeypatch.setattr(cli, "run_grid", fake_run_grid)
     rc, stdout, err = _bench(capsys, argv)
     assert rc == 0, err
     return seen["specs"], stdout
@@ -597,9 +598,9 @@ def test_variants_defined_inline_or_in_a_file_reach_the_runs(capsys, monkeypatch
         ("copy", "sac", {"critic_norm": "batch", "target_bn": "copy"}),
         ("polyak", "sac", {"critic_norm": "batch", "target_bn": "polyak"}),
         ("cq", "crossq", {"agent": "crossq", "hidden": [64, 64]})]
-    config = grid.resolve_spec(specs[3])
-    assert config.agent == "crossq" and config.agent_config["hidden"] == [64, 64]
-    assert grid.resolve_spec(specs[1]).agent_config["target_bn"] == "copy"
+    config = results.resolve_spec(specs[3])
+    assert config.agent == "crossq" and config.agent_config.hidden == (64, 64)
+    assert results.resolve_spec(specs[1]).agent_config.target_bn == "copy"
     assert len({s.settings_hash for s in specs}) == 4
     out = tmp_path / "bench_out" / "benchmark"
     assert json.loads((out / "grid.json").read_text())["baseline"] == "polyak"
@@ -638,7 +639,7 @@ def _edit_result(out: Path, variant: str, seed: int, **changes) -> Path:
 
 def test_a_result_file_of_other_settings_or_version_is_refused(small_grid, capsys,
                                                                monkeypatch, tmp_path):
-    monkeypatch.setattr(grid, "_run_local", _no_workers)
+    monkeypatch.setattr(workers, "_run_local", _no_workers)
     for changes, message in (
             (dict(settings_hash="0" * 16, settings={"agent_config.tau": 0.01}),
              "was made with other settings (agent_config.tau 0.01 in the file, 0.005 now"),
@@ -662,17 +663,74 @@ def test_a_result_file_of_other_settings_or_version_is_refused(small_grid, capsy
                     "different settings or bnrl versions") in _one_error_line(err)
 
 
+COMMITTED = REPO / "docs" / "benchmark-mujoco"
+"""A committed benchmark whose result files were made before the run config held the agent's
+resolved config: their settings keep ``auto`` BN settings and ``xla_single_update: null``."""
+COMMITTED_RUN = "sac/Pendulum-v1/batch/seed0"
+
+
+def _committed_run(out: Path) -> tuple[results.RunSpec, Path]:
+    """``out`` with the committed grid.json and one committed result file (sac with a BN
+    critic, whose critic_batch, target, bootstrap_mode and actor_loss_mode are ``auto`` in it),
+    and the spec that grid plans for that run."""
+    (out / "results").mkdir(parents=True)
+    shutil.copy(COMMITTED / "grid.json", out / "grid.json")
+    specs = {s.key: s for s in grid.specs_of(grid.read_grid(out / "grid.json"), out)}
+    spec = specs[COMMITTED_RUN]
+    spec.result_file.parent.mkdir(parents=True)
+    shutil.copy(results.result_path(COMMITTED, "sac", "Pendulum-v1", "batch", 0),
+                spec.result_file)
+    return spec, spec.result_file
+
+
+def test_a_committed_result_made_with_auto_settings_is_finished(tmp_path):
+    """Rerunning or extending a committed benchmark keeps its results: a result file whose
+    settings resolve (auto -> its value) to the spec's settings is finished, and a report puts
+    it with the runs made since."""
+    from bnrl.compare.collect import collect
+
+    out = tmp_path / "out"
+    spec, path = _committed_run(out)
+    stored = json.loads(path.read_text())
+    assert stored["settings"]["agent_config.critic_batch"] == "auto"
+    assert stored["settings_hash"] != spec.settings_hash  # hashed with the auto values
+    record = results.finished(spec)
+    assert record is not None and record["final_return"] == stored["final_return"]
+    # A run made now (resolved settings, their hash) is reported together with it.
+    now = results.deciding_settings(results.resolve_spec(spec))
+    assert now["agent_config.critic_batch"] == "joint"
+    seed1 = dataclasses.replace(spec, seed=1)
+    results.write_result({**stored, "seed": 1, "run_dir": str(out / "runs" / "seed1"),
+                          "settings": now, "settings_hash": spec.settings_hash}, out)
+    assert results.finished(seed1) is not None
+    assert [r["seed"] for r in collect(out).runs] == [0, 1]
+
+
+def test_a_committed_result_with_another_setting_is_still_refused(tmp_path):
+    out = tmp_path / "out"
+    spec, path = _committed_run(out)
+    record = json.loads(path.read_text())
+    record["settings"]["agent_config.learning_starts"] = 5000  # the hash stays the old one
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError) as refused:
+        results.finished(spec)
+    message = str(refused.value)
+    assert message.startswith(f"{COMMITTED_RUN} was made with other settings "
+                              "(agent_config.learning_starts 5000 in the file, 1000 now): ")
+    assert "auto" not in message  # the auto settings, resolved, are not what differs
+
+
 def test_a_shorter_result_is_continued_not_refused(small_grid, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(small_grid["out"], out)
     _edit_result(out, "none", 0, steps=200)
     specs = grid.specs_of(grid.read_grid(out / "grid.json"), out,
                           str(small_grid["argv"][small_grid["argv"].index("--config") + 1]))
-    assert [grid.finished(s) is None for s in specs] == [True, False, False, False]
+    assert [results.finished(s) is None for s in specs] == [True, False, False, False]
     # A result file that is not a run record is refused, not taken as done or trained over.
     path = _edit_result(out, "batch", 0, eval_returns="high")
     with pytest.raises(UserError, match=f"{path} is not a bnrl result file \\(bad eval_returns"):
-        grid.finished(specs[2])
+        results.finished(specs[2])
 
 
 def _grid(cells, variants, seeds=2, config=None, eval_every=None, baseline="none") -> dict:
@@ -805,7 +863,7 @@ def local_ray():
         ray.shutdown()
     try:
         # The raylet and its workers inherit this process's environment, so the autouse
-        # fixture's PYTHONPATH lets the Ray workers import compare.grid and the agents.
+        # fixture's PYTHONPATH lets the Ray workers import compare.workers and the agents.
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     except Exception as exc:  # noqa: BLE001 - e.g. no shared memory or sockets in a sandbox
         pytest.skip(f"cannot start a local Ray cluster here: {type(exc).__name__}: {exc}")
@@ -815,7 +873,7 @@ def local_ray():
 
 def test_ray_backend_runs_the_grid(local_ray, config_file, capsys, monkeypatch, tmp_path):
     out = tmp_path / "out"
-    monkeypatch.setattr(grid, "_run_local", _no_workers)  # every run must go through Ray
+    monkeypatch.setattr(workers, "_run_local", _no_workers)  # every run must go through Ray
     argv = _grid_args(out, config_file, "--backend", "ray", seeds=1, steps=200)
     rc, stdout, _ = _bench(capsys, argv)
     assert rc == 0, stdout
@@ -830,7 +888,7 @@ def test_ray_backend_runs_the_grid(local_ray, config_file, capsys, monkeypatch, 
     assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
     # The Ray backend skips finished runs like the local one (and does not submit tasks).
-    monkeypatch.setattr(grid, "_run_ray", _no_workers)
+    monkeypatch.setattr(workers, "_run_ray", _no_workers)
     rc, _, _ = _bench(capsys, argv)
     assert rc == 0
 
@@ -851,13 +909,13 @@ def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
 
     def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
         seen.update(specs=specs, out=out, backend=backend)
-        records = [{**grid._base_record(s, "ok"), "eval_steps": [6000], "eval_returns": [0.0],
+        records = [{**results.base_record(s, "ok"), "eval_steps": [6000], "eval_returns": [0.0],
                     "final_return": 0.0} for s in specs]
         for record in records:
-            grid.write_result(record, out)
+            results.write_result(record, out)
         return records
 
-    monkeypatch.setattr(grid, "run_grid", fake_run_grid)
+    monkeypatch.setattr(cli, "run_grid", fake_run_grid)
     rc, stdout, _ = _bench(capsys, ["benchmark"])
     assert rc == 0
     assert seen["out"] == Path("bench_out/quick") and seen["backend"] == "local"
@@ -882,11 +940,11 @@ def test_results_json_is_rewritten_after_each_run(monkeypatch, tmp_path):
         assert [(s.variant, s.seed) for s in todo] == [
             ("none", 0), ("batch", 0), ("none", 1), ("batch", 1)]
         for spec in reversed(todo):  # completion order differs from grid order
-            publish(grid._base_record(spec, error="RuntimeError: boom"), spec)
+            publish(results.base_record(spec, error="RuntimeError: boom"), spec)
             seen.append([(r["variant"], r["seed"]) for r in _runs(tmp_path)])
 
-    monkeypatch.setattr(grid, "_run_local", fake_local)
-    records = grid.run_grid(specs, tmp_path, workers=2)
+    monkeypatch.setattr(workers, "_run_local", fake_local)
+    records = workers.run_grid(specs, tmp_path, workers=2)
     # Each rewrite holds the runs finished so far, in grid order.
     assert seen == [[("batch", 1)], [("none", 1), ("batch", 1)],
                     [("none", 1), ("batch", 0), ("batch", 1)],

@@ -16,8 +16,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from bnrl.agents import AGENTS, SAC, CrossQ, CrossQConfig, SACConfig, make_agent
-from bnrl.agents.core import PLAIN
+from bnrl.agents import AGENTS, SAC, Agent, CrossQ, CrossQConfig, SACConfig, make_agent
+from bnrl.agents.config import CLASSIC_BN
 from bnrl.agents.update import Schedule
 from bnrl.networks import bn_layers, tf
 
@@ -25,9 +25,11 @@ MOMENTUM, EPS, ATOL, BATCH = 0.99, 1e-3, 1e-5, 16
 BOX_OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 BOX_ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 DISCRETE_ACT = gym.spaces.Discrete(3)
-SMALL = dict(hidden=(32, 32), batch_size=BATCH, learning_starts=0, critic_norm="batch",
+# One hidden layer per network: the statistics pinned are the input layer's, and depth costs
+# build and XLA compile time.
+SMALL = dict(hidden=(32,), batch_size=BATCH, learning_starts=0, critic_norm="batch",
              critic_input_norm=True)
-ACTOR = dict(actor_hidden=(16, 16), actor_norm="batch")
+ACTOR = dict(actor_hidden=(16,), actor_norm="batch")
 
 
 def _build(name: str, config: dict, seed: int = 0):
@@ -39,7 +41,7 @@ def _batch(rng, agent, n: int = BATCH) -> dict:
     # next_obs with other statistics, so that obs-only and joint statistics differ visibly.
     next_obs = (rng.normal([1.0, -2.0, 0.5], [0.5, 2.0, 1.0], (n, 3)) * 1.5 - 0.7).astype(
         np.float32)
-    action = (rng.integers(0, 3, n).astype(np.int64) if agent.discrete
+    action = (rng.integers(0, 3, n).astype(np.int64) if (agent.head.action_space == "discrete")
               else rng.uniform(-1, 1, (n, 2)).astype(np.float32))
     return dict(obs=obs, action=action, reward=rng.normal(size=n).astype(np.float32),
                 next_obs=next_obs, done=np.zeros(n, np.float32))
@@ -105,14 +107,14 @@ def test_statistics_move_once_per_update_from_the_training_pass_rows(case):
         if name == "dqn":
             config["target_update_interval"] = 1
     agent = _build(name, config)
-    online = _input_layers(agent.critic_models[0])
+    online = _input_layers(agent.networks.critics[0])
     assert len(online) == (1 if name == "dqn" else 2)
-    targets = [t for _, t in agent.target_pairs]
+    targets = [t for _, t in agent.networks.target_pairs]
     rng = np.random.default_rng(4)
     target_steps = 0
     for _ in range(3):
         batch = _batch(rng, agent)
-        variant = agent.schedule.variant(agent.updates_done)
+        variant = agent.schedule.phase(agent.updates_done)
         target_steps += "target" in variant
         before = _stats(agent, online)
         agent.update(batch)
@@ -128,10 +130,10 @@ def test_statistics_move_once_per_update_from_the_training_pass_rows(case):
                 [batch["obs"], batch["next_obs"]])
             assert np.abs(_ema(mean, var, other)[0] - exp_mean).max() > 100 * ATOL
     if settings["target"] == "none":
-        assert targets == [] and agent.target_pairs == []
+        assert targets == [] and agent.networks.target_pairs == []
         assert not [v for v in agent.graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
                     if "target" in v.name]
-        assert all("target" not in v for v in agent.schedule.variants())
+        assert all("target" not in v for v in agent.schedule.phases())
     else:
         assert target_steps > 0 and targets
         for layer in [la for t in targets for la in bn_layers(t)]:
@@ -149,7 +151,7 @@ def test_training_mode_bootstrap_uses_the_joint_batch_statistics():
                   target="none", bootstrap_mode="training", double_q=False, gamma=1.0)
     agent = _build("dqn", config)
     batch = _batch(np.random.default_rng(1), agent)
-    dense, bn, out = (agent.q.get_layer(n) for n in ("q_dense0", "q_bn0", "q_out"))
+    dense, bn, out = (agent.algorithm.q.get_layer(n) for n in ("q_dense0", "q_bn0", "q_out"))
     assert dense.bias is None  # a Dense followed by BN has none
     k0, gamma, beta, k1, b1 = agent.sess.run([dense.kernel, bn.gamma, bn.beta, out.kernel,
                                               out.bias])
@@ -173,7 +175,7 @@ def test_train_eval_gap_is_measured_on_the_training_pass_rows():
     agent = _build("dqn", config)
     batch = _batch(np.random.default_rng(6), agent)
     gap = agent.update(batch, log=True)["bn_Q_train_eval_gap"]
-    dense, bn, out = (agent.q.get_layer(n) for n in ("q_dense0", "q_bn0", "q_out"))
+    dense, bn, out = (agent.algorithm.q.get_layer(n) for n in ("q_dense0", "q_bn0", "q_out"))
     assert dense.bias is None  # a Dense followed by BN has none
     k0, gamma, beta, mean, var, k1, b1 = agent.sess.run(
         [dense.kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, out.kernel,
@@ -194,20 +196,20 @@ def test_train_eval_gap_is_measured_on_the_training_pass_rows():
 
 
 # -------------------------------------------------------------------------------- schedule
-def test_schedule_pieces_variants_and_completeness():
+def test_schedule_steps_phases_and_completeness():
     td3 = Schedule(actor_every=2, target_every=2)
-    assert [td3.variant(i) for i in range(4)] == ["critic", "critic+actor+target"] * 2
-    assert list(td3.variants()) == ["critic", "critic+actor+target"]
+    assert [td3.phase(i) for i in range(4)] == ["critic", "critic+actor+target"] * 2
+    assert list(td3.phases()) == ["critic", "critic+actor+target"]
     assert [td3.is_complete(i) for i in range(4)] == [False, True, False, True]
     crossq = Schedule(actor_every=3)
-    assert [crossq.variant(i) for i in range(6)] == ["critic", "critic", "critic+actor"] * 2
+    assert [crossq.phase(i) for i in range(6)] == ["critic", "critic", "critic+actor"] * 2
     dqn = Schedule(target_every=3)
-    assert dqn.variants() == {"critic": ("critic",), "critic+target": ("critic", "target")}
+    assert dqn.phases() == {"critic": ("critic",), "critic+target": ("critic", "target")}
     assert all(dqn.is_complete(i) for i in range(6))  # no actor: every update logs all
     mixed = Schedule(actor_every=2, target_every=3)
-    assert list(mixed.variants()) == ["critic", "critic+actor", "critic+target",
+    assert list(mixed.phases()) == ["critic", "critic+actor", "critic+target",
                                       "critic+actor+target"]
-    assert mixed.pieces(5) == ("critic", "actor", "target")
+    assert mixed.steps_at(5) == ("critic", "actor", "target")
 
 
 SCHEDULE_CASES = [("td3", dict(policy_delay=3), ["critic", "critic", "critic+actor+target"]),
@@ -219,20 +221,20 @@ SCHEDULE_CASES = [("td3", dict(policy_delay=3), ["critic", "critic", "critic+act
 
 @pytest.mark.parametrize("name,settings,expected", SCHEDULE_CASES,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(SCHEDULE_CASES)])
-def test_agent_runs_the_pieces_its_schedule_says(name, settings, expected):
-    """The train op of each variant exists and runs exactly its pieces: the actor's weights
+def test_agent_runs_the_steps_its_schedule_says(name, settings, expected):
+    """The train op of each phase exists and runs exactly its steps: the actor's weights
     move only on actor steps, the targets' only on target steps; only complete updates
     report the actor's losses."""
     config = dict(hidden=(16,), batch_size=8, learning_starts=0, tau=0.5, **settings)
     if name != "dqn":
         config["actor_hidden"] = (16,)
     agent = _build(name, config)
-    assert list(agent.train_ops) == list(dict.fromkeys(expected))
+    assert list(agent.runner.train_ops) == list(dict.fromkeys(expected))
     rng = np.random.default_rng(0)
-    actor = agent.actor_models[0].trainable_weights if agent.actor_models else []
-    target = [w for _, t in agent.target_pairs for w in t.trainable_weights]
+    actor = agent.networks.actors[0].trainable_weights if agent.networks.actors else []
+    target = [w for _, t in agent.networks.target_pairs for w in t.trainable_weights]
     for i in range(2 * len(expected)):
-        assert agent.schedule.variant(agent.updates_done) == expected[i % len(expected)]
+        assert agent.schedule.phase(agent.updates_done) == expected[i % len(expected)]
         before = agent.sess.run(actor + target)
         out = agent.update(_batch(rng, agent, 8))
         after = agent.sess.run(actor + target)
@@ -254,17 +256,18 @@ def test_auto_settings_change_nothing_without_batch_norm(name):
     """auto resolves to the pre-remedy behaviour for every critic without plain BN, and to the
     agent's bn_defaults with critic_norm=batch; explicit values win."""
     cls = AGENTS[name].config_class
-    keys = [k for k in PLAIN if hasattr(cls(), k)]
+    keys = [k for k in CLASSIC_BN if hasattr(cls(), k)]
     assert ("actor_loss_mode" in keys) == (name != "dqn")
     for norm in ("none", "layer", "batch_renorm"):
-        config = cls(critic_norm=norm)
-        assert {k: config.setting(k) for k in keys} == {k: PLAIN[k] for k in keys}
-    config = cls(critic_norm="batch")
-    assert {k: config.setting(k) for k in keys} == {k: cls.bn_defaults.get(k, PLAIN[k])
+        config = cls(critic_norm=norm).resolved()
+        assert {k: getattr(config, k) for k in keys} == {k: CLASSIC_BN[k] for k in keys}
+    config = cls(critic_norm="batch").resolved()
+    assert {k: getattr(config, k) for k in keys} == {k: cls.bn_defaults.get(k, CLASSIC_BN[k])
                                                      for k in keys}
-    explicit = cls(critic_norm="batch", critic_batch="separate", bootstrap_mode="training")
-    assert (explicit.setting("critic_batch"), explicit.setting("bootstrap_mode")) == (
-        "separate", "training")
+    explicit = cls(critic_norm="batch", critic_batch="separate",
+                   bootstrap_mode="training").resolved()
+    assert (explicit.critic_batch, explicit.bootstrap_mode) == ("separate", "training")
+    assert explicit.resolved() == explicit  # resolving is done once and for all
 
 
 def test_crossq_is_sac_with_settings():
@@ -272,19 +275,20 @@ def test_crossq_is_sac_with_settings():
     bit-identical steps."""
     assert set(vars(CrossQ)) - {"__module__", "__doc__", "__firstlineno__",
                                 "__static_attributes__"} == {"name", "config_class"}
-    settings = dict(hidden=(32, 32), actor_hidden=(16,), batch_size=BATCH, learning_starts=0,
+    settings = dict(hidden=(32,), actor_hidden=(16,), batch_size=BATCH, learning_starts=0,
                     renorm_warmup=2)
-    crossq = CrossQ(BOX_OBS, BOX_ACT, CrossQConfig(**settings), seed=2)
-    sac = SAC(BOX_OBS, BOX_ACT, SACConfig(**dataclasses.asdict(CrossQConfig(**settings))),
-              seed=2)
+    crossq = Agent(CrossQ, BOX_OBS, BOX_ACT, CrossQConfig(**settings), seed=2)
+    sac = Agent(SAC, BOX_OBS, BOX_ACT, SACConfig(**dataclasses.asdict(CrossQConfig(**settings))),
+                seed=2)
     rng = np.random.default_rng(3)
     for i in range(5):  # through both variants and past the Batch Renorm warm-up
         batch = _batch(rng, crossq)
         assert crossq.update(batch, log=i % 2 == 1) == sac.update(batch, log=i % 2 == 1)
-    for a, b in zip(crossq.sess.run(crossq.critic.weights + crossq.actor.weights),
-                    sac.sess.run(sac.critic.weights + sac.actor.weights), strict=True):
+    crossq_nets, sac_nets = crossq.algorithm, sac.algorithm
+    for a, b in zip(crossq.sess.run(crossq_nets.critic.weights + crossq_nets.actor.weights),
+                    sac.sess.run(sac_nets.critic.weights + sac_nets.actor.weights), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert crossq.target_pairs == sac.target_pairs == []
+    assert crossq.networks.target_pairs == sac.networks.target_pairs == []
     crossq.close()
     sac.close()
 
@@ -296,7 +300,7 @@ def test_batch_renorm_warmup_and_clipping_on_any_agent(name):
     the same agent with plain BN; after the warm-up its corrections make the steps differ.
     gamma = 0 and a training-mode actor-loss critic keep the moving statistics (which Batch
     Renorm tracks differently) out of the update."""
-    base = dict(hidden=(16, 16), batch_size=BATCH, learning_starts=0, critic_input_norm=True,
+    base = dict(hidden=(16,), batch_size=BATCH, learning_starts=0, critic_input_norm=True,
                 gamma=0.0, critic_batch="separate")
     if name != "dqn":
         base.update(actor_hidden=(16,), actor_loss_mode="training", policy_delay=1,

@@ -9,7 +9,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from bnrl.envs import AGENT_ACTION_SPACES, EnvError, check_agent_env, make_env
+from bnrl.agents import ACTION_SPACES
+from bnrl.envs import EnvError, check_agent_env, make_env
 
 
 def _spy_actions(monkeypatch: pytest.MonkeyPatch, env: gym.Env) -> list[np.ndarray]:
@@ -79,7 +80,7 @@ def test_pendulum_scaled_action_matches_direct_env_step() -> None:
 
 
 def test_discrete_actions_pass_through() -> None:
-    env = make_env("CartPole-v1", agent="dqn")
+    env = make_env("CartPole-v1", agent="dqn", agents=ACTION_SPACES)
     assert env.action_space == gym.spaces.Discrete(2)
 
 
@@ -168,6 +169,8 @@ def test_invalid_max_episode_steps_rejected(steps: object) -> None:
 
 def _one_line_error(env_id: str, **kwargs: object) -> str:
     with pytest.raises(EnvError) as info:
+        if "agent" in kwargs:
+            kwargs["agents"] = ACTION_SPACES
         make_env(env_id, **kwargs)  # type: ignore[arg-type]
     message = str(info.value)
     assert "\n" not in message and message
@@ -205,17 +208,17 @@ def test_sac_on_cartpole_rejected() -> None:
 
 def test_unknown_agent_lists_accepted_names() -> None:
     message = _one_line_error("CartPole-v1", agent="ppo")
-    assert all(name in message for name in AGENT_ACTION_SPACES)
+    assert all(name in message for name in ACTION_SPACES)
 
 
 def test_check_agent_env_on_made_env() -> None:
     env = make_env("Pendulum-v1")
-    for agent, kind in AGENT_ACTION_SPACES.items():
+    for agent, kind in ACTION_SPACES.items():
         if kind == "box":
-            check_agent_env(agent, env)
+            check_agent_env(agent, env, ACTION_SPACES)
         else:
             with pytest.raises(EnvError):
-                check_agent_env(agent, env)
+                check_agent_env(agent, env, ACTION_SPACES)
 
 
 @pytest.mark.parametrize(
@@ -233,7 +236,7 @@ def test_missing_dependency_suggests_extra(env_id: str, module: str, extra: str)
 
 def test_module_colon_env_id(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    env = make_env("_custom_env:BnrlToyEnv-v0", seed=0, agent="td3")
+    env = make_env("_custom_env:BnrlToyEnv-v0", seed=0, agent="td3", agents=ACTION_SPACES)
     # The toy env emits float64 and acts in [0, 10]: both must be normalised.
     assert env.observation_space.dtype == np.float32
     assert env.action_space == gym.spaces.Box(-1.0, 1.0, (1,), np.float32)

@@ -66,16 +66,34 @@ def exported(tmp_path_factory):
     return result
 
 
-def _restored(run_dir: Path):
-    """(agent restored from the run's latest checkpoint, its env)."""
-    from bnrl.training import checkpoint
-    from bnrl.training.loop import build_agent, make_run_env, open_run
+def _env(run_dir: Path):
+    """The run's env (seed 123)."""
+    from bnrl.training.runs import make_run_env, open_run
 
-    config, ckpt = open_run(run_dir)
-    env = make_run_env(config, 123)
-    agent = build_agent(config, env)
-    checkpoint.restore_agent(agent, ckpt)
-    return agent, env
+    return make_run_env(open_run(run_dir)[0], 123)
+
+
+@pytest.fixture(scope="module")
+def restored(exported):
+    """``restored(id)``: the agent of that run restored from the run's latest checkpoint. Built
+    once per run; every call restores the checkpoint again (what a new build gives)."""
+    from bnrl.training import checkpoint
+    from bnrl.training.runs import build_agent, open_run
+
+    agents = {}
+
+    def get(name: str):
+        config, ckpt = open_run(exported[name][0])
+        if name not in agents:
+            env = _env(exported[name][0])
+            agents[name] = build_agent(config, env)
+            env.close()
+        checkpoint.restore_agent(agents[name], ckpt)
+        return agents[name]
+
+    yield get
+    for agent in agents.values():
+        agent.close()
 
 
 def _observations(env, n: int = 100) -> np.ndarray:
@@ -105,16 +123,16 @@ def _serve(export_dir: Path):
 def _moving_statistics(agent, model_attr: str) -> list[np.ndarray]:
     from bnrl.networks import bn_layers
 
-    layers = bn_layers(getattr(agent, model_attr))
+    layers = bn_layers(getattr(agent.algorithm, model_attr))
     assert layers, f"{model_attr} has no BN layer"
     return agent.sess.run([v for layer in layers
                            for v in (layer.moving_mean, layer.moving_variance)])
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_export_acts_like_the_agent(exported, name):
+def test_export_acts_like_the_agent(exported, restored, name):
     run_dir, export_dir = exported[name]
-    agent, env = _restored(run_dir)
+    agent, env = restored(name), _env(run_dir)
     try:
         for model in RUNS[name][1]:
             stats = _moving_statistics(agent, model)
@@ -126,24 +144,23 @@ def test_export_acts_like_the_agent(exported, name):
         obs = _observations(env)
         expected = np.array([agent.act(o, explore=False) for o in obs])
         out = _serve(export_dir)(obs)
-        if agent.discrete:
+        if agent.head.action_space == "discrete":
             assert out["action"].dtype == np.int64
             np.testing.assert_array_equal(out["action"], expected)
-            q = agent.sess.run(agent.act_output.op.inputs[0], {agent.obs_ph: obs})
+            q = agent.sess.run(agent.act_output, {agent.obs_ph: obs})
             np.testing.assert_allclose(out["q_values"], q, atol=1e-5, rtol=0)
             assert len(set(expected.tolist())) > 1 or np.ptp(q) > 0
         else:
             np.testing.assert_allclose(out["action"], expected, atol=1e-5, rtol=0)
             assert np.ptp(expected) > 1e-3, "a constant policy would prove nothing"
     finally:
-        agent.close()
         env.close()
 
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_batch_of_one_gives_the_same_rows_as_batch_of_100(exported, name):
     serve = _serve(exported[name][1])
-    _, env = _restored(exported[name][0])
+    env = _env(exported[name][0])
     obs = _observations(env)
     env.close()
     batch = serve(obs)
@@ -181,11 +198,12 @@ def test_the_batch_check_catches_a_training_mode_export():
 
 @pytest.mark.parametrize("name", ["td3-bn-actor", "sac-bn-actor"])
 def test_env_action_is_what_the_env_wrapper_sends(exported, name):
+    from bnrl.agents import ACTION_SPACES
     from bnrl.envs import make_env
 
     run_dir, export_dir = exported[name]
     meta = json.loads((export_dir / "bnrl_policy.json").read_text())
-    env = make_env(meta["env"], seed=0, agent=meta["agent"])
+    env = make_env(meta["env"], seed=0, agent=meta["agent"], agents=ACTION_SPACES)
     received = []
     raw = env.unwrapped
     raw_step = raw.step
@@ -245,12 +263,11 @@ _LOADER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("name", ["sac-bn-actor", "dqn-bn-q"])
-def test_export_loads_in_a_fresh_process_without_bnrl(exported, name, tmp_path):
+def test_export_loads_in_a_fresh_process_without_bnrl(exported, restored, name, tmp_path):
     run_dir, export_dir = exported[name]
-    agent, env = _restored(run_dir)
+    agent, env = restored(name), _env(run_dir)
     obs = _observations(env)
     expected = np.array([agent.act(o, explore=False) for o in obs])
-    agent.close()
     env.close()
     np.save(tmp_path / "obs.npy", obs)
     script = tmp_path / "load.py"
@@ -337,10 +354,14 @@ def test_failed_export_leaves_nothing(exported, tmp_path, monkeypatch, capsys):
 
 
 def test_every_agent_has_an_export_head():
+    """Every registered agent's policy head writes the export's outputs and signature."""
     from bnrl.agents import AGENTS
-    from bnrl.training.export import HEADS
+    from bnrl.agents.policy import PolicyHead
 
-    assert set(HEADS) == set(AGENTS)
+    for algorithm in AGENTS.values():
+        head = algorithm.head_class
+        assert head.serving is not PolicyHead.serving, algorithm.name
+        assert head.signature is not PolicyHead.signature, algorithm.name
 
 
 def test_export_help_documents_the_signature(capsys):

@@ -1,4 +1,4 @@
-"""``training.files.atomic_open``: the one atomic, durable file write everything uses."""
+"""``common.files.atomic_open``: the one atomic, durable file write everything uses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bnrl.training import files
+from bnrl.common import files
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):

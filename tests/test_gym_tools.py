@@ -234,11 +234,12 @@ def _warnings(caplog) -> list[str]:
 
 
 def test_env_checker_warns_once_in_one_line_each(fresh_check, caplog):
+    from bnrl.agents import ACTION_SPACES
     from bnrl.envs import make_env
 
     caplog.set_level(logging.WARNING)
     for _ in range(3):
-        env = make_env(DTYPE_ENV, seed=0, agent="sac")
+        env = make_env(DTYPE_ENV, seed=0, agent="sac", agents=ACTION_SPACES)
         env.reset()
         env.step(env.action_space.sample())
         env.close()
@@ -251,10 +252,11 @@ def test_env_checker_warns_once_in_one_line_each(fresh_check, caplog):
 
 
 def test_env_checker_failure_is_one_warning_and_the_env_still_works(fresh_check, caplog):
+    from bnrl.agents import ACTION_SPACES
     from bnrl.envs import make_env
 
     caplog.set_level(logging.WARNING)
-    env = make_env(UNSEEDED_ENV, seed=0, agent="td3")
+    env = make_env(UNSEEDED_ENV, seed=0, agent="td3", agents=ACTION_SPACES)
     env.reset()
     env.close()
     (message,) = _warnings(caplog)

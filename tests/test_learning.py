@@ -13,8 +13,9 @@ import time
 
 import numpy as np
 
-from bnrl.agents import make_agent
+from bnrl.agents import ACTION_SPACES, make_agent
 from bnrl.envs import make_env
+from bnrl.training.cadence import Cadence
 
 
 def evaluate(agent, env, episodes: int = 10) -> float:
@@ -35,9 +36,10 @@ def train(algo: str, env_id: str, config: dict, seed: int, steps: int, eval_from
           eval_every: int, stop_at: float | None = None):
     """Train for up to ``steps`` env steps; evaluate every ``eval_every`` steps from
     ``eval_from`` on. Returns (untrained return, [(step, mean return)], agent)."""
-    env = make_env(env_id, seed=seed, agent=algo)
+    env = make_env(env_id, seed=seed, agent=algo, agents=ACTION_SPACES)
     eval_env = make_env(env_id, seed=seed + 1000)
     agent = make_agent(algo, env.observation_space, env.action_space, config, seed)
+    cadence = Cadence.of(agent.config, log_every=1)
     untrained = evaluate(agent, eval_env)
     history = []
     obs, _ = env.reset()
@@ -45,14 +47,12 @@ def train(algo: str, env_id: str, config: dict, seed: int, steps: int, eval_from
         action = agent.act(obs, explore=True)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         # A time-limit truncation is stored as not terminated: it bootstraps.
-        agent.observe(obs, action, reward, next_obs, terminated)
+        agent.observe(obs, action, reward, next_obs, terminated, truncated)
         obs = next_obs
         if terminated or truncated:
-            agent.on_episode_end()
             obs, _ = env.reset()
-        if agent.ready_to_train():
-            for _ in range(agent.config.gradient_steps):
-                agent.train_step()
+        for _ in range(cadence.updates_due(step, len(agent.buffer))):
+            agent.train_step()
         if step >= eval_from and step % eval_every == 0:
             history.append((step, evaluate(agent, eval_env)))
             if stop_at is not None and history[-1][1] >= stop_at:

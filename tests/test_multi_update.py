@@ -9,7 +9,8 @@
   refused there too, a ``batch_statistics_call`` inside a function updates nothing;
 * the training loop runs ``gradient_steps > 1`` through it.
 
-Networks are tiny so that the XLA compiles stay short.
+Networks are tiny (one hidden layer) so that the XLA compiles stay short, and each agent is built
+once (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from bnrl.networks.batchnorm import ancestors
 
 from test_agent_bn import (
     ATOL,
-    PLAIN,
+    CLASSIC_BN,
     SMALL,
     _batch,
     _build,
@@ -41,12 +42,13 @@ from test_agent_bn import (
     _is_renorm,
     _layer_values,
     _patched_training_call,
+    _shared,
     _snapshot,
     _variables,
 )
 
 K = 4
-TINY = dict(SMALL, hidden=(16, 16), actor_hidden=(16, 16))
+TINY = dict(SMALL, hidden=(16,), actor_hidden=(16,))
 # Agent, config: BN in critic and actor; TD3 and CrossQ delay their actor (2, 3), CrossQ's Batch
 # Renorm leaves its warm-up at update 3, inside the first round of K = 4.
 CASES = {
@@ -63,18 +65,18 @@ def _rounds(agent, rounds: int = 2) -> list[list[dict]]:
 
 @pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_k_updates_in_one_run_equal_k_single_updates(case, xla):
+def test_k_updates_in_one_run_equal_k_single_updates(agents, case, xla):
     name, config = CASES[case]
-    single = _build(name, dict(config, xla_single_update=False))  # the plain graph
-    many = _build(name, dict(config, gradient_steps=K, xla=xla))
+    single = _shared(agents, name, dict(config, xla_single_update=False))  # the plain graph
+    many = _shared(agents, name, dict(config, gradient_steps=K, xla=xla))
     rounds = _rounds(single)
     expected, got = [], []
     for batches in rounds:
         expected += [single.update(b) for b in batches]
         got += many.update_many(batches)
     assert many.updates_done == single.updates_done == 2 * K
-    assert many.sess.run(many.num_updates) == 2 * K  # the graph counter moved by K per call
-    variants = [single.schedule.variant(i) for i in range(2 * K)]
+    assert many.sess.run(many.runner.num_updates) == 2 * K  # the graph counter moved by K per call
+    variants = [single.schedule.phase(i) for i in range(2 * K)]
     assert len(set(variants)) == 2  # both kinds of step ran, in the schedule's order
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
         assert set(g) == set(e), i  # each step reports its own variant's scalars
@@ -88,29 +90,27 @@ def test_k_updates_in_one_run_equal_k_single_updates(case, xla):
             np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5, err_msg=var.name)
         else:
             np.testing.assert_array_equal(b, a, err_msg=var.name)
-    single.close()
-    many.close()
 
 
 @pytest.mark.parametrize("case", ["td3", "crossq"])
-def test_k_steps_update_each_input_bn_layer_once_per_step(case):
+def test_k_steps_update_each_input_bn_layer_once_per_step(agents, case):
     """The critic's input BN layers after one call of K steps (XLA, the default): K Keras EMA
     steps of the biased moments of exactly the observations fed, obs alone (a separate pass)
     or concat([obs, next_obs]) (CrossQ's joint pass), to 1e-5; the actor's statistics moved."""
     name, config = CASES[case]
     # TD3 with the pre-remedy separate pass; CrossQ with its joint pass.
-    plain = PLAIN if case == "td3" else {}
-    agent = _build(name, dict(config, **plain, critic_input_norm=True, gradient_steps=K))
+    plain = CLASSIC_BN if case == "td3" else {}
+    agent = _shared(agents, name, dict(config, **plain, critic_input_norm=True, gradient_steps=K))
     assert agent.config.xla
-    critic_model = agent.critic_models[0]
+    critic_model = agent.networks.critics[0]
     layers = [layer for layer in bn_layers(critic_model) if layer.name.endswith("_bn_in")]
     assert layers
     before = {layer.name: _layer_values(agent, layer) for layer in layers}
-    actor_bn = bn_layers(agent.actor_models[0])[0]
+    actor_bn = bn_layers(agent.networks.actors[0])[0]
     actor_before = _layer_values(agent, actor_bn)
     (batches,) = _rounds(agent, 1)
     agent.update_many(batches)
-    joint = agent.config.setting("critic_batch") == "joint"
+    joint = agent.config.critic_batch == "joint"
     for layer in layers:
         values = dict(before[layer.name])
         for b in batches:
@@ -125,7 +125,6 @@ def test_k_steps_update_each_input_bn_layer_once_per_step(case):
                                    err_msg=layer.name)
     moved = agent.sess.run(actor_bn.moving_mean) - actor_before["moving_mean"]
     assert np.abs(moved).max() > 1e-5
-    agent.close()
 
 
 @pytest.mark.parametrize("single_xla", [False, True])
@@ -189,12 +188,11 @@ def test_batch_statistics_call_in_a_function_updates_nothing():
     assert problems and all("updated 2 times" in p for p in problems)
 
 
-def test_update_many_needs_the_loop():
+def test_update_many_needs_the_loop(agents):
     name, config = CASES["sac"]
-    agent = _build(name, config)
+    agent = _shared(agents, name, dict(config, xla_single_update=False))  # gradient_steps = 1
     with pytest.raises(RuntimeError, match="gradient_steps > 1"):
         agent.update_many(_rounds(agent, 1)[0])
-    agent.close()
 
 
 def test_training_loop_runs_rounds_through_the_loop(tmp_path, monkeypatch):
@@ -204,16 +202,16 @@ def test_training_loop_runs_rounds_through_the_loop(tmp_path, monkeypatch):
     from bnrl.training.loop import train
 
     calls = []
-    real = bnrl.agents.core.Agent.update_many
+    real = bnrl.agents.agent.Agent.update_many
 
     def spy(self, batches):
         calls.append(len(batches))
         return real(self, batches)
 
-    monkeypatch.setattr(bnrl.agents.core.Agent, "update_many", spy)
+    monkeypatch.setattr(bnrl.agents.agent.Agent, "update_many", spy)
     config = RunConfig(agent="sac", env="Pendulum-v1", steps=60, eval_every=60, eval_episodes=1,
                        checkpoint_every=60, log_every=12,
-                       agent_config=dict(hidden=(16, 16), actor_hidden=(16, 16), batch_size=8,
+                       agent_config=dict(hidden=(16,), actor_hidden=(16,), batch_size=8,
                                          learning_starts=30, train_freq=3, gradient_steps=3,
                                          critic_norm="batch"))
     config.validate()
@@ -225,12 +223,14 @@ def test_training_loop_runs_rounds_through_the_loop(tmp_path, monkeypatch):
     assert summary["bn_stats"] and len(summary["bn_stats"]["steps"]) == logged
 
 
-def test_xla_single_update_matches_the_plain_graph():
+def test_xla_single_update_matches_the_plain_graph(agents):
     """``xla_single_update``: each variant one XLA-compiled function, to float tolerance of the
     plain graph over updates of both variants (no Dense bias before BN makes that hold)."""
     name, config = CASES["td3"]
-    plain = _build(name, dict(config, xla_single_update=False))
-    compiled = _build(name, config)  # BN layers: compiled by default
+    plain = _shared(agents, name, dict(config, xla_single_update=False))
+    # BN layers: single updates compiled by default (here those of the K-step agent above)
+    compiled = _shared(agents, name, dict(config, gradient_steps=K))
+    assert compiled.config.xla_single_update
     for b in _rounds(plain, 1)[0]:
         expected, got = plain.update(b), compiled.update(b, log=True)
         for key, value in expected.items():
@@ -238,8 +238,6 @@ def test_xla_single_update_matches_the_plain_graph():
         assert got["bn_Q_train_eval_gap"] >= 0
     for var, a, b in zip(_variables(plain), _snapshot(plain), _snapshot(compiled), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5, err_msg=var.name)
-    plain.close()
-    compiled.close()
 
 
 def _compiled(agent) -> bool:
@@ -248,28 +246,27 @@ def _compiled(agent) -> bool:
         return [a for a in ancestors([op]) if a.type == "StatefulPartitionedCall"
                 and a.get_attr("_XlaMustCompile")]
 
-    return all(len(xla_calls(op)) == 1 for op in agent.train_ops.values())
+    return all(len(xla_calls(op)) == 1 for op in agent.runner.train_ops.values())
 
 
 @pytest.mark.parametrize("critic_norm,xla,expected", [
     ("batch", True, True), ("batch_renorm", True, True), ("layer", True, False),
     ("none", True, False), ("batch", False, False)])
-def test_single_updates_are_compiled_by_default_exactly_with_bn_layers(critic_norm, xla,
+def test_single_updates_are_compiled_by_default_exactly_with_bn_layers(agents, critic_norm, xla,
                                                                        expected):
     """``xla_single_update: null``: one XLA call op per variant when a network has BN layers
     (where it measured faster), the plain graph's grouped step otherwise."""
     name, config = CASES["td3"]
-    agent = _build(name, dict(config, critic_norm=critic_norm, actor_norm="none", xla=xla))
+    agent = _shared(agents, name, dict(config, critic_norm=critic_norm, actor_norm="none",
+                                       xla=xla))
     assert _compiled(agent) is expected
-    agent.close()
-    forced = _build(name, dict(config, critic_norm="none", actor_norm="none",
-                               xla_single_update=True))
+    forced = _shared(agents, name, dict(config, critic_norm="none", actor_norm="none",
+                                        xla_single_update=True))
     assert _compiled(forced)
-    forced.close()
 
 
 def test_xla_switch_is_a_config_setting():
-    from bnrl.agents.core import config_from_dict
+    from bnrl.agents.config import config_from_dict
     from bnrl.agents.sac import SACConfig
 
     assert config_from_dict(SACConfig, {"xla": False}).xla is False

@@ -16,22 +16,26 @@ import pytest
 from bnrl.networks import Norm, bn_layers, q_network, tf
 from bnrl.networks.inference import NumpyForward, Unsupported
 
-from test_agent_bn import ACTOR_SMALL, OBS_SCALE, OBS_SHIFT, SMALL, _batch, _build
+from test_agent_bn import OBS_SCALE, OBS_SHIFT, SMALL, _batch, _build, _shared
+
+# Two hidden layers in every network, so that the numpy pass chains layers.
+DEEP = dict(SMALL, hidden=(32, 32))
+ACTOR_DEEP = dict(actor_hidden=(32, 32))
 
 CASES = {
-    "sac-bn-actor": ("sac", dict(SMALL, **ACTOR_SMALL, critic_norm="batch", actor_norm="batch")),
-    "td3-bn-actor": ("td3", dict(SMALL, **ACTOR_SMALL, critic_norm="batch", actor_norm="batch",
+    "sac-bn-actor": ("sac", dict(DEEP, **ACTOR_DEEP, critic_norm="batch", actor_norm="batch")),
+    "td3-bn-actor": ("td3", dict(DEEP, **ACTOR_DEEP, critic_norm="batch", actor_norm="batch",
                                  actor_input_norm=True)),
-    "crossq-renorm-actor": ("crossq", dict(SMALL, **ACTOR_SMALL)),
-    "sac-layernorm-actor": ("sac", dict(SMALL, **ACTOR_SMALL, actor_norm="layer")),
-    "dqn-bn-q": ("dqn", dict(SMALL, critic_norm="batch", critic_input_norm=True)),
+    "crossq-renorm-actor": ("crossq", dict(DEEP, **ACTOR_DEEP)),
+    "sac-layernorm-actor": ("sac", dict(DEEP, **ACTOR_DEEP, actor_norm="layer")),
+    "dqn-bn-q": ("dqn", dict(DEEP, critic_norm="batch", critic_input_norm=True)),
 }
 
 
 def _session_action(agent, obs):
     """What ``act(obs, explore=False)`` computes through the session."""
     out = agent._act_fn(np.asarray(obs, np.float32).reshape(1, -1))
-    return agent._postprocess_action(out[0], False)
+    return agent.head.act(out[0], explore=False, env_steps=agent.env_steps)
 
 
 def _observations(agent, n, seed):
@@ -47,32 +51,31 @@ def _train(agent, updates, seed=0):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_numpy_action_equals_the_session_action(case):
+def test_numpy_action_equals_the_session_action(agents, case):
     name, config = CASES[case]
-    agent = _build(name, config)
+    agent = _shared(agents, name, config)
     assert agent._numpy_act is not None
     _train(agent, 30)
-    model = (agent.actor_models or agent.critic_models)[0]
+    model = (agent.networks.actors or agent.networks.critics)[0]
     for layer in bn_layers(model):  # training moved the statistics the action depends on
         mean, var = agent.sess.run([layer.moving_mean, layer.moving_variance])
         assert np.abs(mean).max() > 0.05 or np.abs(var - 1).max() > 0.05, layer.name
     obs = _observations(agent, 50, 1)
     expected = [_session_action(agent, o) for o in obs]
     first, second = agent.act(obs[0]), agent.act(obs[0])
-    assert agent._numpy_key == (agent.updates_done, 0)  # the second action ran in numpy
+    assert agent._numpy_acts_since_change == 2  # the second action ran in numpy
     got = [agent.act(o) for o in obs]
-    if agent.discrete:
+    if agent.head.action_space == "discrete":
         assert got == expected and first == second == expected[0]
         assert len(set(got)) > 1  # not a constant policy: the argmax is really compared
     else:
         np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=1e-5)
         np.testing.assert_allclose(second, first, atol=1e-5)
-    agent.close()
 
 
-def test_weights_are_copied_again_after_updates_and_restore(tmp_path):
+def test_weights_are_copied_again_after_updates_and_restore(agents, tmp_path):
     name, config = CASES["td3-bn-actor"]
-    agent = _build(name, config)
+    agent = _shared(agents, name, config)
     _train(agent, 5)
     agent.save(str(tmp_path / "ckpt"))
     obs = _observations(agent, 3, 2)
@@ -87,11 +90,10 @@ def test_weights_are_copied_again_after_updates_and_restore(tmp_path):
     restored = [agent.act(obs[1]) for _ in range(3)]
     for a in restored:
         np.testing.assert_allclose(a, before, atol=1e-5)
-    agent.close()
 
 
 def test_dueling_q_network_acts_through_the_session():
-    agent = _build("dqn", dict(SMALL, critic_norm="batch", dueling=True))
+    agent = _build("dqn", dict(DEEP, critic_norm="batch", dueling=True))
     assert agent._numpy_act is None
     _train(agent, 3)
     obs = _observations(agent, 10, 3)

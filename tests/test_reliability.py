@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import io
 import json
 import os
@@ -25,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from bnrl import run
-from bnrl.training import checkpoint, config, files, loop
-from bnrl.training.errors import UserError, error_line
+from bnrl.agents import ACTION_SPACES
+from bnrl.common import files
+from bnrl.common.errors import UserError, error_line
+from bnrl.training import checkpoint, config, evaluation, loop
 
 TINY = ["--set", "hidden=[32,32]", "--set", "actor_hidden=[32,32]", "--set", "batch_size=32",
         "--set", "learning_starts=50", "--set", "buffer_size=5000", "--eval-episodes", "1"]
@@ -77,14 +78,14 @@ def test_yaml_1_2_numbers_in_flags_config_files_and_presets(tmp_path, monkeypatc
     resolved = config.resolve("sac", "Pendulum-v1", user)
     assert (resolved.steps, resolved.eval_every) == (2000, 1000)
     assert type(resolved.steps) is int and type(resolved.eval_every) is int
-    assert resolved.agent_config_object().tau == 5e-3
-    assert resolved.agent_config_object().buffer_size == 100_000
+    assert resolved.agent_config.tau == 5e-3
+    assert resolved.agent_config.buffer_size == 100_000
 
     presets = tmp_path / "presets"
     presets.mkdir()
     (presets / "Pendulum-v1.yaml").write_text("agents:\n  sac: {learning_rate: 7e-4}\n")
     monkeypatch.setattr(config, "PRESET_DIR", presets)
-    assert config.resolve("sac", "Pendulum-v1").agent_config_object().learning_rate == 7e-4
+    assert config.resolve("sac", "Pendulum-v1").agent_config.learning_rate == 7e-4
 
 
 def test_yaml_alias_bomb_is_refused_fast_in_bounded_memory(tmp_path):
@@ -116,7 +117,7 @@ def test_train_keys_of_a_config_file_are_only_overridden_by_given_flags(tmp_path
         return {"steps": config.steps, "wall_time_s": 0.0, "final_return": None,
                 "updates_per_second": 0.0}
 
-    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(run, "train", fake_train)
     monkeypatch.chdir(tmp_path)
     user = tmp_path / "c.yaml"
     user.write_text("train: {seed: 5, agent: td3, steps: 300, eval_every: 150}\n"
@@ -127,7 +128,7 @@ def test_train_keys_of_a_config_file_are_only_overridden_by_given_flags(tmp_path
         "td3", 5, 300, 150)
     assert resolved.agent_config["critic_norm"] == "batch"
     assert run_dir == Path("runs/td3-Pendulum-v1-batch-s5")
-    assert resolved.agent_config_object().learning_starts == 1000  # the td3 preset applies
+    assert resolved.agent_config.learning_starts == 1000  # the td3 preset applies
 
     assert _main(["train", "--config", str(user), "--seed", "7", "--agent", "sac", "--steps",
                   "400", "--critic-norm", "layer"], capsys)[0] == 0
@@ -314,7 +315,7 @@ def test_evaluate_moves_on_when_its_checkpoint_is_pruned(finished_run, tmp_path,
                                                         capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    real_build = loop.build_agent
+    real_build = evaluation.build_agent
 
     def build_while_the_run_saves_and_prunes(*args, **kwargs):
         agent = real_build(*args, **kwargs)
@@ -325,10 +326,7 @@ def test_evaluate_moves_on_when_its_checkpoint_is_pruned(finished_run, tmp_path,
             checkpoint._prune(old)
         return agent
 
-    # evaluate imports training.export lazily, and export binds loop.build_agent when first
-    # imported: import it before the patch, or later tests would export with the patched one.
-    importlib.import_module("bnrl.training.export")
-    monkeypatch.setattr(loop, "build_agent", build_while_the_run_saves_and_prunes)
+    monkeypatch.setattr(evaluation, "build_agent", build_while_the_run_saves_and_prunes)
     code, out, err = _main(["evaluate", "--run", str(run_dir), "--episodes", "1"], capsys)
     assert code == 0, err
     assert "mean return" in out
@@ -358,7 +356,7 @@ def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
         ("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))),
                                                      real_replace(a, b))[1])
-    env = make_env("Pendulum-v1", 0, agent="sac")
+    env = make_env("Pendulum-v1", 0, agent="sac", agents=ACTION_SPACES)
     agent = make_agent("sac", env.observation_space, env.action_space,
                        {"hidden": [8], "actor_hidden": [8], "buffer_size": 10, "batch_size": 4}, 0)
     run_dir = tmp_path / "run"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from bnrl.agents import ACTION_SPACES
+from bnrl.common.errors import UserError
 from bnrl.compare import suites
-from bnrl.envs import AGENT_ACTION_SPACES
 from bnrl.training.config import PRESET_DIR
-from bnrl.training.errors import UserError
 
 
 def test_every_suite_env_has_scores_a_preset_and_fitting_agents():
@@ -20,7 +20,7 @@ def test_every_suite_env_has_scores_a_preset_and_fitting_agents():
             assert scores[env_id].reference_source
             assert (PRESET_DIR / f"{env_id}.yaml").exists(), f"{env_id} has no preset"
             assert entry["steps"] > 0 and entry["agents"]
-            kinds = {AGENT_ACTION_SPACES[a] for a in entry["agents"]}
+            kinds = {ACTION_SPACES[a] for a in entry["agents"]}
             assert len(kinds) == 1, f"{env_id} mixes discrete and continuous agents"
 
 

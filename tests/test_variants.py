@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from bnrl.common.errors import UserError
 from bnrl.compare import variants as vs
-from bnrl.training.errors import UserError
+from bnrl.compare.results import RunSpec, resolve_spec
 
 
 def _value(text: str):
@@ -22,20 +23,17 @@ def test_builtins_include_the_norms_and_crossq():
 
 
 def test_naive_bn_variant_resolves_to_the_naive_settings():
-    from bnrl.compare.grid import RunSpec, resolve_spec
-
     naive = vs.builtin_variants()["batch_naive"]
     spec = RunSpec("sac", "Pendulum-v1", naive.name, 0, 1000, None, "", 1,
                    settings=dict(naive.settings))
-    agent = resolve_spec(spec).agent_config_object()
-    assert (agent.critic_norm, agent.setting("critic_batch"), agent.setting("bootstrap_mode"),
-            agent.setting("actor_loss_mode")) == ("batch", "separate", "inference", "inference")
+    agent = resolve_spec(spec).agent_config
+    assert (agent.critic_norm, agent.critic_batch, agent.bootstrap_mode,
+            agent.actor_loss_mode) == ("batch", "separate", "inference", "inference")
     # `batch` is the remedy: its auto settings resolve to a joint pass, training-mode target.
     spec = RunSpec("sac", "Pendulum-v1", "batch", 0, 1000, None, "", 1,
                    settings=dict(vs.builtin_variants()["batch"].settings))
-    agent = resolve_spec(spec).agent_config_object()
-    assert (agent.setting("critic_batch"), agent.setting("bootstrap_mode")) == (
-        "joint", "training")
+    agent = resolve_spec(spec).agent_config
+    assert (agent.critic_batch, agent.bootstrap_mode) == ("joint", "training")
 
 
 def test_parse_variant_keeps_lists_together():

@@ -19,8 +19,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bnrl.training.errors import StorageError, UserError, error_line
-from bnrl.training.files import atomic_write, fsync_dir, fsync_tree
+from bnrl.common.errors import StorageError, UserError, error_line
+from bnrl.common.files import atomic_write, fsync_dir, fsync_tree
 
 _PREFIX = "step-"
 _REQUIRED = ("agent.json", "model.index", "loop.json")

@@ -5,10 +5,11 @@ dataclass (what the agent needs). Both are saved resolved as ``config.yaml`` in 
 directory, which is what ``--resume`` compares against and ``evaluate`` reads back.
 
 Every setting is read with one YAML loader (``load_yaml``): YAML 1.2 numbers (``3e-4`` is a
-float, as in JSON), no aliases. The whole resolved configuration is validated (types, ranges,
-cross-field rules) by ``resolve`` before anything is written. This module imports no TensorFlow
-(the agents are imported when a configuration is resolved), so the command line can use
-``load_yaml`` while it parses arguments.
+float, as in JSON), no aliases. The whole configuration is validated (types, ranges, cross-field
+rules) and resolved once, by ``resolve`` (or ``from_dict`` for a saved one), before anything is
+written: ``RunConfig.agent_config`` is then the agent's dataclass with every ``auto`` setting
+turned into its value, and that is what the agent is built from, what ``config.yaml`` holds and
+what ``--resume`` and the benchmark's settings hash compare.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 import yaml
 
 from bnrl import configs  # presets ship as package data
-from bnrl.training.errors import UserError
+from bnrl.agents import AgentConfig, agent_class, config_from_dict
+from bnrl.agents.config import coerce_setting
+from bnrl.common.errors import UserError
 
 PRESET_DIR = Path(configs.__file__).resolve().parent
 
@@ -125,17 +128,15 @@ class RunConfig:
     """Gradient steps between scalar logs; BN diagnostics come from that step's own batch."""
     max_episode_steps: int | None = None
     """Override the env's registered time limit."""
-    agent_config: dict = field(default_factory=dict)
-    """Fields of the agent's config dataclass (see ``python run.py train --help``)."""
+    agent_config: AgentConfig | dict = field(default_factory=dict)
+    """The agent's settings (see ``python run.py train --help``): a mapping of its config
+    fields until ``validate`` turns it into the agent's resolved config dataclass."""
 
     def validate(self) -> None:
-        """Check (and normalize: ``1e4`` steps is 10000) every field; UserError, one line."""
-        from bnrl.agents.core import coerce_setting
-
+        """Check (and normalize: ``1e4`` steps is 10000) every field and resolve the agent's
+        settings into its config dataclass; UserError, one line."""
         for f in dataclasses.fields(self):
             if f.name == "agent_config":
-                if not isinstance(self.agent_config, dict):
-                    raise UserError("agent settings must be a mapping of agent config keys")
                 continue
             try:
                 setattr(self, f.name, coerce_setting(f.name, str(f.type), getattr(self, f.name)))
@@ -150,19 +151,22 @@ class RunConfig:
                 raise UserError(f"{name} must be >= 1, got {value}")
         if not 0 <= self.seed <= SEED_MAX:
             raise UserError(f"--seed must be in [0, {SEED_MAX}], got {self.seed}")
+        self.agent_config = self._resolved_agent_config()
 
-    def agent_config_object(self):
-        """The agent's config dataclass built from ``agent_config`` (UserError on bad keys)."""
-        from bnrl.agents import agent_class, config_from_dict
-
+    def _resolved_agent_config(self) -> AgentConfig:
         try:
-            return config_from_dict(agent_class(self.agent).config_class, self.agent_config)
+            config_class = agent_class(self.agent).config_class
+            if isinstance(self.agent_config, config_class):
+                return self.agent_config.resolved()
+            if not isinstance(self.agent_config, dict):
+                raise UserError("agent settings must be a mapping of agent config keys")
+            return config_from_dict(config_class, self.agent_config)
         except (ValueError, TypeError) as exc:
             raise UserError(str(exc)) from None
 
     def warnings(self) -> list[str]:
         """Legal but probably unintended combinations, as one-line messages."""
-        agent = self.agent_config_object()
+        agent = self.agent_config
         found = []
         if agent.learning_starts >= self.steps:
             found.append(f"learning_starts ({agent.learning_starts}) >= steps ({self.steps}): "
@@ -174,7 +178,6 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        data["agent_config"] = dataclasses.asdict(self.agent_config_object())
         for key, value in data["agent_config"].items():
             if isinstance(value, tuple):
                 data["agent_config"][key] = list(value)
@@ -238,9 +241,6 @@ def resolve(agent: str | None = None, env: str | None = None, config_file=None,
     file_train, file_agent = _read_user_file(config_file) if config_file else ({}, {})
     given_train = {**file_train, **_given(train_overrides), **_given(dict(agent=agent, env=env))}
     given_agent = {**file_agent, **_given(agent_overrides)}
-    from bnrl.agents import agent_class
-    from bnrl.agents.core import coerce_setting
-
     try:  # the agent and env pick the preset, so they are checked first
         agent = coerce_setting("agent", "str", given_train.get("agent", DEFAULT_AGENT))
         env = coerce_setting("env", "str", given_train.get("env", DEFAULT_ENV))
@@ -254,8 +254,7 @@ def resolve(agent: str | None = None, env: str | None = None, config_file=None,
         raise UserError(f"unknown train setting(s) {', '.join(unknown)}: accepted are "
                         f"{', '.join(sorted(_RUN_KEYS))}")
     config = RunConfig(agent_config={**base["agent"], **given_agent}, **train)
-    config.validate()
-    config.agent_config_object()  # reject bad agent keys/values now, not after env creation
+    config.validate()  # also rejects bad agent keys/values now, not after env creation
     return config
 
 
@@ -274,7 +273,6 @@ def from_dict(data: dict, source: str = "saved config") -> RunConfig:
         raise UserError(f"{source} is not a bnrl run config ({problem})")
     config = RunConfig(**data)
     config.validate()
-    config.agent_config_object()
     return config
 
 

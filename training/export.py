@@ -32,23 +32,18 @@ from pathlib import Path
 
 import numpy as np
 
+import bnrl
+from bnrl.common.errors import UserError, error_line
+from bnrl.common.files import atomic_directory, atomic_write
 from bnrl.envs import env_action_bounds
 from bnrl.networks import tf
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig
-from bnrl.training.errors import UserError, error_line
-from bnrl.training.files import atomic_directory, atomic_write
-from bnrl.training.loop import build_agent, make_run_env, open_run
+from bnrl.training.runs import build_agent, make_run_env, open_run
 
 POLICY_FILE = "bnrl_policy.json"
 FORMAT = "bnrl-policy"
 FORMAT_VERSION = 1
-
-#: How each agent's acting output becomes the exported action (``Agent._postprocess_action``
-#: with ``explore=False``): the actor as it is, tanh of the Gaussian's mean, or the greedy Q index.
-HEADS = {"ddpg": "deterministic", "td3": "deterministic", "sac": "squashed_gaussian",
-         "crossq": "squashed_gaussian", "dqn": "greedy"}
-
 
 def export_policy(run_dir, out_dir) -> dict:
     """Write the latest checkpoint's policy of ``run_dir`` as a SavedModel in ``out_dir``.
@@ -72,8 +67,9 @@ def export_policy(run_dir, out_dir) -> dict:
     agent = build_agent(config, env)
     try:
         checkpoint.restore_agent(agent, ckpt)
-        metadata = _metadata(config, agent, env, ckpt)
-        module = PolicyModule(agent, env_action_bounds(env), metadata)
+        bounds = env_action_bounds(env) if agent.head.action_space == "box" else None
+        metadata = _metadata(config, agent, bounds, ckpt)
+        module = PolicyModule(agent, bounds, metadata)
         _save_atomically(module, metadata, out_dir)
     finally:
         agent.close()
@@ -119,58 +115,24 @@ class PolicyModule(tf.Module):
 
     def __init__(self, agent, env_bounds, metadata: dict):
         super().__init__(name="bnrl_policy")
-        self._head = HEADS[agent.name]
-        raw = agent.act_output
-        if self._head == "greedy":
-            # DQN acts with argmax(Q(obs)); the export returns the Q-values too.
-            if raw.op.type != "ArgMax":
-                raise RuntimeError(f"{agent.name}'s acting output is {raw.op.type}, not ArgMax")
-            raw = raw.op.inputs[0]
-        self._frozen = frozen_function(agent.sess, agent.graph, agent.obs_ph, {"raw": raw})
-        self._act_dim = None if agent.discrete else agent.act_dim
-        self._env_bounds = None
-        if env_bounds is not None:
-            low, high = (np.asarray(b, np.float32) for b in env_bounds)
-            self._env_bounds = (tf.constant(low), tf.constant(high))
+        self._head, self._env_bounds = agent.head, env_bounds
+        self._frozen = frozen_function(agent.sess, agent.graph, agent.obs_ph,
+                                       {"raw": agent.act_output})
         self._metadata = json.dumps(metadata, sort_keys=True)
         spec = tf.TensorSpec([None, agent.obs_dim], tf.float32, name="observation")
         self.action = tf.function(self._action, input_signature=[spec])
         self.metadata = tf.function(self._metadata_fn, input_signature=[])
 
     def _action(self, observation):
-        raw = self._frozen(observation)["raw"]
-        if self._head == "greedy":
-            return {"action": tf.argmax(raw, axis=1), "q_values": tf.identity(raw)}
-        action = tf.tanh(raw[:, : self._act_dim]) if self._head == "squashed_gaussian" else raw
-        outputs = {"action": tf.identity(action)}
-        if self._env_bounds is not None:
-            low, high = self._env_bounds
-            outputs["env_action"] = low + (tf.clip_by_value(action, -1.0, 1.0) + 1.0) * 0.5 * (
-                high - low)
-        return outputs
+        return self._head.serving(self._frozen(observation)["raw"], self._env_bounds)
 
     def _metadata_fn(self):
         return tf.constant(self._metadata)
 
 
-def _metadata(config: RunConfig, agent, env, ckpt: Path) -> dict:
-    import bnrl
-
+def _metadata(config: RunConfig, agent, env_bounds, ckpt: Path) -> dict:
     obs_dim = agent.obs_dim
-    if agent.discrete:
-        action = {"kind": "discrete", "n": agent.n_actions}
-        outputs = {"action": "int64 [batch]: the greedy action index",
-                   "q_values": f"float32 [batch, {agent.n_actions}]: Q-value of each action"}
-    else:
-        low, high = env_action_bounds(env)
-        action = {"kind": "box", "shape": [agent.act_dim], "low": [-1.0] * agent.act_dim,
-                  "high": [1.0] * agent.act_dim, "env_low": low.tolist(),
-                  "env_high": high.tolist()}
-        outputs = {"action": f"float32 [batch, {agent.act_dim}]: the deterministic action in "
-                             "[-1, 1], what bnrl's env wrapper (bnrl.envs.make_env) expects",
-                   "env_action": f"float32 [batch, {agent.act_dim}]: the same action rescaled "
-                                 "to the env's bounds, low + (action + 1) / 2 * (high - low), "
-                                 "for a plain gymnasium env"}
+    action, outputs = agent.head.signature(env_bounds)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "agent": config.agent, "env": config.env, "seed": config.seed,

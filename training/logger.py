@@ -22,7 +22,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from bnrl.training.files import atomic_open
+from bnrl.common.files import atomic_open
 
 
 def flatten_settings(settings: dict, prefix: str = "") -> dict[str, bool | int | float | str]:

@@ -14,113 +14,26 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 from gymnasium.wrappers import RecordEpisodeStatistics
+from tqdm import tqdm
 
-from bnrl.agents import make_agent
-from bnrl.envs import EnvError, make_env
+from bnrl.common.errors import NonFiniteLoss, StorageError, UserError, error_line
+from bnrl.common.files import atomic_write, lock_directory
 from bnrl.training import checkpoint
+from bnrl.training.cadence import Cadence, run_round
 from bnrl.training.config import RESUMABLE, RunConfig, changed_settings, from_dict, read_yaml
-from bnrl.training.errors import NonFiniteLoss, StorageError, UserError, error_line
-from bnrl.training.files import atomic_write, fsync_dir, fsync_file, lock_directory
+from bnrl.training.evaluation import evaluate
 from bnrl.training.logger import ScalarLogger, flatten_settings
+from bnrl.training.runs import build_agent, check_run, make_run_env
 
 # Scalars kept in summary.json for the benchmark's bn_stats.png.
 _BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
-
-
-def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None):
-    """The env of a run; any failure to make it (unknown id, a module that fails to import, a
-    constructor that raises) is a one-line UserError."""
-    try:
-        return make_env(config.env, seed, agent=config.agent,
-                        max_episode_steps=config.max_episode_steps, render_mode=render_mode)
-    except EnvError as exc:
-        raise UserError(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - a user's env module can raise anything
-        module = config.env.partition(":")[0] if ":" in config.env else None
-        if module and module not in sys.modules:  # a failed import leaves nothing there
-            where = f"importing module {module!r} for {config.env!r} failed"
-        else:
-            mode = f" with render_mode={render_mode!r}" if render_mode else ""
-            where = f"making environment {config.env!r}{mode} failed"
-        raise UserError(f"{where}: {type(exc).__name__}: {error_line(exc)}") from None
-
-
-def check_run(config: RunConfig) -> None:
-    """What can be checked before a run writes anything: its env can be made, and its replay
-    buffer fits in this machine's memory (a too big one is a MemoryError at start-up, or worse,
-    the OOM killer hours later). One-line UserErrors."""
-    env = make_run_env(config, config.seed)
-    try:
-        capacity = config.agent_config_object().buffer_size
-        needed = capacity * _transition_bytes(env)
-    finally:
-        env.close()
-    memory = _memory_bytes()
-    if memory is not None and needed > memory:
-        raise UserError(f"buffer_size {capacity} needs {needed / 2**30:.1f} GiB of replay memory "
-                        f"on {config.env}, more than the {memory / 2**30:.1f} GiB of this "
-                        "machine: lower buffer_size")
-
-
-def _transition_bytes(env) -> int:
-    """Replay bytes of one transition (``agents.replay``: float32 obs and next obs, reward and
-    done flag; int64 discrete or float32 continuous actions)."""
-    obs = int(np.prod(env.observation_space.shape))
-    space = env.action_space
-    action = 8 if space.shape == () else 4 * int(np.prod(space.shape))
-    return 4 * (2 * obs + 2) + action
-
-
-def _memory_bytes() -> int | None:
-    """Physical memory, or the container's limit when lower; None when unknown."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-    except OSError:
-        limit = ""
-    return min(total, int(limit)) if limit.isdigit() else total
-
-
-def build_agent(config: RunConfig, env, threads: int | None = None):
-    """The run's agent for ``env``; ``threads`` caps TensorFlow's intra-op pool (benchmarks)."""
-    agent_config = config.agent_config_object()
-    if threads is not None:
-        agent_config.intra_op_threads = threads
-        agent_config.inter_op_threads = min(agent_config.inter_op_threads or threads, threads)
-    return make_agent(config.agent, env.observation_space, env.action_space, agent_config,
-                      config.seed)
-
-
-def evaluate(agent, env, episodes: int) -> tuple[float, float]:
-    """Mean and std of the return of the deterministic policy over ``episodes`` episodes.
-
-    Args:
-      agent: acts with ``explore=False`` (BN in inference mode); an ``ExportedPolicy`` too.
-      env: an env used only for evaluation (not closed here).
-      episodes: number of episodes.
-    """
-    # Returns are counted by gymnasium's own wrapper; it closes nothing and owns no resources.
-    stats = RecordEpisodeStatistics(env, buffer_length=episodes)
-    for _ in range(episodes):
-        obs, _ = stats.reset()
-        done = False
-        while not done:
-            obs, _, terminated, truncated, _ = stats.step(agent.act(obs, explore=False))
-            done = terminated or truncated
-    returns = np.array(stats.return_queue, dtype=np.float64)
-    return float(np.mean(returns)), float(np.std(returns))
 
 
 class Progress:
@@ -131,8 +44,6 @@ class Progress:
         self.total, self.label, self._last_line = total, label, time.time()
         self._bar = None
         if self.mode == "bar":
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total, initial=initial, desc=label, unit="step",
                              dynamic_ncols=True)
 
@@ -351,37 +262,32 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     obs, _ = env.reset(seed=config.seed + 1_000_003 * state["resets"])
     eval_env.reset(seed=config.seed + 10_000 + 1_000_003 * state["resets"])
     started = time.time() - state["wall_time_s"]
-    window = {"time": time.time(), "step": step, "updates": agent.updates_done}
+    since_log = {"time": time.time(), "step": step, "updates": agent.updates_done}
     train_time = state["train_time_s"]
     last_eval = state["eval_returns"][-1] if state["eval_returns"] else None
-    log_due = False
+    cadence = Cadence.of(agent.config, config.log_every)
     try:
         while step < config.steps:
             action = agent.act(obs, explore=True)
             next_obs, reward, terminated, truncated, info = env.step(action)
-            agent.observe(obs, action, reward, next_obs, terminated)
+            agent.observe(obs, action, reward, next_obs, terminated, truncated)
             step += 1
             if terminated or truncated:
                 state["episodes"] += 1
                 logger.scalars({"charts/episodic_return": float(info["episode"]["r"]),
                                 "charts/episodic_length": int(info["episode"]["l"])}, step)
-                agent.on_episode_end()
                 obs, _ = env.reset()
             else:
                 obs = next_obs
-            if agent.ready_to_train():
+            k = cadence.updates_due(step, len(agent.buffer))
+            if k:
                 t0 = time.perf_counter()
-                if agent.config.gradient_steps > 1:
-                    log_due = _train_round(agent, config, logger, step, state, window, log_due)
-                else:
-                    # Log the first complete update (actor included) once log_every have passed.
-                    log_due = log_due or agent.updates_done % config.log_every == 0
-                    log = log_due and agent.schedule.is_complete(agent.updates_done)
-                    log_due = log_due and not log
-                    scalars = agent.train_step(log=log)
-                    _check_finite(scalars, step)
-                    if log:
-                        _log_update(logger, scalars, step, state, window, agent)
+                log = cadence.log_round(agent.updates_done, k, agent.schedule)
+                scalars, logged = run_round(agent, k, log)
+                for values in scalars:
+                    _check_finite(values, step)
+                if logged is not None:
+                    _log_update(logger, logged, step, state, since_log, agent)
                 train_time += time.perf_counter() - t0
             if step % config.eval_every == 0 or step == config.steps:
                 mean, std = evaluate(agent, eval_env, config.eval_episodes)
@@ -520,24 +426,6 @@ def _close_quietly(*parts) -> None:
             part.close()
 
 
-def _train_round(agent, config: RunConfig, logger, step: int, state: dict, window: dict,
-                 log_due: bool) -> bool:
-    """``gradient_steps`` > 1 updates through the multi-update loop (one ``sess.run``). A log
-    that falls due in the round is taken from its last update, run as a single update with its
-    diagnostics, when that update is complete (else the log stays due). Returns whether a log
-    is still due."""
-    k, first = agent.config.gradient_steps, agent.updates_done
-    log_due = log_due or any((first + j) % config.log_every == 0 for j in range(k))
-    log = log_due and agent.schedule.is_complete(first + k - 1)
-    for scalars in agent.train_steps(k - 1 if log else k):
-        _check_finite(scalars, step)
-    if log:
-        scalars = agent.train_step(log=True)
-        _check_finite(scalars, step)
-        _log_update(logger, scalars, step, state, window, agent)
-    return log_due and not log
-
-
 def _check_finite(scalars: dict, step: int) -> None:
     for name, value in scalars.items():
         if not math.isfinite(value):
@@ -546,13 +434,13 @@ def _check_finite(scalars: dict, step: int) -> None:
                 "checkpoint is kept (lower the learning rate or check the rewards)")
 
 
-def _log_update(logger, scalars: dict, step: int, state: dict, window: dict, agent) -> None:
+def _log_update(logger, scalars: dict, step: int, state: dict, since_log: dict, agent) -> None:
     now, updates = time.time(), agent.updates_done
-    elapsed = max(now - window["time"], 1e-9)
+    elapsed = max(now - since_log["time"], 1e-9)
     scalars = dict(scalars)
-    scalars["charts/updates_per_second"] = (updates - window["updates"]) / elapsed
-    scalars["charts/env_steps_per_second"] = (step - window["step"]) / elapsed
-    window.update(time=now, step=step, updates=updates)
+    scalars["charts/updates_per_second"] = (updates - since_log["updates"]) / elapsed
+    scalars["charts/env_steps_per_second"] = (step - since_log["step"]) / elapsed
+    since_log.update(time=now, step=step, updates=updates)
     logger.scalars(scalars, step)
     history = state["bn_history"]
     if "bn_Q_moving_mean" in scalars:
@@ -580,104 +468,3 @@ def _final_metrics(summary: dict) -> dict[str, float]:
                "final/updates_per_second": summary["updates_per_second"],
                "final/updates": summary["updates"], "final/wall_time_s": summary["wall_time_s"]}
     return {name: value for name, value in metrics.items() if value is not None}
-
-
-def open_run(run_dir) -> tuple[RunConfig, Path]:
-    """The settings and latest complete checkpoint of a run (UserError when there are none)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir} is not a bnrl run (no config.yaml); pass the --logdir of a "
-                        "train run")
-    config = from_dict(read_yaml(run_dir / "config.yaml"))
-    ckpt = checkpoint.latest(run_dir)
-    if ckpt is None:
-        raise UserError(f"{run_dir} has no complete checkpoint yet")
-    checkpoint.load_loop_state(ckpt)
-    return config, ckpt
-
-
-def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int | None = None):
-    """Evaluate the latest checkpoint of a run, or a policy written by ``bnrl export``.
-
-    Args:
-      run_dir: a run directory, or an export directory (it holds ``bnrl_policy.json``).
-      episodes: episodes to run.
-      render_video: also record the first episode as ``run_dir/eval.mp4`` (needs moviepy).
-      seed: env seed; default the run's seed + 20000.
-
-    Returns:
-      ``(mean, std, video_path or None)``.
-    """
-    from bnrl.training.export import ExportedPolicy, is_export
-
-    run_dir = Path(run_dir)
-    if episodes < 1:
-        raise UserError(f"--episodes must be >= 1, got {episodes}")
-    if render_video:
-        _require_moviepy()
-    if is_export(run_dir):
-        policy = ExportedPolicy(run_dir)
-        config, ckpt = policy.run_config(), None
-    else:
-        config, ckpt = open_run(run_dir)
-    eval_seed = config.seed + 20_000 if seed is None else seed
-    if render_video:
-        # rgb_array frames only: no window, no sound (SDL would print errors on a headless box).
-        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    env = make_run_env(config, eval_seed, render_mode="rgb_array" if render_video else None)
-    if ckpt is not None:
-        policy = build_agent(config, env)
-        checkpoint.restore_agent(policy, ckpt)
-    video = run_dir / "eval.mp4" if render_video else None
-    try:
-        if video is None:
-            mean, std = evaluate(policy, env, episodes)
-        else:
-            mean, std = _evaluate_recording(policy, env, episodes, video)
-    finally:
-        env.close()
-        policy.close()
-    return mean, std, video
-
-
-def _require_moviepy() -> None:
-    try:
-        import moviepy  # noqa: F401 - gymnasium's RecordVideo writes MP4 with it
-    except ImportError:
-        raise UserError("--render-video needs moviepy, which is not installed: "
-                        "pip install 'bnrl[video]'") from None
-
-
-def _evaluate_recording(policy, env, episodes: int, video: Path) -> tuple[float, float]:
-    """``evaluate`` with gymnasium's ``RecordVideo`` recording the first episode to ``video``.
-
-    RecordVideo writes into a temporary directory beside ``video``; the finished MP4 is renamed
-    over ``video``, so a reader never sees half a file.
-    """
-    from gymnasium import error as gym_error
-    from gymnasium.wrappers import RecordVideo
-
-    work = Path(tempfile.mkdtemp(dir=video.parent, prefix=f".{video.name}.", suffix=".tmp"))
-    try:
-        recorder = RecordVideo(env, str(work / "video"), episode_trigger=lambda e: e == 0,
-                               name_prefix="eval", disable_logger=True)
-        try:
-            result = evaluate(policy, recorder, episodes)
-            if recorder.recording:  # RecordVideo writes at the next reset; one episode has none
-                recorder.stop_recording()
-        except gym_error.DependencyNotInstalled as exc:
-            # Raised on the first render() (Pendulum imports pygame then).
-            raise UserError(f"cannot record a video: {error_line(exc)}") from None
-        recorded = work / "video" / "eval-episode-0.mp4"
-        if not recorded.is_file():
-            raise UserError("no video was recorded: the env's render() returned no rgb_array "
-                            "frames")
-        fsync_file(recorded)
-        os.replace(recorded, video)
-        fsync_dir(video.parent)
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

@@ -8,7 +8,7 @@ import warnings
 
 
 def quiet_tensorflow() -> None:
-    """Import TensorFlow and tf-keras (through ``networks``) with their start-up logs hidden.
+    """Import TensorFlow with its start-up logs hidden (call it before anything imports it).
 
     ``TF_CPP_MIN_LOG_LEVEL=3`` hides the C++ INFO/WARNING/ERROR lines about CUDA probing on CPU
     machines (errors of a run still raise in Python); the lines TensorFlow prints through absl
@@ -21,7 +21,8 @@ def quiet_tensorflow() -> None:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import bnrl.networks  # noqa: F401 - imports TensorFlow and tf-keras
+        # Imported here, under the silenced stderr: that is the point of this function.
+        import tensorflow  # noqa: F401
     finally:
         os.dup2(saved, 2)
         os.close(saved)

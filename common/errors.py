@@ -39,3 +39,14 @@ def error_line(exc: BaseException, limit: int = 200) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = next((line for line in lines if not line.startswith(_CONTEXT)), None)
     return one_line(reason or (lines[0] if lines else ""), limit)
+
+
+def error_text_line(text: object, limit: int = 200) -> str:
+    """``error_line`` of an error kept as text (a failed run's recorded error, a traceback file):
+    a traceback's last line (the exception itself), else the first line, cut to ``limit``
+    characters; ``unknown error`` when there is no text."""
+    lines = [line.strip() for line in str(text or "unknown error").splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line if len(line) <= limit else line[:limit - 3] + "..."

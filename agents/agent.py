@@ -1,0 +1,224 @@
+"""``Agent``: one algorithm with its graph, session, replay buffer and policy head.
+
+An agent is made of three parts, each in its own module: the ``Algorithm`` (networks, the whole
+update, the schedule: ``dqn.py``, ``td3.py``, ``sac.py``), the ``UpdateRunner`` (train ops per
+phase, XLA, the multi-update loop, the wiring check, diagnostics, the update counter:
+``runner.py``) and the ``PolicyHead`` of its action space (``policy.py``). ``Agent`` puts them in
+one ``tf.Graph``, finalizes it (nothing adds ops during training) and owns what a run carries
+between updates: the session, the replay buffer, the random generator and the env-step count.
+Public API (Dopamine's): ``act``, ``observe``, ``train_step``, ``save``, ``restore``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from bnrl.agents.algorithm import Algorithm
+from bnrl.agents.replay import ReplayBuffer
+from bnrl.agents.runner import UpdateRunner
+from bnrl.agents.update import Batch, target_update_ops
+from bnrl.common.files import atomic_write
+from bnrl.networks import new_graph_session, tf
+from bnrl.networks.inference import NumpyForward, Unsupported
+
+
+class Agent:
+    """An algorithm ready to act, store transitions and train, one ``sess.run`` per update.
+
+    Args:
+      algorithm: the algorithm class (``DQN``, ``TD3``, ``DDPG``, ``SAC``, ``CrossQ``).
+      observation_space: a 1-D ``gymnasium.spaces.Box``.
+      action_space: ``Box`` in [-1, 1] or ``Discrete``, as the algorithm's head needs.
+      config: the algorithm's config dataclass (resolved here unless it already is), or None
+        for its defaults.
+      seed: seeds the graph, the networks, replay sampling and exploration.
+    """
+
+    def __init__(self, algorithm: type[Algorithm], observation_space, action_space,
+                 config=None, seed: int = 0):
+        self.name = algorithm.name
+        config = config if config is not None else algorithm.config_class()
+        self.config = config if config.is_resolved else config.resolved()
+        self.seed = int(seed)
+        self.obs_dim = int(np.prod(observation_space.shape))
+        self.rng = np.random.default_rng(self.seed)
+        self.head = algorithm.head_class(action_space, self.config, self.rng)
+        self.buffer = ReplayBuffer(self.config.buffer_size, (self.obs_dim,),
+                                   self.head.action_shape, self.head.action_dtype,
+                                   seed=self.seed + 1)
+        self.env_steps = 0
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.compat.v1.set_random_seed(self.seed)
+            batch = self._build_placeholders()
+            # Counts gradient steps; saved with the weights. It also seeds the in-graph noise of
+            # each step (stateless RNG), so a restored agent draws exactly what the original
+            # would have.
+            num_updates = tf.compat.v1.train.get_or_create_global_step()
+            self.algorithm = algorithm(self.config, self.obs_dim, self.head, num_updates,
+                                       self.seed)
+            self.networks, self.schedule = self.algorithm.networks, self.algorithm.schedule
+            self.runner = UpdateRunner(self.algorithm, batch, self.name)
+            self.act_output = self.networks.policy(self.obs_ph, training=False)
+            init, target_init = self._build_init()
+            self.saver = tf.compat.v1.train.Saver(max_to_keep=None, save_relative_paths=True)
+        self.sess = new_graph_session(self.graph, self.config.intra_op_threads,
+                                      self.config.inter_op_threads)
+        self.sess.run(init)
+        if target_init is not None:
+            self.sess.run(target_init)
+        self.runner.bind(self.sess)
+        self._act_fn = self._build_act_fn()
+        self._numpy_act = self._build_numpy_act()
+        self._weights_changed()
+        self.graph.finalize()
+
+    # ----------------------------------------------------------------------------- graph building
+    def _build_placeholders(self) -> Batch:
+        f32 = tf.float32
+        self.obs_ph = tf.compat.v1.placeholder(f32, [None, self.obs_dim], "obs")
+        action = tf.compat.v1.placeholder(tf.as_dtype(self.head.action_dtype),
+                                          [None, *self.head.action_shape], "action")
+        batch = Batch(self.obs_ph, action, tf.compat.v1.placeholder(f32, [None], "reward"),
+                      tf.compat.v1.placeholder(f32, [None, self.obs_dim], "next_obs"),
+                      tf.compat.v1.placeholder(f32, [None], "done"))
+        self.batch_phs = batch.tensors()
+        return batch
+
+    def _build_init(self):
+        """The variables' initializer, and the hard copy of online into target networks."""
+        init = tf.compat.v1.global_variables_initializer()
+        pairs = self.networks.target_pairs
+        if not pairs:
+            return init, None
+        return init, tf.group(*[op for online, target in pairs
+                                for op in target_update_ops(online, target, 1.0, "copy")])
+
+    def _build_act_fn(self):
+        # Acting runs its few ops on the caller's thread instead of handing them to the
+        # inter-op pool (RunOptions.inter_op_thread_pool = -1): benchmarks/README.md has the
+        # latency before and after. Only for acting: the update gains from the pool's parallelism.
+        act = self.sess.make_callable(self.act_output, [self.obs_ph], accept_options=True)
+        return functools.partial(act, options=tf.compat.v1.RunOptions(inter_op_thread_pool=-1))
+
+    def _build_numpy_act(self):
+        """The deterministic action in numpy (``networks.inference``): ``(forward, fetch of its
+        weights)``, or None when the policy network has a layer it does not run."""
+        try:
+            forward = NumpyForward(self.networks.policy, self.head.numpy_output)
+        except Unsupported:
+            return None
+        return forward, self.sess.make_callable(forward.variables)
+
+    # ------------------------------------------------------------------------------ public API
+    @property
+    def updates_done(self) -> int:
+        """Gradient steps taken so far (the graph's counter, as the last update fetched it)."""
+        return self.runner.updates_done
+
+    def act(self, obs: np.ndarray, explore: bool = False):
+        """Action for one observation, in inference mode (BN uses moving statistics).
+
+        Args:
+          obs: one observation.
+          explore: add the agent's exploration (noise, epsilon, sampling); False for evaluation.
+        """
+        if explore and self.env_steps < self.config.learning_starts:
+            return self.head.random()
+        x = np.asarray(obs, np.float32).reshape(1, self.obs_dim)
+        if not explore and self._numpy_act is not None:
+            # Evaluation acts many times between weight changes: from the second deterministic
+            # action after a change, the weights are copied out once and the action is computed
+            # in numpy (11-13 us against ~100 us for a sess.run; benchmarks/README.md). The
+            # training loop, which changes the weights between actions, keeps the one sess.run.
+            forward, fetch = self._numpy_act
+            if self._numpy_acts_since_change == 1:
+                forward.load(fetch())
+            self._numpy_acts_since_change += 1
+            if self._numpy_acts_since_change > 1:
+                return self.head.finish(forward(x)[0])
+        return self.head.act(self._act_fn(x)[0], explore, self.env_steps)
+
+    def _weights_changed(self) -> None:
+        """The numpy acting path's copy of the weights is stale from now on."""
+        self._numpy_acts_since_change = 0
+
+    def observe(self, obs, action, reward, next_obs, terminated: bool,
+                truncated: bool = False) -> None:
+        """Store one transition; ``terminated`` only for a true end, never a time limit. When
+        the episode ends (``terminated`` or ``truncated``) the exploration noise restarts."""
+        self.buffer.add(obs, action, reward, next_obs, terminated)
+        self.env_steps += 1
+        if terminated or truncated:
+            self.head.episode_end()
+
+    def train_step(self, log: bool = False) -> dict[str, float]:
+        """One gradient step on a batch sampled from the replay buffer."""
+        return self.update(self.buffer.sample(self.config.batch_size), log=log)
+
+    def train_steps(self, k: int) -> list[dict[str, float]]:
+        """``k`` gradient steps on batches sampled from the replay buffer (as ``k`` calls of
+        ``train_step`` would sample them), in one ``sess.run`` (``update_many``)."""
+        return self.update_many([self.buffer.sample(self.config.batch_size) for _ in range(k)])
+
+    def update(self, batch: dict, log: bool = False) -> dict[str, float]:
+        """One gradient step on ``batch``: a single ``sess.run`` of the whole update.
+
+        Args:
+          batch: arrays ``obs, action, reward, next_obs, done``.
+          log: also return the BN diagnostics and the train/eval gap, read from this very step.
+
+        Returns:
+          Scalars of this step (losses, Q means, ...), by name.
+        """
+        self._weights_changed()
+        return self.runner.update(batch, log=log)
+
+    def update_many(self, batches: Sequence[dict]) -> list[dict[str, float]]:
+        """One gradient step per batch in one ``sess.run`` (``UpdateRunner.update_many``)."""
+        self._weights_changed()
+        return self.runner.update_many(batches)
+
+    # ------------------------------------------------------------------------------ save/restore
+    def save(self, directory: str, with_buffer: bool = True) -> None:
+        """Write weights, optimizer state, BN statistics, counters, RNG and (optionally) replay.
+
+        The caller makes the directory appear atomically (``training.checkpoint`` writes to a
+        temporary directory and renames it).
+        """
+        os.makedirs(directory, exist_ok=True)
+        # The v1 Saver picks eager or graph mode from the calling context.
+        with self.graph.as_default():
+            self.saver.save(self.sess, os.path.join(directory, "model"), write_meta_graph=False,
+                            write_state=False)
+        state = {"agent": self.name, "env_steps": self.env_steps,
+                 "rng": self.rng.bit_generator.state,
+                 "config": dataclasses.asdict(self.config)}
+        atomic_write(os.path.join(directory, "agent.json"), json.dumps(state))
+        if with_buffer:
+            self.buffer.save(os.path.join(directory, "replay.npz"))
+
+    def restore(self, directory: str) -> None:
+        """Load what ``save`` wrote; the agent then continues the same run."""
+        with open(os.path.join(directory, "agent.json")) as f:
+            state = json.load(f)
+        if state.get("agent") != self.name:
+            raise ValueError(f"checkpoint is for agent '{state.get('agent')}', not '{self.name}'")
+        with self.graph.as_default():
+            self.saver.restore(self.sess, os.path.join(directory, "model"))
+        self.env_steps = int(state["env_steps"])
+        self.runner.sync()
+        self._weights_changed()
+        self.rng.bit_generator.state = state["rng"]
+        replay = os.path.join(directory, "replay.npz")
+        if os.path.exists(replay):
+            self.buffer.load(replay)
+
+    def close(self) -> None:
+        self.sess.close()

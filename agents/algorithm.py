@@ -1,0 +1,132 @@
+"""What every agent's algorithm is made of: its networks, its update, its schedule.
+
+An ``Algorithm`` subclass (``dqn.py``, ``td3.py``, ``sac.py``) holds one agent's whole learning
+rule, readable top to bottom: ``_build_networks`` returns the Keras models it trains
+(``Networks``), ``_build_schedule`` which steps run at update ``i`` (``update.Schedule``), and
+``build_update(batch, noise, steps)`` the whole update of one phase of that schedule as an
+``update.Update``: TD target, critic step, delayed actor step, temperature, target update. It is
+a function of the tensors it is given (the batch and the noise drawn outside it), so that the
+``UpdateRunner`` can build it once per phase, inside an XLA-compiled function or inside the
+multi-update loop. Acting, replay, the session and saving belong to ``Agent``; the policy head
+(``policy.py``) turns the acting network's output into actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from bnrl.agents.config import AgentConfig
+from bnrl.agents.policy import PolicyHead
+from bnrl.agents.update import Batch, Schedule, Update
+from bnrl.common.seeding import derive_seed
+from bnrl.networks import Norm, keras, tf
+
+NETWORK_SEED_STRIDE = 1000
+"""Network ``k`` of an agent seeded ``s`` initializes from seed ``s * 1000 + k`` (tf-keras
+initializers ignore the graph seed, so every network is seeded explicitly)."""
+
+
+@dataclass
+class Networks:
+    """The Keras models an algorithm trains, as the runner and the diagnostics need them.
+
+    Attributes:
+      critics: critics / Q-networks (BN diagnostics prefix ``Q``).
+      actors: actors (prefix ``pi``).
+      policy: the network whose output the policy head acts on.
+      target_pairs: ``(online, target)`` pairs; empty without target networks.
+    """
+
+    critics: list[keras.Model]
+    policy: keras.Model
+    actors: list[keras.Model] = field(default_factory=list)
+    target_pairs: list[tuple[keras.Model, keras.Model]] = field(default_factory=list)
+
+    @property
+    def trained(self) -> list[keras.Model]:
+        """Every network an update trains (what the wiring check covers)."""
+        return self.critics + self.actors
+
+
+class Algorithm:
+    """Base of DQN, TD3 (DDPG) and SAC (CrossQ): the networks, the update and the schedule.
+
+    Args:
+      config: the agent's resolved config.
+      obs_dim: size of a (flat) observation.
+      head: the policy head, which knows the action space (``head.action_dim``, ``head.n``).
+      num_updates: the graph's update counter (seeds the noise of each update; Batch Renorm's
+        warm-up reads it).
+      seed: the agent's seed.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[AgentConfig]]
+    head_class: ClassVar[type[PolicyHead]]
+
+    def __init__(self, config, obs_dim: int, head: PolicyHead, num_updates: tf.Variable,
+                 seed: int):
+        self.config, self.obs_dim, self.head = config, obs_dim, head
+        self.num_updates, self.seed = num_updates, seed
+        self._networks_made = 0
+        self.networks = self._build_networks()
+        self.schedule = self._build_schedule()
+
+    # ------------------------------------------------------------------ what a subclass builds
+    def _build_networks(self) -> Networks:
+        """Create the Keras models and their optimizers."""
+        raise NotImplementedError
+
+    def _build_schedule(self) -> Schedule:
+        """Which steps run at update ``i``."""
+        raise NotImplementedError
+
+    def noise(self, rows: tf.Tensor, step: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The random noise of update ``step`` on a batch of ``rows``, by name (``step_noise``).
+
+        Drawn outside ``build_update`` and passed in: under XLA the stateless RNG returns other
+        samples than TensorFlow's CPU kernel for the same seed, so the compiled update would
+        otherwise draw other noise than the plain one.
+        """
+        return {}
+
+    def build_update(self, batch: Batch, noise: dict, steps: tuple[str, ...]) -> Update:
+        """Everything one update of phase ``steps`` runs, on ``batch`` and ``noise``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------- shared helpers
+    def network_seed(self) -> int:
+        """A distinct initializer seed for each network, in the order they are made."""
+        self._networks_made += 1
+        return derive_seed(self.seed, self._networks_made, NETWORK_SEED_STRIDE)
+
+    def step_noise(self, rows: tf.Tensor, step: tf.Tensor, width: int, salt: int) -> tf.Tensor:
+        """Standard normal noise ``[rows, width]`` of update ``step`` (stateless, seeded by the
+        update counter, so a restored agent draws what the original would have, and K updates in
+        one run draw what K single updates would have)."""
+        seed = tf.stack([tf.cast(step, tf.int32) * 7 + salt, self.seed])
+        return tf.random.stateless_normal(tf.stack([rows, width]), seed=seed)
+
+    def norm(self, kind: str, input_norm: bool = False,
+             position: str = "pre_activation") -> Norm:
+        """A network's normalization: ``kind`` with the config's momentum, epsilon and Batch
+        Renorm clipping (pinned to plain BN for the first ``renorm_warmup`` updates)."""
+        c = self.config
+        return Norm(kind, c.bn_momentum, c.bn_epsilon, input_norm=input_norm, position=position,
+                    renorm_clipping=self._renorm_clipping())
+
+    def critic_norm(self) -> Norm:
+        """The critic's / Q-network's normalization, as the config sets it."""
+        c = self.config
+        return self.norm(c.critic_norm, c.critic_input_norm, c.critic_norm_position)
+
+    def _renorm_clipping(self) -> dict:
+        """Batch Renorm's r/d clipping; during ``renorm_warmup`` updates r in [1, 1], d in
+        [0, 0], which is plain BN (Keras accepts tensors as bounds)."""
+        c = self.config
+        clipping = {"rmax": c.renorm_rmax, "rmin": 1.0 / c.renorm_rmax, "dmax": c.renorm_dmax}
+        if c.renorm_warmup == 0:
+            return clipping
+        warm = tf.cast(self.num_updates, tf.int64) < c.renorm_warmup
+        return {k: tf.where(warm, 0.0 if k == "dmax" else 1.0, v) for k, v in clipping.items()}

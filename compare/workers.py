@@ -1,0 +1,257 @@
+"""Run a grid's unfinished runs, in parallel, and publish each record as it finishes.
+
+Runs go to worker processes (one fresh Python process per run, TensorFlow limited to its share
+of the cores) or, with ``backend="ray"``, to Ray tasks on an existing cluster. Each finished run
+writes its result file (``compare.results``); ``OUT/results.json`` (every record, failed ones
+included) is rewritten as each run finishes.
+
+Local runs are isolated: a run whose process dies for any reason (SIGKILL, a segfault, the OOM
+killer) is recorded as failed with the cause and the last lines of its log
+(``runs/<agent>/<env>/<variant>/seed<k>.log``), and every other run still runs. Workers die with
+the benchmark process (``PR_SET_PDEATHSIG``), so killing it leaves no orphan training on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import bnrl
+from bnrl.common.errors import UserError, one_line
+from bnrl.common.files import atomic_write
+from bnrl.common.quiet import quiet_tensorflow
+from bnrl.compare.results import (
+    RunSpec,
+    base_record,
+    deciding_settings,
+    finished,
+    record_from_summary,
+    resolve_spec,
+    settings_hash,
+    write_result,
+)
+from bnrl.training import train
+
+
+def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "local",
+             address: str | None = None, on_result=None) -> list[dict]:
+    """Run every unfinished spec; write its result file and ``results.json`` after each; return
+    all records. Refuses (UserError) before running anything if a result file does not match."""
+    records: dict[str, dict] = {}
+    todo = []
+    for spec in specs:
+        record = finished(spec)
+        if record is None:
+            todo.append(spec)
+        else:
+            records[spec.key] = record
+    order = [s.key for s in specs]
+    # Seed by seed within each cell (every variant's seed 0, then seed 1...), so that a grid
+    # stopped part way, or run in sittings, leaves every variant with as many seeds as possible.
+    cells: dict[tuple[str, str], int] = {}
+    for spec in specs:
+        cells.setdefault((spec.agent, spec.env), len(cells))
+    todo.sort(key=lambda spec: (cells[spec.agent, spec.env], spec.seed))
+
+    def write_results() -> None:
+        atomic_write(out / "results.json", json.dumps(
+            {"runs": [records[k] for k in order if k in records]}, indent=1))
+
+    def publish(record: dict, spec: RunSpec) -> None:
+        records[spec.key] = record
+        if record["status"] == "ok":
+            write_result(record, out)
+        write_results()
+        if on_result is not None:
+            on_result(record, len(records), len(specs))
+
+    if not todo:
+        write_results()
+    elif backend == "ray":
+        _run_ray(todo, address, publish)
+    else:
+        _run_local(todo, workers, publish)
+    return [records[k] for k in order]
+
+
+def run_one(spec: RunSpec) -> dict:
+    """Train one grid run (in a worker process) and return its result record; never raises."""
+    record = base_record(spec)
+    try:
+        quiet_tensorflow()  # a Ray task's process imported TensorFlow unquieted
+        config = resolve_spec(spec)
+        settings = deciding_settings(config)
+        resume = (Path(spec.run_dir) / "config.yaml").exists()
+        stale = Path(spec.run_dir) / "error.txt"
+        if not resume and stale.exists():
+            # An earlier attempt failed before the run started (e.g. making its env): its
+            # error.txt alone would make train() refuse the existing directory.
+            stale.unlink()
+        summary = train(config, spec.run_dir, resume=resume, progress="none",
+                        threads=spec.threads)
+        record.update(record_from_summary(summary), status="ok", run_agent=config.agent,
+                      steps=config.steps, bnrl_version=bnrl.__version__,
+                      settings_hash=settings_hash(settings), settings=settings,
+                      variant_settings=dict(spec.settings))
+        error_file = Path(spec.run_dir) / "error.txt"
+        if error_file.exists():
+            error_file.unlink()
+    except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the grid
+        lines = str(exc).strip().splitlines()
+        record["error"] = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        try:
+            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(spec.run_dir) / "error.txt", traceback.format_exc())
+        except OSError:
+            pass  # the record carries the error; the traceback is only lost with a full disk
+    return record
+
+
+def _run_local(todo: list[RunSpec], workers: int, publish) -> None:
+    """Run each spec in a fresh Python process of its own, ``workers`` at a time.
+
+    One process per run, not a process pool: a pool breaks when one worker dies (SIGKILL, a
+    segfault, the OOM killer) and fails every run queued behind it (issue 11). Each run's
+    memory also goes back to the system when it ends. Stopping (Ctrl-C) stops the workers.
+    """
+    queue, running = list(todo), {}
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                spec = queue.pop(0)
+                running[_start_worker(spec)] = spec
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                spec = running.pop(proc)
+                publish(_worker_record(spec, proc.returncode), spec)
+    finally:
+        _stop(list(running))
+
+
+# The worker imports the same bnrl as this process, installed or a checkout: run.py, run under
+# the name "__mp_main__", makes its own directory the bnrl package and quiets TensorFlow before
+# importing it (its main() does not run).
+_WORKER = ("import json, runpy, sys; payload = json.loads(sys.argv[2]); "
+           "sys.path[:] = payload['path']; runpy.run_path(sys.argv[1], run_name='__mp_main__'); "
+           "from bnrl.compare.workers import worker_main; worker_main(payload)")
+
+
+def _log_file(spec: RunSpec) -> Path:
+    """A run's worker log, next to (not in) its run directory, which train() wants empty."""
+    return Path(spec.run_dir).with_name(Path(spec.run_dir).name + ".log")
+
+
+def _handoff_file(spec: RunSpec) -> Path:
+    """Where a local worker leaves its record for the benchmark process."""
+    return Path(spec.run_dir).with_name(Path(spec.run_dir).name + ".result.json")
+
+
+def _start_worker(spec: RunSpec) -> subprocess.Popen:
+    log = _log_file(spec)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _handoff_file(spec).unlink(missing_ok=True)
+    payload = {"spec": dataclasses.asdict(spec), "result": str(_handoff_file(spec)),
+               "parent": os.getpid(), "path": sys.path}
+    run_py = Path(bnrl.__file__).with_name("run.py")
+    with open(log, "wb") as out:  # a log stream, not a result: no atomic write
+        return subprocess.Popen([sys.executable, "-c", _WORKER, str(run_py), json.dumps(payload)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+
+def worker_main(payload: dict) -> None:
+    """A local worker process: train one run and leave its record for the benchmark."""
+    _die_with_parent(payload["parent"])
+    record = run_one(RunSpec(**payload["spec"]))
+    atomic_write(payload["result"], json.dumps(record))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when the benchmark process dies, however it dies, so
+    that no orphan keeps training into a run directory (Linux ``PR_SET_PDEATHSIG``)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the benchmark died before the line above took effect
+        os._exit(1)
+
+
+def _worker_record(spec: RunSpec, returncode: int) -> dict:
+    """The record a worker left, or a failed record saying how its process ended."""
+    result = _handoff_file(spec)
+    if returncode == 0:
+        try:
+            record = json.loads(result.read_text(encoding="utf-8"))
+            result.unlink()
+            return record
+        except (OSError, ValueError):
+            pass
+    if returncode < 0:
+        try:
+            cause = f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            cause = f"killed by signal {-returncode}"
+        if returncode == -signal.SIGKILL:
+            cause += " (out of memory, or killed)"
+    else:
+        cause = f"exited with code {returncode} without a result"
+    tail = _log_tail(_log_file(spec))
+    return base_record(spec, error=f"worker process {cause}"
+                       + (f"; last log lines: {tail}" if tail else "")
+                       + f" (log: {_log_file(spec)})")
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(one_line(line, 150) for line in last)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Terminate running workers (their runs resume from their last checkpoint next time)."""
+    for proc in procs:
+        proc.terminate()
+    deadline = time.time() + 10
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _run_ray(todo: list[RunSpec], address: str | None, publish) -> None:
+    try:
+        import ray  # optional: pip install 'bnrl[ray]'
+    except ImportError:
+        raise UserError("--backend ray needs Ray: pip install 'bnrl[ray]'") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - cannot reach the cluster
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot connect to Ray at {address or 'a new local cluster'}: "
+                            f"{first}") from None
+    remote = ray.remote(run_one)
+    refs = {remote.options(num_cpus=spec.threads).remote(spec): spec for spec in todo}
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        spec = refs.pop(done[0])
+        try:
+            record = ray.get(done[0])
+        except Exception as exc:  # noqa: BLE001 - the task's worker died
+            record = base_record(spec, error=f"ray task failed: {type(exc).__name__}: "
+                                 f"{one_line(exc, 300)}")
+        publish(record, spec)

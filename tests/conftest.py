@@ -1,0 +1,55 @@
+"""Shared fixtures: agents built once per test module.
+
+Building an agent (Keras layer calls, gradients, function tracing) and its first updates (the
+XLA compiles) take seconds each; many tests build the same agent. ``agents`` builds each
+distinct (agent, spaces, resolved config, seed) once per module and hands it out in exactly the
+state a new build gives.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bnrl.agents import agent_class, config_from_dict, make_agent
+
+
+class AgentCache:
+    """Agents built once, each handed out as it was right after its build.
+
+    ``get`` builds an agent on its first request and saves it; every later request restores that
+    save, which resets everything a run carries (weights, optimizer slots, BN statistics, the
+    update counter, env steps, the random generator, the replay buffer, the numpy acting path's
+    weights) and restarts the exploration noise: the test sees exactly what a new build would
+    give it. Tests must not close these agents: the cache closes them at the end of the module.
+    """
+
+    def __init__(self, directory):
+        self._directory = directory
+        self._agents = {}
+
+    def get(self, name: str, observation_space, action_space, config: dict, seed: int = 0):
+        resolved = config_from_dict(agent_class(name).config_class, config)
+        key = (name, repr(observation_space), repr(action_space), repr(resolved), seed)
+        if key not in self._agents:
+            agent = make_agent(name, observation_space, action_space, resolved, seed)
+            checkpoint = str(self._directory / str(len(self._agents)))
+            agent.save(checkpoint)
+            self._agents[key] = (agent, checkpoint)
+            return agent
+        agent, checkpoint = self._agents[key]
+        agent.restore(checkpoint)
+        agent.head.episode_end()  # the OU noise state is no part of a checkpoint
+        return agent
+
+    def close(self) -> None:
+        for agent, _ in self._agents.values():
+            agent.close()
+        self._agents.clear()
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory):
+    """The module's ``AgentCache``: ``agents.get(name, obs_space, act_space, config, seed)``."""
+    cache = AgentCache(tmp_path_factory.mktemp("agents"))
+    yield cache
+    cache.close()

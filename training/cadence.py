@@ -1,0 +1,81 @@
+"""When a run updates and when it logs: the one place that decides.
+
+After every env step the training loop (and ``benchmarks/bn_diagnosis.py``) asks ``Cadence``
+how many gradient steps are due (``learning_starts``, ``train_freq``, ``gradient_steps``, as
+SB3 counts them) and whether the round's last update is the one to log (``log_every``), then
+runs the round with ``run_round``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Cadence:
+    """The update and logging cadence of a run.
+
+    Attributes:
+      learning_starts: env steps of random actions before the first update.
+      train_freq: env steps between rounds of updates.
+      gradient_steps: updates per round.
+      batch_size: transitions the replay buffer must hold before an update.
+      log_every: updates between scalar logs.
+      log_due: a log fell due on an update that did not compute every loss (a critic-only
+        update of a delayed actor); it is taken at the next round that ends complete.
+    """
+
+    learning_starts: int
+    train_freq: int
+    gradient_steps: int
+    batch_size: int
+    log_every: int
+    log_due: bool = False
+
+    @classmethod
+    def of(cls, agent_config, log_every: int) -> Cadence:
+        """The cadence of an agent's resolved config and the run's ``log_every``."""
+        c = agent_config
+        return cls(c.learning_starts, c.train_freq, c.gradient_steps, c.batch_size, log_every)
+
+    def updates_due(self, env_steps: int, stored: int) -> int:
+        """Gradient steps to take now that ``env_steps`` env steps are done and the replay
+        buffer holds ``stored`` transitions: ``gradient_steps`` at every ``train_freq``-th env
+        step once ``learning_starts`` steps are done and a batch is stored, else 0."""
+        if (env_steps >= self.learning_starts and stored >= self.batch_size
+                and env_steps % self.train_freq == 0):
+            return self.gradient_steps
+        return 0
+
+    def log_round(self, first: int, k: int, schedule) -> bool:
+        """Whether the last of the ``k`` updates numbered from ``first`` is logged.
+
+        A log falls due at every ``log_every``-th update. It is taken from the round's last
+        update when that update is complete (``schedule.is_complete``: the actor's loss too),
+        else it stays due for the next round.
+        """
+        self.log_due = self.log_due or any((first + j) % self.log_every == 0 for j in range(k))
+        log = self.log_due and schedule.is_complete(first + k - 1)
+        self.log_due = self.log_due and not log
+        return log
+
+
+def run_round(agent, k: int, log: bool) -> tuple[list[dict], dict | None]:
+    """``k`` gradient steps of ``agent`` on batches from its replay buffer.
+
+    With ``gradient_steps > 1`` the round runs through the multi-update loop (one ``sess.run``);
+    a logged last update runs on its own, with its BN diagnostics.
+
+    Returns:
+      The scalars of every update, and those of the logged update (None without a log).
+    """
+    scalars, logged = [], None
+    unlogged = k - 1 if log else k
+    if agent.config.gradient_steps > 1:
+        scalars += agent.train_steps(unlogged)
+    else:
+        scalars += [agent.train_step() for _ in range(unlogged)]
+    if log:
+        logged = agent.train_step(log=True)
+        scalars.append(logged)
+    return scalars, logged

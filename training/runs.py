@@ -1,0 +1,105 @@
+"""What a run is made of before it trains: its env, its agent, its saved settings.
+
+``make_run_env`` and ``build_agent`` make a run's env and agent from its ``RunConfig``;
+``check_run`` checks what can be checked before anything is written; ``open_run`` reads a run
+directory's settings and latest checkpoint. The training loop, evaluation and export use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bnrl.agents import ACTION_SPACES, make_agent
+from bnrl.common.errors import UserError, error_line
+from bnrl.envs import EnvError, make_env
+from bnrl.training import checkpoint
+from bnrl.training.config import RunConfig, from_dict, read_yaml
+
+
+def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None):
+    """The env of a run; any failure to make it (unknown id, a module that fails to import, a
+    constructor that raises) is a one-line UserError."""
+    try:
+        return make_env(config.env, seed, agent=config.agent, agents=ACTION_SPACES,
+                        max_episode_steps=config.max_episode_steps, render_mode=render_mode)
+    except EnvError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a user's env module can raise anything
+        module = config.env.partition(":")[0] if ":" in config.env else None
+        if module and module not in sys.modules:  # a failed import leaves nothing there
+            where = f"importing module {module!r} for {config.env!r} failed"
+        else:
+            mode = f" with render_mode={render_mode!r}" if render_mode else ""
+            where = f"making environment {config.env!r}{mode} failed"
+        raise UserError(f"{where}: {type(exc).__name__}: {error_line(exc)}") from None
+
+
+def check_run(config: RunConfig) -> None:
+    """What can be checked before a run writes anything: its env can be made, and its replay
+    buffer fits in this machine's memory (a too big one is a MemoryError at start-up, or worse,
+    the OOM killer hours later). One-line UserErrors."""
+    env = make_run_env(config, config.seed)
+    try:
+        capacity = config.agent_config.buffer_size
+        needed = capacity * _transition_bytes(env)
+    finally:
+        env.close()
+    memory = _memory_bytes()
+    if memory is not None and needed > memory:
+        raise UserError(f"buffer_size {capacity} needs {needed / 2**30:.1f} GiB of replay memory "
+                        f"on {config.env}, more than the {memory / 2**30:.1f} GiB of this "
+                        "machine: lower buffer_size")
+
+
+def _transition_bytes(env) -> int:
+    """Replay bytes of one transition (``agents.replay``: float32 obs and next obs, reward and
+    done flag; int64 discrete or float32 continuous actions)."""
+    obs = int(np.prod(env.observation_space.shape))
+    space = env.action_space
+    action = 8 if space.shape == () else 4 * int(np.prod(space.shape))
+    return 4 * (2 * obs + 2) + action
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory, or the container's limit when lower; None when unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = ""
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def build_agent(config: RunConfig, env, threads: int | None = None):
+    """The run's agent for ``env``; ``threads`` caps TensorFlow's intra-op pool (benchmarks)."""
+    agent_config = config.agent_config
+    if threads is not None:
+        agent_config = dataclasses.replace(
+            agent_config, intra_op_threads=threads,
+            inter_op_threads=min(agent_config.inter_op_threads or threads, threads))
+    return make_agent(config.agent, env.observation_space, env.action_space, agent_config,
+                      config.seed)
+
+
+def open_run(run_dir) -> tuple[RunConfig, Path]:
+    """The settings and latest complete checkpoint of a run (UserError when there are none)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist")
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir} is not a bnrl run (no config.yaml); pass the --logdir of a "
+                        "train run")
+    config = from_dict(read_yaml(run_dir / "config.yaml"))
+    ckpt = checkpoint.latest(run_dir)
+    if ckpt is None:
+        raise UserError(f"{run_dir} has no complete checkpoint yet")
+    checkpoint.load_loop_state(ckpt)
+    return config, ckpt
