@@ -36,6 +36,12 @@ def _build(name: str, config: dict, seed: int = 0):
     return make_agent(name, BOX_OBS, DISCRETE_ACT if name == "dqn" else BOX_ACT, config, seed)
 
 
+def _shared(agents, name: str, config: dict, seed: int = 0):
+    """``_build(name, config, seed)`` from the module's ``agents`` cache (tests/conftest.py): in
+    the state of a new build, built once per module. Not to be closed by the test."""
+    return agents.get(name, BOX_OBS, DISCRETE_ACT if name == "dqn" else BOX_ACT, config, seed)
+
+
 def _batch(rng, agent, n: int = BATCH) -> dict:
     obs = rng.normal([1.0, -2.0, 0.5], [0.5, 2.0, 1.0], (n, 3)).astype(np.float32)
     # next_obs with other statistics, so that obs-only and joint statistics differ visibly.
@@ -215,20 +221,26 @@ def test_schedule_steps_phases_and_completeness():
 SCHEDULE_CASES = [("td3", dict(policy_delay=3), ["critic", "critic", "critic+actor+target"]),
                   ("sac", dict(policy_delay=2), ["critic", "critic+actor+target"]),
                   ("sac", dict(), ["critic+actor+target"]),
-                  ("crossq", dict(), ["critic", "critic", "critic+actor"]),
+                  # A short Batch Renorm warm-up: test_crossq_is_sac_with_settings steps past it
+                  # with this very agent.
+                  ("crossq", dict(renorm_warmup=2), ["critic", "critic", "critic+actor"]),
                   ("dqn", dict(target_update_interval=2), ["critic", "critic+target"])]
+
+
+def _schedule_config(name: str, settings: dict) -> dict:
+    config = dict(hidden=(16,), batch_size=8, learning_starts=0, tau=0.5, **settings)
+    if name != "dqn":
+        config["actor_hidden"] = (16,)
+    return config
 
 
 @pytest.mark.parametrize("name,settings,expected", SCHEDULE_CASES,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(SCHEDULE_CASES)])
-def test_agent_runs_the_steps_its_schedule_says(name, settings, expected):
+def test_agent_runs_the_steps_its_schedule_says(agents, name, settings, expected):
     """The train op of each phase exists and runs exactly its steps: the actor's weights
     move only on actor steps, the targets' only on target steps; only complete updates
     report the actor's losses."""
-    config = dict(hidden=(16,), batch_size=8, learning_starts=0, tau=0.5, **settings)
-    if name != "dqn":
-        config["actor_hidden"] = (16,)
-    agent = _build(name, config)
+    agent = _shared(agents, name, _schedule_config(name, settings))
     assert list(agent.runner.train_ops) == list(dict.fromkeys(expected))
     rng = np.random.default_rng(0)
     actor = agent.networks.actors[0].trainable_weights if agent.networks.actors else []
@@ -247,7 +259,6 @@ def test_agent_runs_the_steps_its_schedule_says(name, settings, expected):
                 assert piece not in pieces
         assert ("losses/actor_loss" in out) == ("actor" in pieces)
         assert agent.schedule.is_complete(i) == ("actor" in pieces or name == "dqn")
-    agent.close()
 
 
 # ---------------------------------------------------------------------- defaults and CrossQ
@@ -270,16 +281,16 @@ def test_auto_settings_change_nothing_without_batch_norm(name):
     assert explicit.resolved() == explicit  # resolving is done once and for all
 
 
-def test_crossq_is_sac_with_settings():
+def test_crossq_is_sac_with_settings(agents):
     """CrossQ adds nothing to SAC but its name and config; SAC given CrossQ's settings takes
     bit-identical steps."""
     assert set(vars(CrossQ)) - {"__module__", "__doc__", "__firstlineno__",
                                 "__static_attributes__"} == {"name", "config_class"}
-    settings = dict(hidden=(32,), actor_hidden=(16,), batch_size=BATCH, learning_starts=0,
-                    renorm_warmup=2)
-    crossq = Agent(CrossQ, BOX_OBS, BOX_ACT, CrossQConfig(**settings), seed=2)
+    # The schedule test's CrossQ (Batch Renorm warm-up of 2 updates).
+    settings = _schedule_config("crossq", dict(renorm_warmup=2))
+    crossq = _shared(agents, "crossq", settings)
     sac = Agent(SAC, BOX_OBS, BOX_ACT, SACConfig(**dataclasses.asdict(CrossQConfig(**settings))),
-                seed=2)
+                seed=0)
     rng = np.random.default_rng(3)
     for i in range(5):  # through both variants and past the Batch Renorm warm-up
         batch = _batch(rng, crossq)
@@ -289,7 +300,6 @@ def test_crossq_is_sac_with_settings():
                     sac.sess.run(sac_nets.critic.weights + sac_nets.actor.weights), strict=True):
         np.testing.assert_array_equal(a, b)
     assert crossq.networks.target_pairs == sac.networks.target_pairs == []
-    crossq.close()
     sac.close()
 
 

@@ -126,7 +126,7 @@ def test_train_keys_of_a_config_file_are_only_overridden_by_given_flags(tmp_path
     resolved, run_dir = seen[-1]
     assert (resolved.agent, resolved.seed, resolved.steps, resolved.eval_every) == (
         "td3", 5, 300, 150)
-    assert resolved.agent_config["critic_norm"] == "batch"
+    assert resolved.agent_config.critic_norm == "batch"
     assert run_dir == Path("runs/td3-Pendulum-v1-batch-s5")
     assert resolved.agent_config.learning_starts == 1000  # the td3 preset applies
 
@@ -135,7 +135,7 @@ def test_train_keys_of_a_config_file_are_only_overridden_by_given_flags(tmp_path
     resolved, run_dir = seen[-1]
     assert (resolved.agent, resolved.seed, resolved.steps, resolved.eval_every) == (
         "sac", 7, 400, 150)
-    assert resolved.agent_config["critic_norm"] == "layer"
+    assert resolved.agent_config.critic_norm == "layer"
     assert run_dir == Path("runs/sac-Pendulum-v1-layer-s7")
 
 
