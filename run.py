@@ -45,10 +45,10 @@ from bnrl.common.quiet import quiet_tensorflow  # noqa: E402 - after _use_checko
 quiet_tensorflow()
 
 from bnrl import agents  # noqa: E402 - after quiet_tensorflow
-from bnrl.common.errors import NonFiniteLoss, StorageError, UserError, one_line  # noqa: E402
+from bnrl.common.errors import RunFailed, StorageError, UserError, one_line  # noqa: E402
 from bnrl.compare.cli import COMMANDS, add_benchmark_commands  # noqa: E402
 from bnrl.training import evaluate_run, resolve, train  # noqa: E402
-from bnrl.training.config import load_yaml  # noqa: E402
+from bnrl.training.config import parse_setting  # noqa: E402
 from bnrl.training.export import export_policy  # noqa: E402
 
 AGENTS = tuple(agents.AGENTS)
@@ -82,13 +82,10 @@ _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _setting(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{one_line(text, 100)}'")
     try:
-        return key.strip(), load_yaml(value, f"'{one_line(text, 100)}'")
+        return parse_setting(text)
     except UserError as exc:
-        raise argparse.ArgumentTypeError(f"cannot parse the value: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 TRAIN_EPILOG = """\
@@ -97,7 +94,14 @@ norms:  none, batch (BatchNormalization), batch_renorm (Batch Renorm, CrossQ cli
 Presets in configs/<ENV_ID>.yaml are applied first; --config FILE (YAML with `train:` and
 `agent:` sections; `train:` takes every run setting, agent and env included) overrides them;
 flags and --set override both (a flag left out overrides nothing). Values are YAML 1.2
-(3e-4 is a number); aliases (*name) are not accepted. Agent settings (--set KEY=VALUE):
+(3e-4 is a number); aliases (*name) and duplicate keys are not accepted; numbers must be finite.
+An empty or null value (--set KEY=, KEY=null) is refused, except where null means the default:
+actor_learning_rate (learning_rate), target_entropy (-action_dim), xla_single_update (on with
+xla and a BN layer), max_episode_steps (the env's limit); there --set KEY=null overrides a config
+file's value. Run settings without a flag go under `train:` in --config, e.g. check_finite: false
+turns off the check of every observation, reward and action for NaN/inf (on by default; a
+non-finite one, loss or eval return ends the run as failed, exit code 1, naming the step).
+Agent settings (--set KEY=VALUE):
   all agents: gamma batch_size buffer_size learning_starts train_freq gradient_steps hidden
               critic_norm critic_input_norm critic_norm_position bn_momentum bn_epsilon
               target_bn tau adam_beta1 intra_op_threads inter_op_threads xla
@@ -122,7 +126,8 @@ examples:
 The run directory gets config.yaml, TensorBoard events (tensorboard --logdir DIR), metrics.csv,
 checkpoints/ and summary.json. --resume is the same command again: its settings must equal the
 saved ones, except --steps (not below the latest checkpoint), --checkpoint-every, --log-every,
-keep_checkpoints and the thread counts. A run that fails to start removes what it made.
+keep_checkpoints, check_finite and the thread counts. A run that fails to start removes what it
+made; an env that raises mid-run ends it in one line, naming the step, with the checkpoint it kept.
 """
 
 
@@ -262,7 +267,7 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"bnrl: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except (NonFiniteLoss, StorageError) as exc:
+    except (RunFailed, StorageError) as exc:
         print(f"bnrl: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:

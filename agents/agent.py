@@ -23,9 +23,16 @@ from bnrl.agents.algorithm import Algorithm
 from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.runner import UpdateRunner
 from bnrl.agents.update import Batch, target_update_ops
+from bnrl.common.errors import NonFiniteValue
 from bnrl.common.files import atomic_write
 from bnrl.networks import new_graph_session, tf
 from bnrl.networks.inference import NumpyForward, Unsupported
+
+
+def _first_nonfinite(x: np.ndarray) -> str:
+    flat = x.ravel()
+    index = int(np.flatnonzero(~np.isfinite(flat))[0])
+    return f"{flat[index]} at index {index}"
 
 
 class Agent:
@@ -128,10 +135,18 @@ class Agent:
         Args:
           obs: one observation.
           explore: add the agent's exploration (noise, epsilon, sampling); False for evaluation.
+
+        Raises:
+          NonFiniteValue: the observation holds NaN or inf. Acted on, it gave an action on the
+            graph path and NaN on the numpy one (TensorFlow's ReLU maps NaN to 0, numpy's keeps
+            it): refusing it is the one answer both paths give.
         """
+        x = np.asarray(obs, np.float32).reshape(1, self.obs_dim)
+        if not np.isfinite(x).all():
+            raise NonFiniteValue(f"the observation given to act() is not finite "
+                                 f"({_first_nonfinite(x)})")
         if explore and self.env_steps < self.config.learning_starts:
             return self.head.random()
-        x = np.asarray(obs, np.float32).reshape(1, self.obs_dim)
         if not explore and self._numpy_act is not None:
             # Evaluation acts many times between weight changes: from the second deterministic
             # action after a change, the weights are copied out once and the action is computed

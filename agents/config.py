@@ -10,6 +10,7 @@ resolved config, so nothing downstream guesses an ``auto``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -119,23 +120,29 @@ class AgentConfig:
         itself.
 
         Raises:
-          ValueError: an impossible setting, in one line.
+          ValueError: an impossible setting, in one line: a wrong type, a null where null means
+            nothing, a non-finite number (``coerce_setting``), or a value out of range.
         """
-        values = {}
+        # Every field is checked against its annotation here, once, whichever way the config was
+        # made (a dict from YAML and flags, or a dataclass built in Python): nothing is built from
+        # an unchecked value.
+        values = {f.name: coerce_setting(f.name, str(f.type), getattr(self, f.name))
+                  for f in dataclasses.fields(self)}
+        checked = dataclasses.replace(self, **values)
         for name, choices in BN_SETTINGS.items():
-            if not hasattr(self, name):
+            if not hasattr(checked, name):
                 continue
-            value = getattr(self, name)
+            value = getattr(checked, name)
             if value == "auto":
-                value = (self.bn_defaults.get(name, CLASSIC_BN[name]) if self.critic_norm == "batch"
-                         else CLASSIC_BN[name])
+                value = (checked.bn_defaults.get(name, CLASSIC_BN[name])
+                         if checked.critic_norm == "batch" else CLASSIC_BN[name])
             elif value not in choices:
                 raise ValueError(f"unknown {name} '{value}': use auto, {', '.join(choices)}")
             values[name] = value
-        if self.xla_single_update is None:
-            values["xla_single_update"] = self.xla and any(
-                Norm(kind).is_batch for kind in self.norm_kinds())
-        config = dataclasses.replace(self, **values)
+        if checked.xla_single_update is None:
+            values["xla_single_update"] = checked.xla and any(
+                Norm(kind).is_batch for kind in checked.norm_kinds())
+        config = dataclasses.replace(checked, **values)
         config._validate()
         config._resolved = True  # not a field: a copy made with dataclasses.replace resolves anew
         return config
@@ -233,18 +240,33 @@ def check_range(config, name: str, low=None, high=None, *, open_low: bool = Fals
 
 # Whole floats up to 2**53 are exact: YAML 1.2 reads 1e6 as a float, and it means a count.
 _EXACT_FLOAT_INT = 2**53
+# The graph computes in float32: a larger number becomes inf there (bn_epsilon=1e39 is inf).
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def coerce_setting(name: str, annotation: str, value):
     """``value`` checked against a config field's annotation (YAML/flags give loose types).
 
-    A whole float is accepted for an integer field (``1e6``, as YAML 1.2 reads it); a fraction is
-    not (``steps: 30.7`` would silently never reach a checkpoint step).
+    The one check of every setting's value, agent and run settings alike:
+
+    * a whole float is accepted for an integer field (``1e6``, as YAML 1.2 reads it); a fraction
+      is not (``steps: 30.7`` would silently never reach a checkpoint step);
+    * a float must be finite and within float32's range, the precision the graph computes in:
+      ``learning_rate=.inf`` or ``bn_epsilon=1e39`` would train on inf or NaN from the first step;
+    * null (YAML's ``null``, ``~`` or an empty value, as in ``--set gamma=``) is accepted only by
+      the fields whose annotation allows None, where it means "the default" (their docstrings
+      say which); elsewhere it is refused, never silently replaced by the default.
     """
     optional = annotation.endswith("| None")
     kind = annotation.replace("| None", "").strip()
-    if value is None and optional:
-        return None
+    expected = {"bool": "true or false", "int": "an integer",
+                "float": "a finite number", "str": "a string"}.get(
+                    kind, "a list of positive integers such as [256, 256]")
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name} cannot be empty or null: it takes {expected} (leave it out "
+                         "for its default)")
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if kind == "bool" and isinstance(value, bool):
         return value
@@ -254,16 +276,23 @@ def coerce_setting(name: str, annotation: str, value):
             abs(value) <= _EXACT_FLOAT_INT):
         return int(value)
     if kind == "float" and number and (isinstance(value, float) or abs(value) <= 2**1023):
-        return float(value)
+        if math.isfinite(value) and abs(value) <= FLOAT32_MAX:
+            return float(value)
+        raise ValueError(f"{name} must be a finite number (within float32's range, "
+                         f"+-3.4e38){' or null' if optional else ''}, got {value}")
     if kind == "str" and isinstance(value, str):
         return value
     if kind.startswith("tuple") and isinstance(value, list | tuple) and value and all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
         return tuple(value)
-    expected = {"bool": "true or false", "int": "an integer", "float": "a number",
-                "str": "a string"}.get(kind, "a list of positive integers such as [256, 256]")
     raise ValueError(f"config key {name} must be {expected}{' or null' if optional else ''}, "
                      f"got {one_line(repr(value), 60)}")
+
+
+def nullable_settings(cls) -> list[str]:
+    """The fields of a config dataclass whose null means "the default" (annotation ``| None``),
+    which ``--help`` must name."""
+    return [f.name for f in dataclasses.fields(cls) if str(f.type).endswith("| None")]
 
 
 def _agent_keys_first(cls, fields) -> list[str]:
@@ -287,6 +316,4 @@ def config_from_dict(cls, values: dict | None):
             f"unknown config key(s) {one_line(', '.join(unknown), 200)} for {cls.__name__}: "
             f"accepted are {', '.join(_agent_keys_first(cls, fields))}"
         )
-    for name, value in values.items():
-        values[name] = coerce_setting(name, str(fields[name].type), value)
-    return cls(**values).resolved()
+    return cls(**values).resolved()  # resolved() checks every value (coerce_setting)

@@ -5,8 +5,24 @@ class UserError(Exception):
     """Bad input from the user (flags, config, run directory): one line, exit code 2."""
 
 
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept (exit code 1)."""
+class RunFailed(RuntimeError):
+    """A run or an evaluation stopped on a fault of what it runs, not of its input: a non-finite
+    value, an environment that raised. The message is one line naming the step and what failed,
+    and, for a training run, what it kept (exit code 1)."""
+
+
+class NonFiniteValue(RunFailed):
+    """A NaN or infinite observation, reward or action at the env boundary, loss or evaluation
+    return; a training run keeps its last good checkpoint."""
+
+
+NonFiniteLoss = NonFiniteValue
+"""Issue 11's name of the loss check, kept for the callers that catch it."""
+
+
+class EnvFailed(RunFailed):
+    """The environment raised in ``reset()`` or ``step()``; a training run keeps its last
+    checkpoint."""
 
 
 class StorageError(RuntimeError):

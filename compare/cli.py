@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
 from bnrl.agents import AGENTS
-from bnrl.common.errors import StorageError, UserError
+from bnrl.common.errors import StorageError, UserError, error_line
 from bnrl.common.files import lock_directory
 from bnrl.compare import variants as vs
-from bnrl.compare.collect import collect, merge
-from bnrl.compare.grid import QUICK, plan
+from bnrl.compare.collect import collect, merge, usable
+from bnrl.compare.grid import QUICK, check_distinct, plan
 from bnrl.compare.report import write_report
-from bnrl.compare.results import RunSpec, resolve_spec
+from bnrl.compare.results import RunSpec, deciding_settings, resolve_spec, settings_hash
 from bnrl.compare.suites import load_suites, suite
 from bnrl.compare.workers import run_grid
-from bnrl.training.config import load_yaml
 from bnrl.training.runs import check_run
 
 DEFAULT_STEPS = 20_000
 """Step budget of a grid given without --suite or --steps."""
+_ALLOW_HELP = ("report runs that are not comparable anyway (other step budgets, bnrl versions "
+               "or settings than the variant's own), listing what differs at the report's top")
 
 
 def _csv(text: str) -> list[str]:
@@ -86,8 +90,13 @@ def add_benchmark_commands(sub, positive_int) -> None:
     report = sub.add_parser(
         "report", help="regenerate report.md and plots of a benchmark",
         description="Rebuild the report of a benchmark directory from its result files "
-        "(OUT/results/), e.g. after copying in result files of pieces run elsewhere.")
+        "(OUT/results/), e.g. after copying in result files of pieces run elsewhere. Runs must "
+        "be comparable: within an agent x env cell one step budget and one bnrl version, within "
+        "a variant one settings hash, and a variant's runs may differ from the baseline's only "
+        "in the variants' own settings (and what they change: another agent's defaults, an auto "
+        "setting). A run whose result is not a finite number counts as failed.")
     report.add_argument("dir", help="benchmark --out directory")
+    report.add_argument("--allow-incomparable", action="store_true", help=_ALLOW_HELP)
 
     merge = sub.add_parser(
         "merge", help="merge pieces of a benchmark run elsewhere into one directory",
@@ -95,8 +104,10 @@ def add_benchmark_commands(sub, positive_int) -> None:
         "other machines, e.g. with different --env) into OUT, record the union of their grids "
         "and write the report. Pieces must agree on --config, --eval-every, the settings of "
         "same-named variants, step budgets and the bnrl version; a run present in two pieces "
-        "with different results is refused.")
+        "with different results is refused, and so are runs that are not comparable (see "
+        "report --help).")
     merge.add_argument("--out", required=True, help="directory of the merged benchmark")
+    merge.add_argument("--allow-incomparable", action="store_true", help=_ALLOW_HELP)
     merge.add_argument("pieces", nargs="+", help="benchmark --out directories to merge")
 
 
@@ -106,28 +117,33 @@ def _builtin_names() -> list[str]:
 
 def _defined_variants(args) -> tuple[dict, list[str]]:
     """Every known variant by name, and the names the user defined (file, then inline)."""
-    defined = vs.builtin_variants()
+    builtins = vs.builtin_variants()
+    defined = dict(builtins)
     own: list[str] = []
     if args.variants_file:
-        from_file = vs.read_variants_file(args.variants_file, None)
+        from_file = vs.read_variants_file(args.variants_file)
         if not from_file:
             raise UserError(f"--variants-file {args.variants_file} defines no variants: "
-                            "expected a mapping of name to settings")
+                            f"expected {vs.FILE_FORMAT}")
+        for variant in from_file.values():
+            vs.check_not_builtin(variant, builtins, f"--variants-file {args.variants_file}")
         defined.update(from_file)
         own += list(from_file)
     for text in args.variant:
         source = f"--variant '{text}'"
-        variant = vs.parse_variant(text, lambda value, source=source: load_yaml(value, source))
+        variant = vs.parse_variant(text)
         if variant.name in own:
             raise UserError(f"variant '{variant.name}' is defined twice (--variant, "
                             "--variants-file): give each variant its own name")
+        vs.check_not_builtin(variant, builtins, source)
         defined[variant.name] = variant
         own.append(variant.name)
     return defined, own
 
 
-def _cells(args, quick: bool) -> tuple[dict, list[str], dict]:
-    """``({env: [agents]}, envs, {env: steps})`` of the grid the arguments describe."""
+def _cells(args, quick: bool) -> tuple[dict, list[str], dict, str | None]:
+    """``({env: [agents]}, envs, {env: steps}, note)`` of the grid the arguments describe;
+    ``note`` names the suite's envs that no agent of --agent fits (left out), or is None."""
     for agent in args.agent or []:
         if agent not in AGENTS:
             raise UserError(f"unknown agent '{agent}': use a comma list of "
@@ -136,7 +152,7 @@ def _cells(args, quick: bool) -> tuple[dict, list[str], dict]:
         envs = args.env or QUICK["envs"]
         steps = args.steps or (QUICK["steps"] if quick else DEFAULT_STEPS)
         return ({e: args.agent or QUICK["agents"] for e in envs}, envs,
-                {e: steps for e in envs})
+                {e: steps for e in envs}, None)
     chosen = suite(args.suite)
     if chosen.extra:
         _check_extra(chosen)
@@ -146,12 +162,28 @@ def _cells(args, quick: bool) -> tuple[dict, list[str], dict]:
         raise UserError(f"{', '.join(outside)} is not in suite {chosen.name}: use some of "
                         f"{', '.join(chosen.envs)}")
     agents = {e: chosen.agents_for(e, args.agent or chosen.envs[e]["agents"][:1]) for e in envs}
-    agents = {e: a for e, a in agents.items() if a}
-    if not agents:
-        fitting = dict.fromkeys(a for e in envs for a in chosen.envs[e]["agents"])
+    fitting = {e: a for e, a in agents.items() if a}
+    if not fitting:
+        allowed = dict.fromkeys(a for e in envs for a in chosen.envs[e]["agents"])
         raise UserError(f"no agent of --agent {','.join(args.agent)} fits the envs of suite "
-                        f"{chosen.name}: use one of {', '.join(fitting)}")
-    return agents, list(agents), {e: args.steps or chosen.envs[e]["steps"] for e in agents}
+                        f"{chosen.name}: use one of {', '.join(allowed)}")
+    # An env or agent the arguments name but the grid would not run is refused, not dropped.
+    dropped = [e for e in envs if not agents[e]]
+    if dropped and args.env:
+        raise UserError(f"no agent of --agent {','.join(args.agent)} fits "
+                        f"{', '.join(dropped)} in suite {chosen.name} (it takes "
+                        f"{', '.join(chosen.envs[dropped[0]]['agents'])}): drop it from --env "
+                        "or add one of its agents to --agent")
+    unused = [a for a in args.agent or [] if not any(a in v for v in fitting.values())]
+    if unused:
+        raise UserError(f"--agent {', '.join(unused)} fits none of the envs chosen from suite "
+                        f"{chosen.name} ({', '.join(envs)}): drop it or add an env it fits "
+                        "to --env")
+    note = (f"suite {chosen.name}: {', '.join(dropped)} left out, no agent of --agent "
+            f"{','.join(args.agent)} fits {'them' if len(dropped) > 1 else 'it'}"
+            if dropped else None)
+    return (fitting, list(fitting), {e: args.steps or chosen.envs[e]["steps"] for e in fitting},
+            note)
 
 
 def _check_extra(chosen) -> None:
@@ -161,9 +193,12 @@ def _check_extra(chosen) -> None:
 
 
 def cmd_benchmark(args) -> int:
+    if args.address and args.backend != "ray":
+        raise UserError("--address is a Ray cluster's address: it needs --backend ray (the "
+                        "local backend runs on this machine)")
     quick = all(not getattr(args, k) for k in (
         "suite", "agent", "env", "variants", "variant", "variants_file", "seeds", "steps"))
-    agents, envs, steps = _cells(args, quick)
+    agents, envs, steps, left_out = _cells(args, quick)
     defined, own = _defined_variants(args)
     names = args.variants or (["none", *[n for n in own if n != "none"]] if own
                               else QUICK["variants"])
@@ -176,6 +211,8 @@ def cmd_benchmark(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a directory")
     _check_runs(agents, variants, args.config, steps, args.eval_every)
+    if left_out:  # said once every argument is known to be good
+        print(f"bnrl: warning: {left_out}", file=sys.stderr)
     workers = args.workers or os.cpu_count() or 1
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -217,7 +254,7 @@ def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
         print(f"benchmark: {len(specs)} runs in {out} with {workers} workers", flush=True)
     runs = run_grid(specs, out, workers, args.backend, args.address, on_result)
     report = report_directory(out)
-    failed = sum(r["status"] != "ok" for r in runs)
+    failed = sum(not usable(r) for r in runs)
     print(f"report: {report}" + (f" ({failed} failed runs; rerun to retry them)" if failed else ""))
     return 0 if not failed else 1
 
@@ -225,33 +262,40 @@ def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
 def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every) -> None:
     """Resolve every run's settings as its worker will, and make its env, so that a --config key
     an agent does not accept, a variant's bad setting, a bad env or a too big replay buffer
-    fails now with one line instead of as one failed run per grid cell."""
+    fails now with one line instead of as one failed run per grid cell; and refuse variants
+    whose settings resolve alike (a variant with no settings is the baseline's defaults)."""
+    specs = []
     for env_id, env_agents in agents.items():
         for agent in env_agents:
             for variant in variants:
                 spec = RunSpec(agent, env_id, variant.name, 0, steps[env_id], config_file, "",
                                1, eval_every, dict(variant.settings))
                 try:
-                    check_run(resolve_spec(spec))
+                    config = resolve_spec(spec)
+                    check_run(config)
                 except UserError as exc:
                     if not variant.settings:
                         raise
                     raise UserError(f"variant '{variant.name}' on {agent}/{env_id}: "
                                     f"{exc}") from None
+                specs.append(dataclasses.replace(
+                    spec, settings_hash=settings_hash(deciding_settings(config))))
+    check_distinct(specs)
 
 
-def report_directory(out) -> Path:
+def report_directory(out, allow_incomparable: bool = False) -> Path:
     """Write the report of a benchmark directory from its result files; its path."""
-    found = collect(Path(out))
+    found = collect(Path(out), allow_incomparable)
     return write_report(found.runs, out, baseline=found.baseline, missing=found.missing,
-                        variants=found.variants, cells=found.cells)
+                        variants=found.variants, cells=found.cells,
+                        incomparable=found.incomparable)
 
 
 def cmd_report(args) -> int:
     if not Path(args.dir).is_dir():
         raise UserError(f"{args.dir} is not a directory: give a benchmark --out directory")
     try:
-        report = report_directory(args.dir)
+        report = report_directory(args.dir, args.allow_incomparable)
     except OSError as exc:
         raise UserError(f"cannot write the report in {args.dir}: {exc.strerror}") from None
     print(f"report: {report}")
@@ -262,18 +306,43 @@ def cmd_merge(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    created = _first_missing(out)
     try:
+        out.mkdir(parents=True, exist_ok=True)
         lock = lock_directory(out)
     except BlockingIOError:
         raise UserError(f"a benchmark is running in {out}: wait for it to finish") from None
+    except OSError as exc:
+        _remove(created)
+        raise UserError(f"cannot create --out {out}: {error_line(exc)}") from None
     try:
-        copied = merge([Path(p) for p in args.pieces], out)
-        report = report_directory(out)
+        copied = merge([Path(p) for p in args.pieces], out, args.allow_incomparable)
+        report = report_directory(out, args.allow_incomparable)
+    except UserError:
+        _remove(created)  # a refused merge leaves no --out of its own behind
+        raise
+    except OSError as exc:
+        raise UserError(f"cannot write in --out {out}: {error_line(exc)}") from None
     finally:
         os.close(lock)
     print(f"merged {copied} result files into {out}; report: {report}")
     return 0
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory that creating ``path`` would create, or None if it exists."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _remove(created: Path | None) -> None:
+    """Remove a directory this command created (everything in it is this command's)."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
 
 
 COMMANDS = {"benchmark": cmd_benchmark, "report": cmd_report, "merge": cmd_merge}

@@ -181,11 +181,25 @@ def plan(out: Path, agents, envs, variants, seeds: int, steps, config_file=None,
                     "command to finish it, pass --extend to grow it, or choose another --out")
             grid = merge_grids(old, grid, "--extend", steps_may_change=True)
     specs = specs_of(grid, out, config_file, workers)
+    check_distinct(specs)  # --extend may bring a variant equal to one the grid has
     for spec in specs:  # refuse a result file that does not match before anything changes
         finished(spec)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(grid_file, json.dumps(grid, indent=1))
     return specs
+
+
+def check_distinct(specs: list[RunSpec]) -> None:
+    """One-line UserError when two variants of one cell resolve to the same settings (their
+    ``settings_hash``): their runs would be the same experiment, and a report would compare a
+    variant with itself. A variant with no settings is the defaults, often the baseline's."""
+    seen: dict[tuple, str] = {}
+    for spec in specs:
+        first = seen.setdefault((spec.agent, spec.env, spec.settings_hash), spec.variant)
+        if first != spec.variant:
+            raise UserError(f"variants '{first}' and '{spec.variant}' resolve to the same "
+                            f"settings on {spec.agent}/{spec.env}: their runs would be the "
+                            "same; drop one of them or give it settings that differ")
 
 
 def specs_of(grid: dict, out: Path, config_file=None, workers: int = 1) -> list[RunSpec]:

@@ -12,14 +12,14 @@ Each run record (one per agent x env x variant x seed) is a dict::
 
 ``agent`` is the grid's agent; a variant may train another (``run_agent``, e.g. CrossQ as a
 variant of SAC). ``settings`` are the run's deciding settings, flat (``agent_config.x`` keys),
-and ``settings_hash`` their hash (``compare.results``).
+and ``settings_hash`` their hash (``compare.results``). A record marked ``ok`` whose result is
+not a finite number (``result_problem``) counts as a failed run everywhere.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
-
-import numpy as np
 
 from bnrl.common.errors import UserError
 
@@ -49,7 +49,7 @@ def check_runs(runs: Any, source: str) -> None:
 
 
 def record_problem(run: Any) -> str | None:
-    """What makes ``run`` not a run record (module docstring), or None."""
+    """What makes ``run`` not a run record (module docstring), naming the key, or None."""
     if not isinstance(run, dict):
         return f"a {type(run).__name__}, not a mapping"
     for key, kind in REQUIRED_FIELDS.items():
@@ -59,11 +59,55 @@ def record_problem(run: Any) -> str | None:
         value = run.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             return f"bad {key}"
-    series = [("eval_steps", run.get("eval_steps")), ("eval_returns", run.get("eval_returns"))]
-    series += [(f"bn_stats.{k}", v) for k, v in (run.get("bn_stats") or {}).items()]
-    for key, values in series:
-        try:
-            np.asarray(values if values is not None else [], dtype=float)
-        except (TypeError, ValueError):
-            return f"non-numeric {key}"
+    # Every series is read as a flat float array by the report: anything else (nested lists,
+    # numbers as strings, a scalar) would crash it, or every later report of a merged directory.
+    for key in ("eval_steps", "eval_returns"):
+        if run.get(key) is not None and not _numbers(run[key]):
+            return f"{key} is not a list of numbers"
+    bn_stats = run.get("bn_stats") or {}
+    for key, values in bn_stats.items():
+        # A BN statistic may be one value per unit at each step (rows of equal length).
+        if not (_numbers(values) or (key != "steps" and _rows(values))):
+            return f"bn_stats.{key} is not a list of numbers"
     return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
+
+
+def _numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(_is_number(v) for v in values)
+
+
+def _rows(values: Any) -> bool:
+    return (isinstance(values, list) and all(_numbers(v) for v in values)
+            and len({len(v) for v in values}) <= 1)
+
+
+def result_problem(run: dict) -> str | None:
+    """Why a run record marked ``ok`` holds no usable result, or None.
+
+    A non-finite final return or evaluation return (or none at all) would be dropped from every
+    statistic while the run still counted as a success; such a run is a failed run.
+    """
+    returns = run.get("eval_returns") or []
+    final = run.get("final_return")
+    if final is None and not returns:
+        return "no evaluation return"
+    if final is not None and not math.isfinite(final):
+        return f"final return is {final}"
+    steps = run.get("eval_steps") or []
+    for index, value in enumerate(returns):
+        if not math.isfinite(value):
+            where = f"step {steps[index]}" if index < len(steps) else f"evaluation {index + 1}"
+            return f"evaluation return at {where} is {value}"
+    return None
+
+
+def default_baseline(names: list[str], baseline: str | None) -> str:
+    """The variant a report compares the others with: ``baseline`` when it is one of ``names``,
+    else ``none`` when present, else the first."""
+    if baseline is not None and baseline in names:
+        return baseline
+    return "none" if "none" in names else names[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 from bnrl.common.errors import error_text_line
 from bnrl.common.files import atomic_open, atomic_write
 from bnrl.compare import aggregate as agg
+from bnrl.compare.records import default_baseline, result_problem
 from bnrl.compare.stats import (
     CONFIDENCE,
     N_RESAMPLES,
@@ -57,8 +59,7 @@ def _ordered(runs: list[Run], variants: list[dict] | None, baseline: str | None)
     present, else the first), which comes first."""
     names = list(dict.fromkeys([*(v["name"] for v in variants or []),
                                 *(str(r.get("variant")) for r in runs)]))
-    if baseline is None or baseline not in names:
-        baseline = "none" if "none" in names else names[0]
+    baseline = default_baseline(names, baseline)
     return [baseline, *(n for n in names if n != baseline)], baseline
 
 
@@ -374,6 +375,10 @@ def _aggregate_lines(agent: str, by_env: dict, variants: list[str], baseline: st
     if unscored:
         lines.append(f"Not in the aggregate (no normalization scores in configs/suites.yaml): "
                      f"{', '.join(unscored)}.")
+    if len(variants) == 1:
+        return [*lines, f"- {agent}: only one variant, `{baseline}`: nothing to compare it "
+                "with (a benchmark compares variants with a baseline: give --variants two or "
+                "more).", ""]
     all_envs = _scored_envs(by_env, [baseline], scores)
     if not all_envs:
         return [*lines, f"- {agent}: no env with normalization scores and successful "
@@ -735,12 +740,14 @@ def write_report(
     missing: Iterable[str] = (),
     variants: list[dict] | None = None,
     cells: list[dict] | None = None,
+    incomparable: Iterable[str] = (),
 ) -> Path:
     """Write ``report.md``, ``aggregate.png``, ``profiles.png``, ``curves.png`` and
     ``bn_stats.png`` for a benchmark.
 
     Args:
-        runs: Run records (``compare.records``), failed ones included.
+        runs: Run records (``compare.records``), failed ones included. A run marked ``ok``
+            whose result is not finite (``records.result_problem``) is reported as failed.
         out_dir: Directory for the outputs; created if missing. Every file is written
             atomically (``common.files``).
         baseline: The variant the others are compared with (default ``none`` if present,
@@ -749,13 +756,35 @@ def write_report(
         variants: The grid's ``{"name", "settings"}`` in order (else order of appearance).
         cells: The grid's ``{"agent", "env", "steps"}``, so that envs without runs yet are
             named too.
+        incomparable: Why the runs are not comparable (``collect.incomparable``), when they
+            are reported anyway; stated at the report's top.
 
     Returns:
         Path of ``report.md``.
     """
-    out = Path(out_dir)
+    runs = [_failed_if_no_result(r) for r in runs]
+    # A huge return overflows a mean or a bootstrap resample to inf, shown as a dash: numpy's
+    # and scipy's warnings about it would only be noise on the command line.
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _write_report(runs, Path(out_dir), baseline, list(missing), variants, cells,
+                             list(incomparable))
+
+
+def _failed_if_no_result(run: Run) -> Run:
+    """``run``, as a failed run when it is marked ``ok`` without a finite result: dropped from
+    the statistics, it must not be counted as a success."""
+    problem = result_problem(run) if _is_ok(run) else None
+    if problem is None:
+        return run
+    return {**run, "status": "failed",
+            "error": f"no finite result ({problem}): counted as a failed run"}
+
+
+def _write_report(runs: list[Run], out: Path, baseline: str | None, missing: list[str],
+                  variants: list[dict] | None, cells: list[dict] | None,
+                  incomparable: list[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    missing = list(missing)
     scores = env_scores()
     thresholds = {e: s.threshold for e, s in scores.items() if s.threshold is not None}
     groups = _group(runs)
@@ -771,6 +800,10 @@ def write_report(
                      out / "profiles.png")
 
     lines = ["# Benchmark report", ""]
+    if incomparable:
+        lines += ["**Not comparable, reported anyway (`--allow-incomparable`): a verdict below "
+                  "may credit these differences to a variant.**", "",
+                  *(f"- {problem}" for problem in incomparable), ""]
     lines += _answer(groups, order, baseline, scores, runs, missing)
     lines += _grid_summary(runs, groups, order, baseline, settings, missing,
                            cells or [])

@@ -17,6 +17,7 @@ resolve to (``resolved_settings``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 import bnrl
+from bnrl.agents import agent_class
 from bnrl.common.errors import UserError
 from bnrl.common.files import atomic_write
-from bnrl.compare.records import record_problem
+from bnrl.compare.records import record_problem, result_problem
 from bnrl.compare.stats import area_under_curve
-from bnrl.training.config import RESUMABLE, from_dict, resolve
+from bnrl.training.config import RESUMABLE, RunConfig, from_dict, preset, resolve
 
 BN_POINTS = 50
 """Points of each BN diagnostics series kept in a result file (the file stays a few KB)."""
@@ -114,6 +116,69 @@ def resolved_settings(settings) -> dict | None:
     return deciding_settings(config)
 
 
+_AGENT_KEY = "agent_config."
+_UNSET = object()
+"""A setting a run's settings do not hold (or whose unset value cannot be known)."""
+
+
+def unexplained_differences(base: dict, other: dict, base_variant: dict,
+                            other_variant: dict) -> list[str]:
+    """The settings in which two result records differ that their variants do not explain, as
+    ``key other's value (base's value)`` texts; [] when either holds no settings (bnrl <= 0.2).
+
+    A difference is the variants' own when either variant sets that key (``base_variant``,
+    ``other_variant``: their settings), or when each run holds the value the key takes unset
+    (its agent's preset or default, an ``auto`` resolved from the run's other settings): a
+    variant that trains another agent, or turns BN on, changes those too. Any other difference
+    (a learning rate from another --config, another eval_every) a report would credit to the
+    variant.
+    """
+    raw = [r.get("settings") for r in (base, other)]
+    if not all(isinstance(s, dict) for s in raw):
+        return []
+    settings = [resolved_settings(s) or s for s in raw]
+    named = {k if k == "agent" else _AGENT_KEY + k for k in (*base_variant, *other_variant)}
+    agents_differ = settings[0].get("agent") != settings[1].get("agent")
+    found = []
+    for key in dict.fromkeys([*settings[0], *settings[1]]):
+        values = [s.get(key, _UNSET) for s in settings]
+        if values[0] == values[1] or key in named:
+            continue
+        if _UNSET in values and agents_differ:
+            continue  # a setting of only one of the two agents
+        if all(v is not _UNSET and _unset_value(s, key) == v
+               for s, v in zip(settings, values, strict=True)):
+            continue
+        shown = ["not set" if v is _UNSET else repr(v) for v in values]
+        found.append(f"{key} {shown[1]} ({shown[0]})")
+    return found
+
+
+def _unset_value(settings: dict, key: str):
+    """The value ``key`` resolves to in a run of ``settings`` (flat, resolved) when nobody sets
+    it: the env preset's for the run's agent, else the config class default, resolved with the
+    run's other settings (so an ``auto`` takes the value these settings give it)."""
+    agent, env = settings.get("agent"), settings.get("env")
+    try:
+        given = preset(env, agent)
+        if key.startswith(_AGENT_KEY):
+            name, section = key.removeprefix(_AGENT_KEY), given["agent"]
+            owner = agent_class(agent).config_class
+        else:
+            name, section, owner = key, given["train"], RunConfig
+        if name in section:
+            value = section[name]
+        else:
+            fields = {f.name: f for f in dataclasses.fields(owner)}
+            default = fields[name]
+            value = (default.default if default.default is not dataclasses.MISSING
+                     else default.default_factory())
+    except (UserError, ValueError, TypeError, KeyError):
+        return _UNSET
+    resolved = resolved_settings({**settings, key: value})
+    return _UNSET if resolved is None else resolved.get(key, _UNSET)
+
+
 def record_settings_hash(record: dict) -> str | None:
     """The settings hash of a result record's run as this bnrl resolves its settings; its stored
     hash when they do not resolve."""
@@ -172,6 +237,8 @@ def finished(spec: RunSpec) -> dict | None:
     if steps > spec.steps:
         raise UserError(f"{spec.key} was trained for {steps} steps, this grid has "
                         f"{spec.steps}: {fix}")
+    if result_problem(record) is not None:
+        return None  # a failed run (no finite result): tried again, like any failed run
     return {**record, "run_dir": str(Path(spec.out) / record["run_dir"])}
 
 

@@ -2,12 +2,15 @@
 
 A variant is a name and a mapping of agent settings (``critic_norm: batch``,
 ``critic_batch: joint``...); the key ``agent`` swaps the whole agent (``crossq: {agent: crossq}``
-compares SAC with CrossQ in one grid). Names come from three places, later ones winning:
+compares SAC with CrossQ in one grid). Names come from three places:
 
 1. the built-in variants of ``configs/variants.yaml`` (the four normalizations, and the BN
    remedies under their own names);
 2. ``--variants-file FILE``: a YAML mapping ``name: {key: value, ...}``;
 3. ``--variant NAME:key=value,key=value`` on the command line (repeatable).
+
+A user's variant may not take a built-in's name with other settings, and no two variants of a
+grid may resolve to the same settings (``grid.check_distinct``).
 
 ``--variants a,b,c`` picks the variants of a grid, ``--baseline NAME`` the one every other is
 compared with (default: the first).
@@ -23,7 +26,7 @@ import yaml
 
 from bnrl import configs
 from bnrl.common.errors import UserError
-from bnrl.training.config import read_yaml
+from bnrl.training.config import parse_setting, read_yaml
 
 VARIANTS_FILE = Path(configs.__file__).resolve().parent / "variants.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -65,30 +68,46 @@ def builtin_variants() -> dict[str, Variant]:
     return {name: Variant(name, dict(settings or {})) for name, settings in data.items()}
 
 
-def read_variants_file(path, parse_value) -> dict[str, Variant]:
-    """Variants of a user's YAML file ``{name: {key: value}}``."""
-    data = read_yaml(path)
+FILE_FORMAT = ("a YAML mapping of variant name to settings, e.g. 'copy: {critic_norm: batch, "
+               "target_bn: copy}' (like configs/variants.yaml)")
+"""What a ``--variants-file`` holds, for its error messages."""
+
+
+def read_variants_file(path) -> dict[str, Variant]:
+    """Variants of a user's YAML file ``{name: {key: value}}``; one-line UserErrors that name
+    the variants-file format (not a config file's)."""
+    data = read_yaml(path, "variants file", FILE_FORMAT)
     return {_check_name(str(name)): Variant(str(name), _check_settings(name, s, str(path)))
             for name, s in data.items()}
 
 
-def parse_variant(text: str, parse_value) -> Variant:
-    """``NAME:key=value,key=value`` (values read like ``--set`` values) as a Variant.
+def check_not_builtin(variant: Variant, builtins: dict[str, Variant], source: str) -> None:
+    """One-line UserError when ``variant`` takes a built-in variant's name with other settings:
+    every report would read the built-in's name (``batch`` vs ``none``) for something else."""
+    builtin = builtins.get(variant.name)
+    if builtin is not None and builtin.settings != variant.settings:
+        raise UserError(f"{source}: '{variant.name}' is a built-in variant "
+                        f"({_describe(builtin)}), not {_describe(variant)}: give your variant "
+                        "a name of its own")
 
-    Args:
-      text: the flag's value.
-      parse_value: turns a value's text into a setting (``--set``'s parser).
-    """
+
+def parse_variant(text: str) -> Variant:
+    """``NAME:key=value,key=value`` as a Variant, each pair read as ``--set`` reads one
+    (``training.config.parse_setting``: an empty value is null, refused where null means
+    nothing); a key given twice is refused, not silently overridden."""
     name, sep, rest = text.partition(":")
     if not sep or not name:
         raise UserError(f"bad --variant '{text}': expected NAME:key=value,key=value")
     settings = {}
     # A comma splits pairs, except inside brackets: hidden=[64,64] stays one value.
     for pair in re.split(r",(?![^\[]*\])", rest):
-        key, eq, value = pair.partition("=")
+        key, eq, _ = pair.partition("=")
         if not eq or not key.strip():
             raise UserError(f"bad --variant '{text}': '{pair}' is not key=value")
-        settings[key.strip()] = parse_value(value.strip())
+        key, value = parse_setting(pair, f"--variant '{text}'")
+        if key in settings:
+            raise UserError(f"bad --variant '{text}': {key} is given twice")
+        settings[key] = value
     return Variant(_check_name(name.strip()), settings)
 
 

@@ -28,6 +28,7 @@ import bnrl
 from bnrl.common.errors import UserError, one_line
 from bnrl.common.files import atomic_write
 from bnrl.common.quiet import quiet_tensorflow
+from bnrl.compare.records import result_problem
 from bnrl.compare.results import (
     RunSpec,
     base_record,
@@ -101,6 +102,10 @@ def run_one(spec: RunSpec) -> dict:
                       steps=config.steps, bnrl_version=bnrl.__version__,
                       settings_hash=settings_hash(settings), settings=settings,
                       variant_settings=dict(spec.settings))
+        problem = result_problem(record)
+        if problem is not None:  # no result file: a rerun tries it again
+            record.update(status="failed", error=f"the run ended without a finite result "
+                          f"({problem})")
         error_file = Path(spec.run_dir) / "error.txt"
         if error_file.exists():
             error_file.unlink()

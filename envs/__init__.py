@@ -1,5 +1,5 @@
 """Environment construction for bnrl agents (see `envs.make`)."""
 
-from bnrl.envs.make import EnvError, check_agent_env, env_action_bounds, make_env
+from bnrl.envs.make import EnvBoundary, EnvError, check_agent_env, env_action_bounds, make_env
 
-__all__ = ["EnvError", "check_agent_env", "env_action_bounds", "make_env"]
+__all__ = ["EnvBoundary", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]

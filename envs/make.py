@@ -13,6 +13,7 @@ them (or fails early with a one-line `EnvError`):
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 import re
@@ -27,9 +28,9 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import RescaleAction, TransformAction, TransformObservation
 
-from bnrl.common.errors import one_line
+from bnrl.common.errors import EnvFailed, NonFiniteValue, error_line, one_line
 
-__all__ = ["EnvError", "check_agent_env", "env_action_bounds", "make_env"]
+__all__ = ["EnvBoundary", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]
 
 _log = logging.getLogger(__name__)
 
@@ -335,6 +336,81 @@ def _unit_box_actions(env: gym.Env) -> gym.Env:
         func=lambda a: np.clip(np.asarray(a, dtype=box.dtype), -1.0, 1.0),
         action_space=unit,
     )
+
+
+def _nonfinite(values) -> str | None:
+    """None when every value is finite, else what is not (``nan at index 2``)."""
+    if np.isfinite(values).all():
+        return None
+    flat = np.ravel(values)
+    index = int(np.flatnonzero(~np.isfinite(flat))[0])
+    return f"{flat[index]} at index {index}" if flat.size > 1 else str(flat[0])
+
+
+class EnvBoundary(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """The edge between an environment and a bnrl run: nothing crosses it unchecked.
+
+    * An exception the environment raises in ``reset()`` or ``step()`` becomes one ``EnvFailed``
+      naming the env and the exception (the original is its cause, for a traceback file); the
+      training loop adds the step and what the run kept.
+    * With ``check_finite``, a NaN or infinite observation or reward coming out, or action going
+      in, is a ``NonFiniteValue`` naming the quantity and the value: trained on, it would put NaN
+      rows into the replay buffer while the losses may stay finite, and end as NaN evaluation
+      returns in the results. The check costs a few microseconds per step.
+
+    Args:
+        env: An env made by `make_env` (observations are float32 vectors).
+        env_id: The id to name in messages.
+        check_finite: Check observations, rewards and actions.
+    """
+
+    def __init__(self, env: gym.Env, env_id: str, check_finite: bool = True) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, env_id=env_id, check_finite=check_finite)
+        gym.Wrapper.__init__(self, env)
+        self.env_id, self.check_finite = env_id, check_finite
+        # Discrete actions are ints: only a Box action can be NaN.
+        self._box_actions = isinstance(env.action_space, spaces.Box)
+
+    def _failed(self, call: str, exc: Exception) -> EnvFailed:
+        return EnvFailed(f"environment {self.env_id!r} raised {type(exc).__name__} in {call}: "
+                         f"{error_line(exc) or 'no message'}")
+
+    def _check_observation(self, obs) -> None:
+        bad = _nonfinite(obs)
+        if bad is not None:
+            raise NonFiniteValue(f"environment {self.env_id!r} returned a non-finite "
+                                 f"observation ({bad})")
+
+    def reset(self, **kwargs) -> tuple[Any, dict[str, Any]]:
+        try:
+            obs, info = self.env.reset(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - a user's env can raise anything
+            raise self._failed("reset()", exc) from exc
+        if self.check_finite:
+            self._check_observation(obs)
+        return obs, info
+
+    def step(self, action):
+        if self.check_finite and self._box_actions:
+            bad = _nonfinite(action)
+            if bad is not None:
+                raise NonFiniteValue(f"the agent's action for {self.env_id!r} is not finite "
+                                     f"({bad})")
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except Exception as exc:  # noqa: BLE001 - a user's env can raise anything
+            raise self._failed("step()", exc) from exc
+        if self.check_finite:
+            self._check_observation(obs)
+            try:
+                finite = math.isfinite(reward)
+            except TypeError:
+                raise EnvFailed(f"environment {self.env_id!r} returned a reward that is not a "
+                                f"number: {one_line(repr(reward), 60)}") from None
+            if not finite:
+                raise NonFiniteValue(f"environment {self.env_id!r} returned a non-finite "
+                                     f"reward ({reward})")
+        return obs, reward, terminated, truncated, info
 
 
 def make_env(

@@ -1,8 +1,13 @@
-"""A user-style env whose reward turns NaN after a fixed number of steps ('tests._nan_env:...').
+"""User-style envs whose reward or observation turns NaN after a fixed number of steps
+('tests._nan_env:...').
 
-Every env instance counts its own steps across resets: the first ``NAN_AFTER`` steps have reward
-0, every later step has reward NaN. With replay sampling, a NaN reward reaches the critic's loss
-within a few updates, so the training loop's non-finite check fires reliably and early.
+Every env instance counts its own steps across resets: the first ``NAN_AFTER`` steps are finite,
+every later one is not. ``BnrlNanRewardEnv-v0`` returns reward NaN from then on: with replay
+sampling, a NaN reward reaches the critic's loss within a few updates, so the loss check fires
+reliably and early when the env-boundary check is off. ``BnrlNanObsEnv-v0`` returns NaN
+observations (reward 0): 40% of a replay buffer held NaN rows while the losses stayed finite
+before the env-boundary check (issue 25). The first non-finite value is the one of env step
+``NAN_AFTER + 1``.
 """
 
 from __future__ import annotations
@@ -34,5 +39,17 @@ class NanRewardEnv(gym.Env[np.ndarray, np.ndarray]):
         return obs, reward, False, False, {}
 
 
+class NanObservationEnv(NanRewardEnv):
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        if self.steps_taken > NAN_AFTER:
+            obs = np.full(3, np.nan, np.float32)
+        return obs, 0.0, terminated, truncated, info
+
+
+OBS_ENV_ID = "BnrlNanObsEnv-v0"
+
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point=NanRewardEnv, max_episode_steps=25)
+if OBS_ENV_ID not in gym.registry:
+    gym.register(id=OBS_ENV_ID, entry_point=NanObservationEnv, max_episode_steps=25)

@@ -360,6 +360,18 @@ BAD = [
         in_subprocess=False),
     Bad("without-replay-without-resume", ["train", "--without-replay", *_QUICK],
         ["--without-replay", "--resume"], in_subprocess=False),
+    # Issue 25: no value dropped, no non-finite setting, no duplicate key.
+    Bad("set-empty-value", ["train", "--set", "gamma=", *_QUICK],
+        ["gamma cannot be empty or null", "a finite number"], in_subprocess=False),
+    Bad("set-null-value", ["train", "--set", "tau=null", *_QUICK],
+        ["tau cannot be empty or null"], in_subprocess=False),
+    Bad("set-infinite-learning-rate", ["train", "--set", "learning_rate=.inf", *_QUICK],
+        ["learning_rate must be a finite number", "inf"], in_subprocess=False),
+    Bad("config-duplicate-key", ["train", "--config", "{d}/c.yaml", *_QUICK],
+        ["c.yaml", "line 3", "duplicate key 'tau'"],
+        files={"c.yaml": "agent:\n  tau: 0.01\n  tau: 0.02\n"}, in_subprocess=False),
+    Bad("export-out-under-a-file", ["export", "--run", "{run}", "--out", "{d}/f/policy"],
+        ["cannot export to --out", "is a file"], files={"f": "x"}, in_subprocess=False),
     # --resume compares the whole configuration and checks every part of the checkpoint.
     Bad("resume-other-critic-norm", ["train", *SAC_BN, "--critic-norm", "none", "--logdir",
                                      "{run}", "--resume"],
@@ -641,12 +653,17 @@ def test_evaluate_render_video_writes_mp4(sac_bn_run, tmp_path, capfd):
 
 # ---------------------------------------------------------------------- 6. non-finite loss
 def test_nan_loss_exits_1_and_keeps_the_last_good_checkpoint(tmp_path):
+    """With the env-boundary check off (``check_finite: false``; on, it names the NaN reward
+    itself: tests/test_reliability_training.py), the NaN rewards reach the losses, whose check
+    stops the run."""
     from _nan_env import NAN_AFTER
 
     run_dir = tmp_path / "run"
+    unchecked = tmp_path / "unchecked.yaml"
+    unchecked.write_text("train: {check_finite: false}\n")
     result = _cli(["train", "--agent", "sac", "--env", NAN_ENV, "--steps", "600",
                    "--checkpoint-every", "50", "--eval-every", "50", "--eval-episodes", "1",
-                   "--logdir", str(run_dir), "--quiet", *TINY_AC])
+                   "--config", str(unchecked), "--logdir", str(run_dir), "--quiet", *TINY_AC])
     line = _one_line(result.stderr)
     assert result.returncode == 1, result.stderr
     match = re.search(r"env step (\d+)", line)

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from bnrl.common.errors import UserError
 from bnrl.compare import variants as vs
 from bnrl.compare.results import RunSpec, resolve_spec
-
-
-def _value(text: str):
-    return yaml.safe_load(text)
 
 
 def test_builtins_include_the_norms_and_crossq():
@@ -37,7 +32,7 @@ def test_naive_bn_variant_resolves_to_the_naive_settings():
 
 
 def test_parse_variant_keeps_lists_together():
-    v = vs.parse_variant("wide-bn:critic_norm=batch,hidden=[64,64],bn_momentum=0.9", _value)
+    v = vs.parse_variant("wide-bn:critic_norm=batch,hidden=[64,64],bn_momentum=0.9")
     assert v.name == "wide-bn"
     assert v.settings == {"critic_norm": "batch", "hidden": [64, 64], "bn_momentum": 0.9}
     assert v.agent_settings() == v.settings
@@ -48,10 +43,11 @@ def test_parse_variant_keeps_lists_together():
     (":critic_norm=batch", "expected NAME:key=value"),
     ("x:critic_norm", "'critic_norm' is not key=value"),
     ("bad/name:critic_norm=batch", "bad variant name 'bad/name'"),
+    ("x:gamma=0.9,gamma=0.99", "gamma is given twice"),
 ])
 def test_parse_variant_errors(text, message):
     with pytest.raises(UserError, match=message):
-        vs.parse_variant(text, _value)
+        vs.parse_variant(text)
 
 
 def test_select_orders_names_and_picks_the_baseline():
@@ -66,7 +62,7 @@ def test_select_refuses_duplicates_unknowns_and_a_foreign_baseline():
     defined = vs.builtin_variants()
     with pytest.raises(UserError, match="'none' is listed twice"):
         vs.select(["none", "none"], defined, None)
-    defined["bn2"] = vs.parse_variant("bn2:critic_norm=batch", _value)
+    defined["bn2"] = vs.parse_variant("bn2:critic_norm=batch")
     with pytest.raises(UserError, match="'batch' and 'bn2' have the same settings"):
         vs.select(["batch", "bn2"], defined, None)
     with pytest.raises(UserError, match="unknown variant 'joint'"):
@@ -79,8 +75,8 @@ def test_variants_file(tmp_path):
     path = tmp_path / "variants.yaml"
     path.write_text("copy: {critic_norm: batch, target_bn: copy}\n"
                     "polyak: {critic_norm: batch, target_bn: polyak}\n")
-    found = vs.read_variants_file(path, _value)
+    found = vs.read_variants_file(path)
     assert found["polyak"].settings == {"critic_norm": "batch", "target_bn": "polyak"}
     path.write_text("broken: [1, 2]\n")
     with pytest.raises(UserError, match="must be a mapping of settings"):
-        vs.read_variants_file(path, _value)
+        vs.read_variants_file(path)

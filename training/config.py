@@ -24,7 +24,7 @@ import yaml
 from bnrl import configs  # presets ship as package data
 from bnrl.agents import AgentConfig, agent_class, config_from_dict
 from bnrl.agents.config import coerce_setting
-from bnrl.common.errors import UserError
+from bnrl.common.errors import UserError, one_line
 
 PRESET_DIR = Path(configs.__file__).resolve().parent
 
@@ -34,11 +34,13 @@ SEED_MAX = 2**32 - 1
 MAX_CONFIG_BYTES = 1 << 20
 """Config files are a few lines; a bigger one is not a bnrl config."""
 
-RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every",
+RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "check_finite",
              "agent_config.intra_op_threads", "agent_config.inter_op_threads")
 """Settings ``--resume`` may change: when to stop (``steps``, never below the checkpoint's
-step), bookkeeping, and the thread pools (speed only). Every other setting must equal the saved
-one, or the resumed run would silently be a different experiment."""
+step), bookkeeping, the env-boundary check (it only decides whether a run with a non-finite
+value stops; a run that finishes has the same numbers either way) and the thread pools (speed
+only). Every other setting must equal the saved one, or the resumed run would silently be a
+different experiment."""
 
 DEFAULT_AGENT, DEFAULT_ENV = "sac", "Pendulum-v1"
 
@@ -59,6 +61,23 @@ class _Loader(yaml.SafeLoader):
                 self.peek_event().start_mark)
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        # YAML 1.2 forbids duplicate keys; PyYAML would keep the last value without a word, so
+        # `gamma: 0.9` above `gamma: 0.99` in one file would silently be dropped.
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the safe loader refuses it itself
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {one_line(repr(key), 60)} (YAML 1.2 forbids "
+                    "duplicate keys: keep one)", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -77,31 +96,56 @@ def load_yaml(text: str, source: str):
         raise UserError(f"malformed YAML in {source}{where}: {problem}") from None
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, kind: str = "config file",
+              holds: str = "a mapping (train:, agent:)") -> dict:
     """Load a YAML mapping; UserError on a missing, unreadable, huge, non-UTF-8 or malformed
-    file."""
+    file, or one that holds no mapping.
+
+    Args:
+      path: the file.
+      kind: what the file is, for the messages (``variants file``).
+      holds: the format it must have, for the message when it holds something else.
+    """
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
+        raise UserError(f"{kind} not found: {path}") from None
     except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise UserError(f"cannot read {kind} {path}: {exc.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise UserError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: "
+        raise UserError(f"{kind} {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: "
                         "expected a YAML file of settings")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"config file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+        raise UserError(f"{kind} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
                         f"at offset {exc.start})") from None
     data = load_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping (train:, agent:), "
-                        f"not a {type(data).__name__}")
+        raise UserError(f"{kind} {path} must hold {holds}, not a {type(data).__name__}")
     return data
+
+
+def parse_setting(text: str, source: str | None = None) -> tuple[str, object]:
+    """``KEY=VALUE`` as ``(key, value)``, the value read as YAML 1.2 (``--set``, and each pair of
+    a benchmark's ``--variant``): the one parser of a setting given as text.
+
+    An empty value is null (YAML's reading of nothing), which the settings check
+    (``coerce_setting``) then refuses unless null means the setting's default: nothing given is
+    ever dropped here.
+
+    Raises:
+      UserError: no ``=``, no key, or a value that is not YAML, naming ``source`` (default: the
+        text itself).
+    """
+    source = source or f"'{one_line(text, 100)}'"
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"expected KEY=VALUE, got {source}")
+    return key.strip(), load_yaml(value, source)
 
 
 @dataclass
@@ -127,7 +171,11 @@ class RunConfig:
     log_every: int = 250
     """Gradient steps between scalar logs; BN diagnostics come from that step's own batch."""
     max_episode_steps: int | None = None
-    """Override the env's registered time limit."""
+    """Override the env's registered time limit (null: the env's own)."""
+    check_finite: bool = True
+    """Check every observation, reward and action at the env boundary: a NaN or infinite one
+    stops the run as failed, naming the step and the value (a few microseconds per step; false
+    turns the check off). Losses and evaluation returns are always checked."""
     agent_config: AgentConfig | dict = field(default_factory=dict)
     """The agent's settings (see ``python run.py train --help``): a mapping of its config
     fields until ``validate`` turns it into the agent's resolved config dataclass."""
@@ -226,21 +274,25 @@ def resolve(agent: str | None = None, env: str | None = None, config_file=None,
     """Merge defaults, the env preset, a user YAML file and flags into a validated RunConfig.
 
     Precedence, for every key: defaults < preset < ``config_file`` < arguments. Only given
-    values override: None (a flag left out) never does.
+    values override: a run flag left out (None) never does; a given agent setting always does.
 
     Args:
       agent: agent name, or None for the config file's ``train: {agent: ..}`` or sac.
       env: env id, or None for the config file's ``train: {env: ..}`` or Pendulum-v1.
       config_file: optional YAML with ``train:`` and ``agent:`` sections.
-      train_overrides: RunConfig fields from flags.
-      agent_overrides: agent config fields from flags.
+      train_overrides: RunConfig fields from flags (None: the flag was left out).
+      agent_overrides: agent config fields from flags and ``--set``; each given key overrides,
+        None (null) included.
 
     Raises:
       UserError: any unknown key, wrong type or out-of-range value, in one line.
     """
     file_train, file_agent = _read_user_file(config_file) if config_file else ({}, {})
     given_train = {**file_train, **_given(train_overrides), **_given(dict(agent=agent, env=env))}
-    given_agent = {**file_agent, **_given(agent_overrides)}
+    # Agent settings given (``--set``, a variant's settings) override whatever their value, null
+    # included: a null overrides the config file's value, and one where null means nothing is
+    # refused by the check, never dropped.
+    given_agent = {**file_agent, **(agent_overrides or {})}
     try:  # the agent and env pick the preset, so they are checked first
         agent = coerce_setting("agent", "str", given_train.get("agent", DEFAULT_AGENT))
         env = coerce_setting("env", "str", given_train.get("env", DEFAULT_ENV))

@@ -3,17 +3,16 @@ export."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from gymnasium import error as gym_error
 from gymnasium.wrappers import RecordEpisodeStatistics, RecordVideo
 
-from bnrl.common.errors import UserError, error_line
-from bnrl.common.files import fsync_dir, fsync_file
+from bnrl.common.errors import NonFiniteValue, RunFailed, UserError, error_line
+from bnrl.common.files import fsync_dir, fsync_file, temporary_directory
 from bnrl.training import checkpoint
 from bnrl.training.export import ExportedPolicy, is_export
 from bnrl.training.runs import build_agent, make_run_env, open_run
@@ -36,6 +35,9 @@ def evaluate(agent, env, episodes: int) -> tuple[float, float]:
             obs, _, terminated, truncated, _ = stats.step(agent.act(obs, explore=False))
             done = terminated or truncated
     returns = np.array(stats.return_queue, dtype=np.float64)
+    bad = returns[~np.isfinite(returns)]
+    if bad.size:  # never a result: with the env-boundary check off, NaN rewards end up here
+        raise NonFiniteValue(f"an evaluation episode returned {bad[0]}")
     return float(np.mean(returns)), float(np.std(returns))
 
 
@@ -50,36 +52,67 @@ def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int |
 
     Returns:
       ``(mean, std, video_path or None)``.
+
+    Raises:
+      UserError: bad input, a malformed run or export, or a video that cannot be written there,
+        all before any episode runs (one line).
+      RunFailed: the env raised, or a value was not finite (one line naming the episode's env
+        and the value).
     """
     run_dir = Path(run_dir)
     if episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {episodes}")
     if render_video:
         _require_moviepy()
-    if is_export(run_dir):
-        policy = ExportedPolicy(run_dir)
-        config, ckpt = policy.run_config(), None
-    else:
+    export = is_export(run_dir)
+    ckpt = None
+    if not export:
         config, ckpt = open_run(run_dir)
-    eval_seed = config.seed + 20_000 if seed is None else seed
-    if render_video:
-        # rgb_array frames only: no window, no sound (SDL would print errors on a headless box).
-        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    env = make_run_env(config, eval_seed, render_mode="rgb_array" if render_video else None)
-    if ckpt is not None:
-        policy = build_agent(config, env)
-        checkpoint.restore_agent(policy, ckpt)
     video = run_dir / "eval.mp4" if render_video else None
-    try:
-        if video is None:
-            mean, std = evaluate(policy, env, episodes)
-        else:
-            mean, std = _evaluate_recording(policy, env, episodes, video)
-    finally:
-        env.close()
-        policy.close()
+    with contextlib.ExitStack() as stack:
+        work = _video_workspace(stack, video, export) if video else None
+        if export:
+            policy = ExportedPolicy(run_dir)
+            config = policy.run_config()
+        eval_seed = config.seed + 20_000 if seed is None else seed
+        if render_video:
+            # rgb_array frames only: no window, no sound (SDL would print errors on a headless
+            # box).
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+            os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+        env = make_run_env(config, eval_seed,
+                           render_mode="rgb_array" if render_video else None)
+        if ckpt is not None:
+            try:
+                policy = build_agent(config, env)
+                checkpoint.restore_agent(policy, ckpt)
+            except BaseException:
+                env.close()
+                raise
+        try:
+            if video is None:
+                mean, std = evaluate(policy, env, episodes)
+            else:
+                mean, std = _evaluate_recording(policy, env, episodes, video, work)
+        except RunFailed as exc:
+            raise type(exc)(f"evaluation of {run_dir} stopped: {exc}") from exc
+        finally:
+            env.close()
+            policy.close()
     return mean, std, video
+
+
+def _video_workspace(stack: contextlib.ExitStack, video: Path, export: bool) -> Path:
+    """Where RecordVideo writes, beside ``video``, held by ``stack``: made (or refused) before
+    anything runs, so that a video that cannot be written costs no evaluation."""
+    if video.is_dir():
+        raise UserError(f"--render-video writes {video}, which is a directory: move it away")
+    try:
+        return stack.enter_context(temporary_directory(video))
+    except OSError as exc:
+        raise UserError(f"--render-video writes {video}, but {video.parent} is not writable "
+                        f"({exc.strerror}): copy the {'export' if export else 'run'} directory "
+                        "to a writable place and evaluate the copy") from None
 
 
 def _require_moviepy() -> None:
@@ -90,30 +123,27 @@ def _require_moviepy() -> None:
                         "pip install 'bnrl[video]'") from None
 
 
-def _evaluate_recording(policy, env, episodes: int, video: Path) -> tuple[float, float]:
+def _evaluate_recording(policy, env, episodes: int, video: Path,
+                        work: Path) -> tuple[float, float]:
     """``evaluate`` with gymnasium's ``RecordVideo`` recording the first episode to ``video``.
 
-    RecordVideo writes into a temporary directory beside ``video``; the finished MP4 is renamed
-    over ``video``, so a reader never sees half a file.
+    RecordVideo writes into ``work``, a temporary directory beside ``video``; the finished MP4 is
+    renamed over ``video``, so a reader never sees half a file.
     """
-    work = Path(tempfile.mkdtemp(dir=video.parent, prefix=f".{video.name}.", suffix=".tmp"))
+    recorder = RecordVideo(env, str(work / "video"), episode_trigger=lambda e: e == 0,
+                           name_prefix="eval", disable_logger=True)
     try:
-        recorder = RecordVideo(env, str(work / "video"), episode_trigger=lambda e: e == 0,
-                               name_prefix="eval", disable_logger=True)
-        try:
-            result = evaluate(policy, recorder, episodes)
-            if recorder.recording:  # RecordVideo writes at the next reset; one episode has none
-                recorder.stop_recording()
-        except gym_error.DependencyNotInstalled as exc:
-            # Raised on the first render() (Pendulum imports pygame then).
-            raise UserError(f"cannot record a video: {error_line(exc)}") from None
-        recorded = work / "video" / "eval-episode-0.mp4"
-        if not recorded.is_file():
-            raise UserError("no video was recorded: the env's render() returned no rgb_array "
-                            "frames")
-        fsync_file(recorded)
-        os.replace(recorded, video)
-        fsync_dir(video.parent)
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        result = evaluate(policy, recorder, episodes)
+        if recorder.recording:  # RecordVideo writes at the next reset; one episode has none
+            recorder.stop_recording()
+    except gym_error.DependencyNotInstalled as exc:
+        # Raised on the first render() (Pendulum imports pygame then).
+        raise UserError(f"cannot record a video: {error_line(exc)}") from None
+    recorded = work / "video" / "eval-episode-0.mp4"
+    if not recorded.is_file():
+        raise UserError("no video was recorded: the env's render() returned no rgb_array "
+                        "frames")
+    fsync_file(recorded)
+    os.replace(recorded, video)
+    fsync_dir(video.parent)
+    return result

@@ -33,14 +33,23 @@ from pathlib import Path
 import numpy as np
 
 import bnrl
-from bnrl.common.errors import UserError, error_line
-from bnrl.common.files import atomic_directory, atomic_write
+from bnrl.common.errors import NonFiniteValue, UserError, error_line, one_line
+from bnrl.common.files import (
+    atomic_directory,
+    atomic_write,
+    check_creatable,
+    make_dirs,
+    remove_empty,
+)
 from bnrl.envs import env_action_bounds
 from bnrl.networks import tf
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig
 from bnrl.training.runs import build_agent, make_run_env, open_run
 
+GRAPH_LIMIT = 2**31 - 2**26
+"""Bytes of weights an export can freeze: protobuf caps a GraphDef, and each constant in it, at
+2 GiB (less a margin for the graph's other nodes); TensorFlow's error beyond it is a traceback."""
 POLICY_FILE = "bnrl_policy.json"
 FORMAT = "bnrl-policy"
 FORMAT_VERSION = 1
@@ -56,17 +65,24 @@ def export_policy(run_dir, out_dir) -> dict:
       The export's metadata (also in ``out_dir/bnrl_policy.json``).
 
     Raises:
-      UserError: not a run, no complete checkpoint, or ``out_dir`` exists (one line).
+      UserError: not a run, no complete checkpoint, or an ``out_dir`` that exists or cannot be
+        made (one line, before anything is built).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() or out_dir.is_symlink():
         raise UserError(f"--out {out_dir} already exists: choose a new directory (an export "
                         "never overwrites anything)")
+    # Checked before the seconds of building: a place the export cannot be written to is known
+    # now, and the building would be lost.
+    problem = check_creatable(out_dir)
+    if problem is not None:
+        raise UserError(f"cannot export to --out {out_dir}: {problem}; choose another --out")
     config, ckpt = open_run(run_dir)
     env = make_run_env(config, config.seed)
     agent = build_agent(config, env)
     try:
         checkpoint.restore_agent(agent, ckpt)
+        _check_freezable(agent, run_dir)
         bounds = env_action_bounds(env) if agent.head.action_space == "box" else None
         metadata = _metadata(config, agent, bounds, ckpt)
         module = PolicyModule(agent, bounds, metadata)
@@ -75,6 +91,16 @@ def export_policy(run_dir, out_dir) -> dict:
         agent.close()
         env.close()
     return metadata
+
+
+def _check_freezable(agent, run_dir) -> None:
+    """UserError when the policy's weights exceed what a frozen graph can hold (GRAPH_LIMIT)."""
+    size = sum(int(np.prod(v.shape)) * v.dtype.size for v in agent.networks.policy.weights)
+    if size > GRAPH_LIMIT:
+        raise UserError(f"cannot export {run_dir}: its policy network holds "
+                        f"{size / 2**30:.2f} GiB of weights, and an export freezes them into a "
+                        "TensorFlow graph, which holds at most 2 GiB: export a run with smaller "
+                        "hidden sizes")
 
 
 def frozen_function(sess, graph, inputs: tf.Tensor, outputs: dict):
@@ -151,11 +177,52 @@ def _metadata(config: RunConfig, agent, env_bounds, ckpt: Path) -> dict:
 
 
 def _save_atomically(module: PolicyModule, metadata: dict, out_dir: Path) -> None:
-    """Write the SavedModel into a temporary directory beside ``out_dir``, then rename it."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(out_dir) as tmp:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.action})
-        atomic_write(tmp / POLICY_FILE, json.dumps(metadata, indent=1) + "\n")
+    """Write the SavedModel into a temporary directory beside ``out_dir``, then rename it; a
+    failed write leaves nothing (not the parent directories it made either)."""
+    try:
+        created = make_dirs(out_dir.parent)
+    except OSError as exc:
+        raise UserError(f"cannot export to --out {out_dir}: {error_line(exc)}") from None
+    try:
+        with atomic_directory(out_dir) as tmp:
+            tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.action})
+            atomic_write(tmp / POLICY_FILE, json.dumps(metadata, indent=1) + "\n")
+    except BaseException:
+        remove_empty(created)
+        raise
+
+
+# The keys of bnrl_policy.json that evaluate reads, and their JSON types.
+_READ_KEYS = {"format": (str,), "agent": (str,), "env": (str,), "seed": (int,),
+              "max_episode_steps": (int, type(None)), "action": (dict,)}
+
+
+def read_metadata(path: Path) -> dict:
+    """An export's ``bnrl_policy.json``, with every key ``evaluate`` reads there and of its type;
+    a one-line UserError naming the file and the key otherwise."""
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {error_line(exc)}") from None
+    except ValueError:
+        raise UserError(f"{path} is not JSON: not a readable bnrl policy export") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = (f"its format is {one_line(repr(metadata.get('format')), 60)}"
+                 if isinstance(metadata, dict) else f"it holds a {type(metadata).__name__}")
+        raise UserError(f"{path} is not a bnrl policy export ({found}; expected format "
+                        f"{FORMAT!r})")
+    missing = [key for key in _READ_KEYS if key not in metadata]
+    if missing:
+        raise UserError(f"{path} lacks the key(s) {', '.join(missing)}: an incomplete bnrl "
+                        "policy export; export the run again")
+    wrong = [key for key, kinds in _READ_KEYS.items()
+             if not isinstance(metadata[key], kinds) or isinstance(metadata[key], bool)]
+    if "action" not in wrong and metadata["action"].get("kind") not in ("discrete", "box"):
+        wrong.append("action.kind")
+    if wrong:
+        raise UserError(f"{path} has a malformed {', '.join(wrong)}: not a readable bnrl policy "
+                        "export; export the run again")
+    return metadata
 
 
 def is_export(directory) -> bool:
@@ -172,29 +239,39 @@ class ExportedPolicy:
 
     def __init__(self, directory):
         directory = Path(directory)
+        self.metadata = read_metadata(directory / POLICY_FILE)
+        self._config = self._checked_run_config(directory / POLICY_FILE)
         try:
-            self.metadata = json.loads((directory / POLICY_FILE).read_text())
-            if self.metadata.get("format") != FORMAT:
-                raise ValueError(f"format is {self.metadata.get('format')!r}")
             model = tf.saved_model.load(str(directory))
+            serve = model.signatures["serving_default"]
         except (OSError, ValueError, KeyError, tf.errors.OpError) as exc:
             raise UserError(f"{directory} is not a readable bnrl policy export: "
                             f"{error_line(exc)}") from None
         self._model = model  # keeps the signature's captured constants alive
-        self._serve = model.signatures["serving_default"]
+        self._serve = serve
         self.discrete = self.metadata["action"]["kind"] == "discrete"
+
+    def _checked_run_config(self, source: Path) -> RunConfig:
+        m = self.metadata
+        config = RunConfig(agent=m["agent"], env=m["env"], seed=m["seed"],
+                           max_episode_steps=m["max_episode_steps"])
+        try:
+            config.validate()
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+        return config
 
     def run_config(self) -> RunConfig:
         """The settings that make the env this policy was trained on."""
-        m = self.metadata
-        return RunConfig(agent=m["agent"], env=m["env"], seed=m["seed"],
-                         max_episode_steps=m["max_episode_steps"])
+        return self._config
 
     def act(self, obs, explore: bool = False):
         """The deterministic action for one observation (``explore`` must be False)."""
         if explore:
             raise ValueError("an exported policy is deterministic: explore must be False")
         obs = np.asarray(obs, np.float32).reshape(1, -1)
+        if not np.isfinite(obs).all():  # as agent.act: never an action from NaN
+            raise NonFiniteValue(f"the observation given to act() is not finite ({obs[0]})")
         action = self._serve(observation=tf.constant(obs))["action"].numpy()[0]
         return int(action) if self.discrete else action
 

@@ -23,8 +23,15 @@ import yaml
 from gymnasium.wrappers import RecordEpisodeStatistics
 from tqdm import tqdm
 
-from bnrl.common.errors import NonFiniteLoss, StorageError, UserError, error_line
-from bnrl.common.files import atomic_write, lock_directory
+from bnrl.common.errors import (
+    EnvFailed,
+    NonFiniteValue,
+    RunFailed,
+    StorageError,
+    UserError,
+    error_line,
+)
+from bnrl.common.files import atomic_write, lock_directory, make_dirs, remove_empty
 from bnrl.training import checkpoint
 from bnrl.training.cadence import Cadence, run_round
 from bnrl.training.config import RESUMABLE, RunConfig, changed_settings, from_dict, read_yaml
@@ -93,7 +100,7 @@ class RunDirectory:
             return
         if self.created and self.created[0] == self.path:
             shutil.rmtree(self.path, ignore_errors=True)
-            _remove_empty(self.created[1:])
+            remove_empty(self.created[1:])
             return
         for part in self.path.iterdir():  # it was empty when this run locked it
             if part.is_dir() and not part.is_symlink():
@@ -130,7 +137,7 @@ def prepare_run_dir(run_dir, config: RunConfig, resume: bool) -> RunDirectory:
     try:
         lock = lock_directory(run_dir)
     except BlockingIOError:
-        _remove_empty(created)
+        remove_empty(created)
         raise UserError(f"run directory {run_dir} is in use by another bnrl process (a training "
                         "run or benchmark worker): wait for it to end or choose another "
                         "--logdir") from None
@@ -153,31 +160,10 @@ def prepare_run_dir(run_dir, config: RunConfig, resume: bool) -> RunDirectory:
 
 def _make_dirs(run_dir: Path) -> list[Path]:
     """``mkdir -p run_dir``; returns the directories it created, deepest first."""
-    missing, parent = [], run_dir
-    while not parent.exists() and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    created = []
     try:
-        for directory in reversed(missing):
-            try:
-                directory.mkdir()
-            except FileExistsError:
-                continue  # made meanwhile by another process: not this run's to remove
-            created.insert(0, directory)
+        return make_dirs(run_dir)
     except OSError as exc:
-        _remove_empty(created)
         raise UserError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
-    return created
-
-
-def _remove_empty(directories: list[Path]) -> None:
-    """rmdir each directory (deepest first) while they are empty."""
-    for directory in directories:
-        try:
-            directory.rmdir()
-        except OSError:
-            return
 
 
 def _write_config(run_dir: Path, config: RunConfig) -> None:
@@ -231,7 +217,11 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     Raises:
       UserError: bad input (one line, for the command line). Nothing is written before the whole
         configuration is checked; a new run that fails to start removes what it made.
-      NonFiniteLoss: a loss became NaN/inf; the last good checkpoint is kept.
+      NonFiniteValue: an observation, reward or action (``config.check_finite``), a loss or an
+        evaluation return was NaN or infinite: one line naming the step and the value; the last
+        good checkpoint is kept.
+      EnvFailed: the environment raised: one line naming the env, the step and its error, and
+        how to continue from the last checkpoint.
       StorageError: a file could not be written; the run resumes from its last checkpoint.
       KeyboardInterrupt: with a message saying what was kept and how to continue.
     """
@@ -258,25 +248,38 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
         bar.write(f"resumed {run_dir} from step {step} ({ckpt.name})")
     elif resume:
         bar.write(f"no complete checkpoint in {run_dir}: starting from step 0")
-    # A fresh episode on every (re)start; the seed moves on so a resumed run explores anew.
-    obs, _ = env.reset(seed=config.seed + 1_000_003 * state["resets"])
-    eval_env.reset(seed=config.seed + 10_000 + 1_000_003 * state["resets"])
     started = time.time() - state["wall_time_s"]
     since_log = {"time": time.time(), "step": step, "updates": agent.updates_done}
     train_time = state["train_time_s"]
     last_eval = state["eval_returns"][-1] if state["eval_returns"] else None
     cadence = Cadence.of(agent.config, config.log_every)
     try:
+        # Each env call is its own try block (free while nothing is raised), so that a fault
+        # the env boundary reports (envs.EnvBoundary) names the step it happened at.
+        try:
+            # A fresh episode on every (re)start; the seed moves on so a resumed run explores
+            # anew.
+            obs, _ = env.reset(seed=config.seed + 1_000_003 * state["resets"])
+            eval_env.reset(seed=config.seed + 10_000 + 1_000_003 * state["resets"])
+        except RunFailed as exc:
+            raise _stopped(exc, f"at the first reset (env step {step})") from exc
         while step < config.steps:
-            action = agent.act(obs, explore=True)
-            next_obs, reward, terminated, truncated, info = env.step(action)
+            try:
+                # act() refuses a non-finite observation even with the env check off.
+                action = agent.act(obs, explore=True)
+                next_obs, reward, terminated, truncated, info = env.step(action)
+            except RunFailed as exc:
+                raise _stopped(exc, f"at env step {step + 1}") from exc
             agent.observe(obs, action, reward, next_obs, terminated, truncated)
             step += 1
             if terminated or truncated:
                 state["episodes"] += 1
                 logger.scalars({"charts/episodic_return": float(info["episode"]["r"]),
                                 "charts/episodic_length": int(info["episode"]["l"])}, step)
-                obs, _ = env.reset()
+                try:
+                    obs, _ = env.reset()
+                except RunFailed as exc:
+                    raise _stopped(exc, f"at the reset after env step {step}") from exc
             else:
                 obs = next_obs
             k = cadence.updates_due(step, len(agent.buffer))
@@ -290,7 +293,10 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                     _log_update(logger, logged, step, state, since_log, agent)
                 train_time += time.perf_counter() - t0
             if step % config.eval_every == 0 or step == config.steps:
-                mean, std = evaluate(agent, eval_env, config.eval_episodes)
+                try:
+                    mean, std = evaluate(agent, eval_env, config.eval_episodes)
+                except RunFailed as exc:
+                    raise _stopped(exc, f"in the evaluation at env step {step}") from exc
                 logger.eval_return(step, mean, std)
                 state["eval_steps"].append(step)
                 state["eval_returns"].append(mean)
@@ -308,10 +314,19 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted at env step {step}; {_kept(run_dir)}") from None
+    except EnvFailed as exc:  # the env may work again (a flaky simulator, a fixed bug)
+        raise EnvFailed(f"{exc}; {_kept(run_dir)}") from exc
+    except NonFiniteValue as exc:  # the same run resumed would meet the same values
+        raise NonFiniteValue(f"{exc}; {_kept(run_dir, advice=False)}") from exc
     except Exception as exc:
-        if not _is_write_failure(exc, run_dir):
-            raise
-        raise StorageError(f"{_write_failure(exc)}; {_kept(run_dir)}") from None
+        # First: TensorFlow reports a full disk as ResourceExhaustedError too.
+        if _is_write_failure(exc, run_dir):
+            raise StorageError(f"{_write_failure(exc)}; {_kept(run_dir)}") from None
+        if _is_out_of_memory(exc):  # the first updates allocate what building did not (XLA)
+            raise RunFailed(f"training stopped at env step {step}: out of memory "
+                            f"({error_line(exc) or 'MemoryError'}): lower buffer_size or the "
+                            f"network widths; {_kept(run_dir, advice=False)}") from exc
+        raise
     finally:
         bar.close()
         _close_quietly(logger, env, eval_env, agent)
@@ -358,11 +373,16 @@ def _start_failure(exc: BaseException, held: RunDirectory) -> BaseException:
                                  "again")
     if _is_write_failure(exc, held.path):
         return StorageError(f"{_write_failure(exc)}; {kept}")
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError":
+    if _is_out_of_memory(exc):
         reason = error_line(exc) or "out of memory"
         return UserError(f"not enough memory to build the run ({reason}); {kept}: lower "
                          "buffer_size or the network widths")
     return exc
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, or TensorFlow's (an allocation of a tensor or of XLA's buffers)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError"
 
 
 # TensorBoard's event writer, whose background thread does the writing.
@@ -411,12 +431,18 @@ def _quiet_event_writer_thread(previous):
     return hook
 
 
-def _kept(run_dir: Path) -> str:
-    """What an interrupted or failed run keeps, and how to continue it."""
+def _kept(run_dir: Path, advice: bool = True) -> str:
+    """What an interrupted or failed run keeps (truthfully: a run stopped before its first
+    checkpoint has none), and, with ``advice``, how to continue it."""
     newest = checkpoint.latest(run_dir)
     kept = (f"{run_dir} keeps its checkpoint at step {checkpoint.step_of(newest)}"
             if newest is not None else f"{run_dir} has no checkpoint yet")
-    return f"{kept}: continue with the same command and --resume"
+    return f"{kept}: continue with the same command and --resume" if advice else kept
+
+
+def _stopped(exc: RunFailed, where: str) -> RunFailed:
+    """A fault reported by the env boundary, with the step it happened at."""
+    return type(exc)(f"training stopped {where}: {exc}")
 
 
 def _close_quietly(*parts) -> None:
@@ -429,9 +455,8 @@ def _close_quietly(*parts) -> None:
 def _check_finite(scalars: dict, step: int) -> None:
     for name, value in scalars.items():
         if not math.isfinite(value):
-            raise NonFiniteLoss(
-                f"training stopped at env step {step}: {name} is {value}; the last good "
-                "checkpoint is kept (lower the learning rate or check the rewards)")
+            raise NonFiniteValue(f"training stopped at env step {step}: {name} is {value} "
+                                 "(lower the learning rate or check the rewards)")
 
 
 def _log_update(logger, scalars: dict, step: int, state: dict, since_log: dict, agent) -> None:

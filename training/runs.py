@@ -16,17 +16,20 @@ import numpy as np
 
 from bnrl.agents import ACTION_SPACES, make_agent
 from bnrl.common.errors import UserError, error_line
-from bnrl.envs import EnvError, make_env
+from bnrl.envs import EnvBoundary, EnvError, make_env
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig, from_dict, read_yaml
 
 
 def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None):
-    """The env of a run; any failure to make it (unknown id, a module that fails to import, a
-    constructor that raises) is a one-line UserError."""
+    """The env of a run behind its ``EnvBoundary`` (what the env raises is one ``EnvFailed``;
+    non-finite values are refused unless ``config.check_finite`` is off); any failure to make it
+    (unknown id, a module that fails to import, a constructor that raises) is a one-line
+    UserError."""
     try:
-        return make_env(config.env, seed, agent=config.agent, agents=ACTION_SPACES,
-                        max_episode_steps=config.max_episode_steps, render_mode=render_mode)
+        env = make_env(config.env, seed, agent=config.agent, agents=ACTION_SPACES,
+                       max_episode_steps=config.max_episode_steps, render_mode=render_mode)
+        return EnvBoundary(env, config.env, check_finite=config.check_finite)
     except EnvError as exc:
         raise UserError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a user's env module can raise anything
