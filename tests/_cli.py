@@ -30,3 +30,12 @@ def one_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{stderr}"
     return lines[0]
+
+
+def run_captured(args: list, capsys) -> tuple[int, str, str]:
+    """``main(args)`` (each argument made a string) with pytest's ``capsys``: exit code, stdout
+    and stderr of this call alone."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err

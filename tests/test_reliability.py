@@ -29,25 +29,11 @@ from bnrl.common import files
 from bnrl.common.errors import UserError, error_line
 from bnrl.training import checkpoint, config, evaluation, loop
 
+from _cli import one_line as _one_line
+from _cli import run_captured as _main
+
 TINY = ["--set", "hidden=[32,32]", "--set", "actor_hidden=[32,32]", "--set", "batch_size=32",
         "--set", "learning_starts=50", "--set", "buffer_size=5000", "--eval-episodes", "1"]
-
-
-def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = run.main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def _temporaries(root: Path) -> list[str]:

@@ -23,27 +23,13 @@ from bnrl.common.errors import UserError
 from bnrl.compare import cli, collect, grid, results, variants, write_report
 from bnrl.compare.records import record_problem, result_problem
 
+from _cli import one_line as _one_line
+from _cli import run_captured as _main
+
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = [REPO / "docs" / "benchmark-mujoco", REPO / "docs" / "benchmark-mujoco" /
              "learning-starts"]
 NONE, BATCH = {"critic_norm": "none"}, {"critic_norm": "batch"}
-
-
-def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = run.main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def _record(out: Path, variant: str, settings: dict, seed: int = 0, *, steps: int = 200,

@@ -37,6 +37,9 @@ from bnrl.common import files
 from bnrl.common.errors import EnvFailed, NonFiniteValue, UserError
 from bnrl.training import checkpoint, config, evaluation, export, loop
 
+from _cli import one_line as _one_line
+from _cli import run_captured as _main
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "hidden=[32,32]", "--set", "actor_hidden=[32,32]", "--set", "batch_size=32",
         "--set", "learning_starts=50", "--set", "buffer_size=5000", "--eval-episodes", "1"]
@@ -45,23 +48,6 @@ NAN_REWARD_ENV = "tests._nan_env:BnrlNanRewardEnv-v0"
 FAILING_ENV = "tests._failing_env:BnrlFailing-v0"
 # Before what is to be refused: if it is not, the run still ends soon.
 QUICK = ["--steps", "30", "--quiet", *TINY]
-
-
-def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = run.main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def _hidden_temporaries(directory: Path) -> list[str]:
