@@ -91,8 +91,9 @@ def _setting(text: str) -> tuple[str, object]:
 TRAIN_EPILOG = """\
 agents: dqn (Discrete actions), ddpg, td3, sac, crossq (Box actions).
 norms:  none, batch (BatchNormalization), batch_renorm (Batch Renorm, CrossQ clipping), layer.
-Presets in configs/<ENV_ID>.yaml are applied first; --config FILE (YAML with `train:` and
-`agent:` sections; `train:` takes every run setting, agent and env included) overrides them;
+Presets in configs/<ENV_ID>.yaml (configs/<NAMESPACE>.yaml for NAMESPACE/Game ids) are applied
+first; --config FILE (YAML with `train:` and `agent:` sections; `train:` takes every run setting,
+agent and env included) overrides them;
 flags and --set override both (a flag left out overrides nothing). Values are YAML 1.2
 (3e-4 is a number); aliases (*name) and duplicate keys are not accepted; numbers must be finite.
 An empty or null value (--set KEY=, KEY=null) is refused, except where null means the default:
@@ -110,7 +111,9 @@ Agent settings (--set KEY=VALUE):
               target (auto, polyak, none) bootstrap_mode (auto, inference, training)
               renorm_warmup renorm_rmax renorm_dmax
   dqn:    learning_rate target_update_interval exploration_steps exploration_initial_eps
-          exploration_final_eps max_grad_norm double_q dueling
+          exploration_final_eps max_grad_norm double_q dueling n_steps loss (huber, mse)
+          encoder (auto, mlp, nature, minatar: auto picks nature for 84x84 image stacks,
+          minatar for 10x10 grids, mlp for vectors)
   td3/ddpg: learning_rate actor_learning_rate actor_hidden actor_norm actor_input_norm n_critics
           policy_delay target_policy_noise target_noise_clip action_noise action_noise_std
           ou_theta action_at norm_after_action critic_l2 actor_loss_mode (auto, inference,
@@ -123,6 +126,12 @@ examples:
   python run.py train --agent sac --env Pendulum-v1 --critic-norm batch --steps 20000
   python run.py train --agent dqn --env CartPole-v1 --set hidden=[128,128] --logdir runs/dqn
   python run.py train --logdir runs/dqn --resume --agent dqn --env CartPole-v1
+  python run.py train --agent dqn --env MinAtar/Breakout-v1 --steps 100000 --critic-norm batch
+Image envs (DQN only): ALE/<Game>-v5 (pip install '.[atari]': no-op reset, frame skip 4 with
+max-pooling, 84x84 grayscale, 4 stacked frames; episodic life and reward clipping in training
+only, evaluation on full games with raw scores) and MinAtar/<Game>-v1 (pip install '.[minatar]').
+A namespaced id's presets are configs/<namespace>.yaml (ALE.yaml: the RL Zoo's / CleanRL's DQN;
+MinAtar.yaml: Young & Tian 2019's DQN); other ids' are configs/<env id>.yaml.
 The run directory gets config.yaml, TensorBoard events (tensorboard --logdir DIR), metrics.csv,
 checkpoints/ and summary.json. --resume is the same command again: its settings must equal the
 saved ones, except --steps (not below the latest checkpoint), --checkpoint-every, --log-every,
@@ -132,7 +141,8 @@ made; an env that raises mid-run ends it in one line, naming the step, with the 
 
 
 EXPORT_EPILOG = """\
-serving signature (serving_default), input observation: float32 [batch, obs_dim]; outputs:
+serving signature (serving_default), input observation: float32 [batch, obs_dim], or for image
+observations uint8 [batch, height, width, channels] as the env gives them; outputs:
   continuous agents: action      float32 [batch, act_dim] in [-1, 1], the scale bnrl agents act in
                      env_action  the same action rescaled to the env's bounds,
                                  low + (action + 1) / 2 * (high - low), for a plain gymnasium env
@@ -156,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=TRAIN_EPILOG)
     train.add_argument("--agent", choices=AGENTS, help="algorithm (default sac)")
-    train.add_argument("--env", help="gymnasium id or module:EnvId (default Pendulum-v1)")
+    train.add_argument("--env", help="gymnasium id (ALE/<Game>-v5, MinAtar/<Game>-v1 included) "
+                       "or module:EnvId (default Pendulum-v1)")
     train.add_argument("--steps", type=_positive_int, help="env steps (default: preset or 20000)")
     train.add_argument("--seed", type=_non_negative_int, help="seed (default 0)")
     train.add_argument("--logdir", help="run directory (default runs/AGENT-ENV-NORM-sSEED)")

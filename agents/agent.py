@@ -25,8 +25,19 @@ from bnrl.agents.runner import UpdateRunner
 from bnrl.agents.update import Batch, target_update_ops
 from bnrl.common.errors import NonFiniteValue
 from bnrl.common.files import atomic_write
-from bnrl.networks import new_graph_session, tf
+from bnrl.networks import Observation, new_graph_session, tf
 from bnrl.networks.inference import NumpyForward, Unsupported
+
+
+def _observation(algorithm: type[Algorithm], space) -> Observation:
+    """What the agent's networks take: any shape for an algorithm with ``image_observations``;
+    otherwise a vector, float32 whatever the space's dtype (as before images existed)."""
+    if algorithm.image_observations:
+        return Observation.from_space(space)
+    if len(space.shape) != 1:
+        raise ValueError(f"agent '{algorithm.name}' takes vector observations only, not shape "
+                         f"{tuple(space.shape)}: use dqn for image observations")
+    return Observation((int(space.shape[0]),))
 
 
 def _first_nonfinite(x: np.ndarray) -> str:
@@ -40,7 +51,9 @@ class Agent:
 
     Args:
       algorithm: the algorithm class (``DQN``, ``TD3``, ``DDPG``, ``SAC``, ``CrossQ``).
-      observation_space: a 1-D ``gymnasium.spaces.Box``.
+      observation_space: a ``gymnasium.spaces.Box``: a vector (float32 in the graph), or for
+        an algorithm with ``image_observations`` (DQN) any shape, stored and fed as uint8 when
+        the space is uint8 or bool (``networks.Observation``).
       action_space: ``Box`` in [-1, 1] or ``Discrete``, as the algorithm's head needs.
       config: the algorithm's config dataclass (resolved here unless it already is), or None
         for its defaults.
@@ -53,12 +66,13 @@ class Agent:
         config = config if config is not None else algorithm.config_class()
         self.config = config if config.is_resolved else config.resolved()
         self.seed = int(seed)
-        self.obs_dim = int(np.prod(observation_space.shape))
+        self.observation = _observation(algorithm, observation_space)
+        self.obs_dim = self.observation.dim
         self.rng = np.random.default_rng(self.seed)
         self.head = algorithm.head_class(action_space, self.config, self.rng)
-        self.buffer = ReplayBuffer(self.config.buffer_size, (self.obs_dim,),
+        self.buffer = ReplayBuffer(self.config.buffer_size, self.observation.shape,
                                    self.head.action_shape, self.head.action_dtype,
-                                   seed=self.seed + 1)
+                                   seed=self.seed + 1, obs_dtype=self.observation.dtype)
         self.env_steps = 0
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -68,7 +82,7 @@ class Agent:
             # each step (stateless RNG), so a restored agent draws exactly what the original
             # would have.
             num_updates = tf.compat.v1.train.get_or_create_global_step()
-            self.algorithm = algorithm(self.config, self.obs_dim, self.head, num_updates,
+            self.algorithm = algorithm(self.config, self.observation, self.head, num_updates,
                                        self.seed)
             self.networks, self.schedule = self.algorithm.networks, self.algorithm.schedule
             self.runner = UpdateRunner(self.algorithm, batch, self.name)
@@ -88,13 +102,17 @@ class Agent:
 
     # ----------------------------------------------------------------------------- graph building
     def _build_placeholders(self) -> Batch:
-        f32 = tf.float32
-        self.obs_ph = tf.compat.v1.placeholder(f32, [None, self.obs_dim], "obs")
+        f32, obs_dtype = tf.float32, tf.as_dtype(self.observation.dtype)
+        obs_shape = [None, *self.observation.shape]
+        self.obs_ph = tf.compat.v1.placeholder(obs_dtype, obs_shape, "obs")
         action = tf.compat.v1.placeholder(tf.as_dtype(self.head.action_dtype),
                                           [None, *self.head.action_shape], "action")
         batch = Batch(self.obs_ph, action, tf.compat.v1.placeholder(f32, [None], "reward"),
-                      tf.compat.v1.placeholder(f32, [None, self.obs_dim], "next_obs"),
-                      tf.compat.v1.placeholder(f32, [None], "done"))
+                      tf.compat.v1.placeholder(obs_dtype, obs_shape, "next_obs"),
+                      tf.compat.v1.placeholder(f32, [None], "done"),
+                      # the n-step bootstrap's gamma^m per row (replay.sample); only with n-step
+                      tf.compat.v1.placeholder(f32, [None], "discount")
+                      if self.n_steps > 1 else None)
         self.batch_phs = batch.tensors()
         return batch
 
@@ -141,8 +159,9 @@ class Agent:
             graph path and NaN on the numpy one (TensorFlow's ReLU maps NaN to 0, numpy's keeps
             it): refusing it is the one answer both paths give.
         """
-        x = np.asarray(obs, np.float32).reshape(1, self.obs_dim)
-        if not np.isfinite(x).all():
+        x = np.asarray(obs, self.observation.dtype).reshape(1, *self.observation.shape)
+        # uint8 observations are finite by their type.
+        if self.observation.dtype == "float32" and not np.isfinite(x).all():
             raise NonFiniteValue(f"the observation given to act() is not finite "
                                  f"({_first_nonfinite(x)})")
         if explore and self.env_steps < self.config.learning_starts:
@@ -168,25 +187,35 @@ class Agent:
                 truncated: bool = False) -> None:
         """Store one transition; ``terminated`` only for a true end, never a time limit. When
         the episode ends (``terminated`` or ``truncated``) the exploration noise restarts."""
-        self.buffer.add(obs, action, reward, next_obs, terminated)
+        self.buffer.add(obs, action, reward, next_obs, terminated, truncated)
         self.env_steps += 1
         if terminated or truncated:
             self.head.episode_end()
 
     def train_step(self, log: bool = False) -> dict[str, float]:
         """One gradient step on a batch sampled from the replay buffer."""
-        return self.update(self.buffer.sample(self.config.batch_size), log=log)
+        return self.update(self.sample(), log=log)
 
     def train_steps(self, k: int) -> list[dict[str, float]]:
         """``k`` gradient steps on batches sampled from the replay buffer (as ``k`` calls of
         ``train_step`` would sample them), in one ``sess.run`` (``update_many``)."""
-        return self.update_many([self.buffer.sample(self.config.batch_size) for _ in range(k)])
+        return self.update_many([self.sample() for _ in range(k)])
+
+    @property
+    def n_steps(self) -> int:
+        """Steps of each TD target's return (the config's ``n_steps``; 1 for agents without)."""
+        return int(getattr(self.config, "n_steps", 1))
+
+    def sample(self) -> dict:
+        """A batch from the replay buffer, as ``update`` takes it (n-step with ``n_steps``)."""
+        return self.buffer.sample(self.config.batch_size, self.n_steps, self.config.gamma)
 
     def update(self, batch: dict, log: bool = False) -> dict[str, float]:
         """One gradient step on ``batch``: a single ``sess.run`` of the whole update.
 
         Args:
-          batch: arrays ``obs, action, reward, next_obs, done``.
+          batch: arrays ``obs, action, reward, next_obs, done`` (and ``discount`` with
+            ``n_steps > 1``, as ``sample`` returns it).
           log: also return the BN diagnostics and the train/eval gap, read from this very step.
 
         Returns:

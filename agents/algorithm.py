@@ -20,7 +20,7 @@ from bnrl.agents.config import AgentConfig
 from bnrl.agents.policy import PolicyHead
 from bnrl.agents.update import Batch, Schedule, Update
 from bnrl.common.seeding import derive_seed
-from bnrl.networks import Norm, keras, tf
+from bnrl.networks import Norm, Observation, keras, tf
 
 NETWORK_SEED_STRIDE = 1000
 """Network ``k`` of an agent seeded ``s`` initializes from seed ``s * 1000 + k`` (tf-keras
@@ -54,7 +54,8 @@ class Algorithm:
 
     Args:
       config: the agent's resolved config.
-      obs_dim: size of a (flat) observation.
+      observation: what one observation is (shape, stored dtype: ``networks.Observation``);
+        ``obs_dim`` is its size.
       head: the policy head, which knows the action space (``head.action_dim``, ``head.n``).
       num_updates: the graph's update counter (seeds the noise of each update; Batch Renorm's
         warm-up reads it).
@@ -64,10 +65,14 @@ class Algorithm:
     name: ClassVar[str]
     config_class: ClassVar[type[AgentConfig]]
     head_class: ClassVar[type[PolicyHead]]
+    image_observations: ClassVar[bool] = False
+    """Whether its networks take observations of any shape and uint8 ones (DQN's encoders);
+    otherwise observations are float32 vectors."""
 
-    def __init__(self, config, obs_dim: int, head: PolicyHead, num_updates: tf.Variable,
-                 seed: int):
-        self.config, self.obs_dim, self.head = config, obs_dim, head
+    def __init__(self, config, observation: Observation, head: PolicyHead,
+                 num_updates: tf.Variable, seed: int):
+        self.config, self.observation, self.head = config, observation, head
+        self.obs_dim = observation.dim
         self.num_updates, self.seed = num_updates, seed
         self._networks_made = 0
         self.networks = self._build_networks()

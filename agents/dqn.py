@@ -1,10 +1,13 @@
-"""DQN (Mnih et al. 2015) with double Q-learning (van Hasselt et al. 2016) and a Huber loss.
+"""DQN (Mnih et al. 2015) with double Q-learning (van Hasselt et al. 2016), n-step returns and a
+Huber loss.
 
 One ``sess.run`` per gradient step, read top to bottom in ``DQN.build_update``: TD target (double Q:
-the online network picks the next action, the target network values it) -> Q step with the BN
-updates of its training-mode pass -> every ``target_update_interval``-th update: target copy (BN
-statistics by the ``target_bn`` policy). Defaults follow SB3; configs/CartPole-v1.yaml has the RL
-Zoo settings.
+the online network picks the next action, the target network values it; n-step: the replay's
+discounted reward sum and gamma^m) -> Q step with the BN updates of its training-mode pass ->
+every ``target_update_interval``-th update: target copy (BN statistics by the ``target_bn``
+policy). Defaults follow SB3; configs/CartPole-v1.yaml has the RL Zoo settings, configs/MinAtar.yaml
+and configs/ALE.yaml those of the image families. Observations of any shape: the Q-network's
+encoder is picked from it (``networks.pick_encoder``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from bnrl.agents.update import (
     target_update,
     td_target,
 )
-from bnrl.networks import q_network, tf
+from bnrl.networks import ENCODERS, q_network, tf
+
+LOSSES = ("huber", "mse")
 
 
 @dataclass
@@ -71,6 +76,19 @@ class DQNConfig(AgentConfig):
     """Pick next actions with the online network, value them with the target (double DQN)."""
     dueling: bool = False
     """Dueling head (Wang et al. 2016)."""
+    encoder: str = "auto"
+    """The Q-network's encoder: ``mlp`` (``hidden``; an image is flattened first), ``nature``
+    (Mnih et al. 2015's three convolutions and 512 units), ``minatar`` (Young & Tian 2019's one
+    16-filter 3x3 convolution and 128 units), or ``auto``: mlp for vectors, nature for images of
+    at least 36x36 pixels, minatar for smaller ones. ``critic_norm`` goes after every conv and
+    dense layer."""
+    loss: str = "huber"
+    """TD loss: ``huber`` (delta 1: SB3's smooth L1, Mnih et al. 2015's error clipping) or
+    ``mse`` (CleanRL's dqn.py and dqn_atari.py)."""
+    n_steps: int = 1
+    """Steps of each TD target's return (SB3 2.7's ``n_steps``): rewards summed with gamma^k over
+    up to n steps, stopping at the end of the episode, then the bootstrap discounted by gamma^m
+    for the m steps taken (Sutton & Barto 2018, 7.1; Rainbow uses 3). 1: one-step DQN."""
 
     def _validate(self) -> None:
         super()._validate()
@@ -80,6 +98,11 @@ class DQNConfig(AgentConfig):
         for name in ("exploration_initial_eps", "exploration_final_eps"):
             check_range(self, name, 0, 1)
         check_range(self, "max_grad_norm", 0, open_low=True)
+        check_range(self, "n_steps", 1)
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder '{self.encoder}': use one of {', '.join(ENCODERS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss '{self.loss}': use one of {', '.join(LOSSES)}")
         if self.double_q and self.target == "none":
             raise ValueError("double_q values the next action with a target network but "
                              "target=none: set double_q=false or target=polyak")
@@ -89,14 +112,15 @@ class DQN(Algorithm):
     name = "dqn"
     config_class = DQNConfig
     head_class = GreedyHead
+    image_observations = True
 
     def _build_networks(self) -> Networks:
         c = self.config
         polyak = c.target == "polyak"
 
         def q_net(name):
-            return q_network(self.obs_dim, self.head.n, c.hidden, self.critic_norm(), c.dueling,
-                             name=name, seed=self.network_seed())
+            return q_network(self.observation, self.head.n, c.hidden, self.critic_norm(),
+                             c.dueling, name=name, seed=self.network_seed(), encoder=c.encoder)
 
         self.q = q_net("q_network")
         self.target_q = q_net("target_q_network") if polyak else None
@@ -118,13 +142,18 @@ class DQN(Algorithm):
             q_next = tf.gather(values.q_next, best, axis=1, batch_dims=1)
         else:
             q_next = tf.reduce_max(values.q_next, axis=1)
-        y = td_target(b.reward, b.done, c.gamma, q_next)
+        # n-step returns bootstrap with the batch's gamma^m per row (replay.sample).
+        y = td_target(b.reward, b.done, c.gamma if b.discount is None else b.discount, q_next)
 
         # Q step (gradient norm clipped, SB3), with the BN updates of its training-mode pass.
         q = tf.gather(values.q, b.action, axis=1, batch_dims=1)
-        loss = tf.reduce_mean(tf.compat.v1.losses.huber_loss(y, q, reduction="none"))
+        if c.loss == "huber":
+            loss = tf.reduce_mean(tf.compat.v1.losses.huber_loss(y, q, reduction="none"))
+        else:
+            loss = tf.reduce_mean(tf.square(y - q))
         update = critic_update(self.optimizer, loss, q, self.q, values, loss_name="losses/q_loss",
                                clip_norm=c.max_grad_norm, name="q_step")
+        update.td_target = y
 
         if TARGET in steps:
             # Target sync (hard copy at tau = 1), reading the Q-network after the step.

@@ -225,7 +225,7 @@ class UpdateRunner:
         single ``sess.run`` of the phase the schedule gives this update; with ``log``, also
         the BN diagnostics and the train/eval gap read from this very step."""
         names, fn = self._train_fns[self.schedule.phase(self.updates_done)][1 if log else 0]
-        count, *values = fn(*[batch[key] for key in Batch.KEYS])
+        count, *values = fn(*[batch[key] for key in self.batch.names()])
         self.updates_done = int(count)
         return {n: float(np.mean(v)) for n, v in zip(names, values, strict=True)}
 
@@ -246,7 +246,7 @@ class UpdateRunner:
         for block in self._warmup_blocks(list(batches)):
             first = self.updates_done
             count, values = self._many_fn(*[np.stack([b[key] for b in block])
-                                            for key in Batch.KEYS])
+                                            for key in self.batch.names()])
             for i, row in enumerate(values):
                 phase = self.schedule.phase(first + i)
                 out.append({n: float(row[names.index(n)]) for n in self.scalars[phase]})

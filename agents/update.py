@@ -28,19 +28,28 @@ from bnrl.networks import batch_statistics_call, keras, tf, training_call, with_
 
 @dataclass(frozen=True)
 class Batch:
-    """The input tensors of one update (placeholders today; any tensors will do)."""
+    """The input tensors of one update (placeholders today; any tensors will do).
+
+    ``discount`` is the per-row bootstrap factor gamma^m of n-step returns (DQN's ``n_steps``);
+    None for one-step targets, whose graph is then what it was before n-step returns existed.
+    """
 
     obs: tf.Tensor
     action: tf.Tensor
     reward: tf.Tensor
     next_obs: tf.Tensor
     done: tf.Tensor
+    discount: tf.Tensor | None = None
 
-    KEYS = ("obs", "action", "reward", "next_obs", "done")
+    KEYS = ("obs", "action", "reward", "next_obs", "done", "discount")
+
+    def names(self) -> tuple[str, ...]:
+        """The names of the tensors this batch has (``discount`` only with n-step returns)."""
+        return tuple(key for key in self.KEYS if getattr(self, key) is not None)
 
     def tensors(self) -> tuple:
         """The tensors in field order (``Batch(*batch.tensors())`` rebuilds it)."""
-        return tuple(getattr(self, key) for key in self.KEYS)
+        return tuple(getattr(self, key) for key in self.names())
 
 
 def after(deps, tensor):
@@ -145,10 +154,11 @@ def critic_pass(critic: keras.Model, inputs, next_inputs, target: keras.Model | 
                       updates=updates, inputs=both if joint_batch else inputs)
 
 
-def td_target(reward, done, gamma: float, next_value):
+def td_target(reward, done, gamma, next_value):
     """``r + gamma * (1 - done) * V(s')`` with the gradient stopped.
 
-    ``done`` is 1 only for true terminations: a time-limit truncation bootstraps.
+    ``done`` is 1 only for true terminations: a time-limit truncation bootstraps. ``gamma`` is a
+    number, or a per-row tensor (n-step returns: gamma^m, ``Batch.discount``).
     """
     return tf.stop_gradient(reward + gamma * (1.0 - done) * next_value)
 
@@ -311,6 +321,8 @@ class Update:
       actor_step: the actor step, temperature step included; None when the phase has none.
       actor_scalars: scalars of the actor step.
       target_step: the target update ops; empty when the phase has none.
+      td_target: the critic's TD target (per row), for the exact tests; None unless the
+        algorithm sets it (DQN).
     """
 
     critic_step: tf.Operation
@@ -319,6 +331,7 @@ class Update:
     actor_step: tf.Operation | None = None
     actor_scalars: dict = field(default_factory=dict)
     target_step: list = field(default_factory=list)
+    td_target: tf.Tensor | None = None
 
     def optimizer_steps(self) -> list[tf.Operation]:
         """The optimizer steps in the order they run."""

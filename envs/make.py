@@ -3,7 +3,9 @@
 The agents assume three things about an environment, and `make_env` guarantees
 them (or fails early with a one-line `EnvError`):
 
-* observations are a 1-D float32 vector;
+* observations are a 1-D float32 vector, or an image: a (height, width, channels) uint8 or bool
+  array, passed on as it is (DQN stores it as uint8 and converts it in its graph); the Atari and
+  MinAtar families (`envs.families`) come with their standard preprocessing;
 * continuous actions live in [-1, 1] (the actor's tanh range), whatever the
   environment's own bounds are; discrete actions are indices 0..n-1;
 * `terminated` and `truncated` stay separate, because a time-limit truncation
@@ -29,6 +31,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import RescaleAction, TransformAction, TransformObservation
 
 from bnrl.common.errors import EnvFailed, NonFiniteValue, error_line, one_line
+from bnrl.envs.families import MissingExtra, family, make_atari, register
 
 __all__ = ["EnvBoundary", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]
 
@@ -40,7 +43,8 @@ _KIND_NAMES: Final[dict[str, str]] = {
 }
 
 _UNKNOWN_ID_HINT: Final[str] = (
-    "use a gymnasium id such as Pendulum-v1 or CartPole-v1, or 'module:EnvId' for your own"
+    "use a gymnasium id such as Pendulum-v1 or CartPole-v1, ALE/<Game>-v5, MinAtar/<Game>-v1, "
+    "or 'module:EnvId' for your own"
 )
 
 
@@ -107,10 +111,11 @@ def _check_spaces(env: gym.Env) -> None:
     """Reject observation/action spaces the agents cannot handle."""
     name = _env_name(env)
     obs_space = env.observation_space
-    if not (isinstance(obs_space, spaces.Box) and len(obs_space.shape) == 1):
+    if not (isinstance(obs_space, spaces.Box) and (len(obs_space.shape) == 1
+                                                   or is_image_space(obs_space))):
         raise EnvError(
-            f"{name} has observation space {one_line(str(obs_space))}; "
-            "bnrl accepts only 1-D Box (vector) observations"
+            f"{name} has observation space {one_line(str(obs_space))}; bnrl accepts 1-D Box "
+            "(vector) observations and (height, width, channels) uint8 or bool images"
         )
 
     act_space = env.action_space
@@ -142,6 +147,12 @@ def _check_spaces(env: gym.Env) -> None:
     )
 
 
+def is_image_space(space) -> bool:
+    """Whether ``space`` is an image bnrl passes on uncast: a 3-D uint8 or bool ``Box``."""
+    return (isinstance(space, spaces.Box) and len(space.shape) == 3
+            and np.dtype(space.dtype) in (np.dtype(np.uint8), np.dtype(np.bool_)))
+
+
 def _missing_dependency(env_id: str, exc: Exception) -> EnvError:
     text = one_line(str(exc))
     for extra, label in (("box2d", "Box2D"), ("mujoco", "MuJoCo")):
@@ -170,8 +181,19 @@ def _import_failure(env_id: str, exc: ImportError) -> EnvError:
     return EnvError(f"{where} for {env_id!r} failed: {one_line(str(cause))}")
 
 
-def _make_raw(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
-    """`gymnasium.make` with its many error types translated into one-line EnvErrors."""
+def _make_raw(env_id: str, kwargs: dict[str, Any], training: bool = False) -> gym.Env:
+    """`gymnasium.make` with its many error types translated into one-line EnvErrors; an Atari
+    id gets its preprocessing (``training``: with the training-only wrappers)."""
+    try:
+        register(env_id)
+    except MissingExtra as e:
+        raise EnvError(str(e)) from None
+    if family(env_id) == "atari":
+        return make_atari(env_id, kwargs, training, make=_make_one)
+    return _make_one(env_id, kwargs)
+
+
+def _make_one(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
     module, _, name = env_id.rpartition(":")
     try:
         return gym.make(env_id, **kwargs)
@@ -262,7 +284,7 @@ def _check_custom_env(env_id: str) -> None:
     """
     if env_id in _checked_ids():
         return
-    env = _make_raw(env_id, {})
+    env = _make_one(env_id, {})
     failure = None
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -359,7 +381,7 @@ class EnvBoundary(gym.Wrapper, gym.utils.RecordConstructorArgs):
       returns in the results. The check costs a few microseconds per step.
 
     Args:
-        env: An env made by `make_env` (observations are float32 vectors).
+        env: An env made by `make_env` (observations are float32 vectors or uint8/bool images).
         env_id: The id to name in messages.
         check_finite: Check observations, rewards and actions.
     """
@@ -421,10 +443,12 @@ def make_env(
     agents: Mapping[str, str] | None = None,
     max_episode_steps: int | None = None,
     render_mode: str | None = None,
+    training: bool = False,
 ) -> gym.Env:
     """Make a gymnasium environment wrapped for bnrl agents.
 
-    The returned env has float32 1-D observations; a Box action space is exposed as
+    The returned env has float32 1-D observations, or (height, width, channels) uint8 or bool
+    images as the env gives them; a Box action space is exposed as
     [-1, 1] (clipped, then rescaled linearly to the env's bounds); a Discrete action
     space is unchanged. gymnasium's TimeLimit is kept, so running out of time is
     reported as `truncated=True`, never as `terminated`.
@@ -442,6 +466,8 @@ def make_env(
         max_episode_steps: Overrides the registered episode-length limit when given.
         render_mode: Passed to `gymnasium.make` when given; the env must list it in its
             `metadata["render_modes"]`.
+        training: The env an agent trains on (not evaluation): Atari ids then also get episodic
+            life and reward clipping (`envs.families`).
 
     A user's `module:EnvId` env also goes through gymnasium's `check_env` the first time it
     is made; what the checker finds is logged as one-line warnings (see `_check_custom_env`).
@@ -473,7 +499,7 @@ def make_env(
     # Only forward render_mode when asked: custom envs need not accept the keyword.
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
-    env = _make_raw(env_id, kwargs)
+    env = _make_raw(env_id, kwargs, training)
 
     try:
         if agent is not None:
@@ -487,7 +513,8 @@ def make_env(
         env.close()
         raise
 
-    env = _float32_observations(env)
+    if len(env.observation_space.shape) == 1:
+        env = _float32_observations(env)
     if isinstance(env.action_space, spaces.Box):
         env = _unit_box_actions(env)
 

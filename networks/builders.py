@@ -3,12 +3,20 @@
 Every network goes through ``mlp`` and its ``Norm`` hook (SB3's pattern), so BN, Batch Renorm and
 LayerNorm work the same way at every place they can go: on the state input and after each hidden
 Dense. Layers are named so that diagnostics read well: ``q0_dense1``, ``q0_bn1``, ``pi_bn_in``.
+
+Image observations (``Observation``: uint8 frames, boolean grids) enter the Q-network as they are
+stored and are turned into float32 by its first layer; a convolutional encoder (``conv_encoder``,
+chosen from the observation's shape by ``pick_encoder``) puts the same ``Norm`` after each
+convolution and after its dense layer: BN on the 4-D conv activations runs Keras' fused kernel.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from bnrl.common.seeding import derive_seed
 from bnrl.networks.backend import keras, tf
@@ -159,6 +167,127 @@ def mlp(
     return x
 
 
+ENCODERS = ("auto", "mlp", "nature", "minatar")
+"""The Q-network encoders: ``auto`` picks one from the observation's shape (``pick_encoder``)."""
+
+# (filters, kernel, stride) of each convolution, then the width of the dense layer after them.
+CONV_ENCODERS = {
+    # Mnih et al. 2015 (Nature), "Methods: model architecture"; CleanRL's dqn_atari.py and SB3's
+    # NatureCNN: 84x84x4 -> 20x20x32 -> 9x9x64 -> 7x7x64 -> 512.
+    "nature": (((32, 8, 4), (64, 4, 2), (64, 3, 1)), 512),
+    # Young & Tian 2019 (MinAtar), section 4: one 16-filter 3x3 stride-1 convolution and 128
+    # units: 10x10xC -> 8x8x16 -> 128.
+    "minatar": (((16, 3, 1),), 128),
+}
+
+NATURE_MIN_SIZE = 36
+"""The Nature CNN's three valid convolutions need at least 36x36 pixels; smaller grids (MinAtar's
+10x10) get the MinAtar encoder."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One observation as the networks take it: its shape, the dtype it is stored and fed in, and
+    the scale that turns it into float32 inside the graph.
+
+    Attributes:
+      shape: the shape of one observation: ``(obs_dim,)``, or ``(height, width, channels)``.
+      dtype: ``float32`` (vectors, fed as they are) or ``uint8`` (frames and boolean grids: a
+        quarter of the replay memory of float32, converted in the graph).
+      scale: what a uint8 value is multiplied by: 1/255 for 0-255 frames (Atari, as CleanRL's
+        ``x / 255.0`` and SB3's ``preprocess_obs``), 1 for booleans (MinAtar's 0/1 channels).
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    scale: float = 1.0
+
+    @classmethod
+    def from_space(cls, space) -> Observation:
+        """The observation of a gymnasium ``Box``: bool and uint8 spaces are stored as uint8,
+        anything else as float32."""
+        shape = tuple(int(d) for d in space.shape)
+        dtype = np.dtype(space.dtype)
+        if dtype == np.bool_:
+            return cls(shape, "uint8", 1.0)
+        if dtype == np.uint8:
+            return cls(shape, "uint8", 1.0 / 255.0)
+        return cls(shape, "float32", 1.0)
+
+    @property
+    def dim(self) -> int:
+        """Numbers in one observation."""
+        return int(np.prod(self.shape))
+
+    @property
+    def is_image(self) -> bool:
+        """Whether it has a height, a width and channels."""
+        return len(self.shape) == 3
+
+
+def as_observation(obs) -> Observation:
+    """``Observation`` of an int (a float32 vector of that size) or an ``Observation``."""
+    if isinstance(obs, Observation):
+        return obs
+    return Observation((int(obs),))
+
+
+def pick_encoder(obs: Observation, setting: str = "auto") -> str:
+    """The encoder of ``setting`` for ``obs``; ``auto``: ``mlp`` for vectors, ``nature`` for
+    images of at least 36x36 pixels (Atari's 84x84 stacks), ``minatar`` for smaller grids.
+
+    Raises:
+      ValueError: an unknown setting, or a convolutional encoder for a vector observation.
+    """
+    if setting not in ENCODERS:
+        raise ValueError(f"unknown encoder '{setting}': use one of {', '.join(ENCODERS)}")
+    if setting == "auto":
+        if not obs.is_image:
+            return "mlp"
+        return "nature" if min(obs.shape[:2]) >= NATURE_MIN_SIZE else "minatar"
+    if setting != "mlp" and not obs.is_image:
+        raise ValueError(f"encoder '{setting}' is convolutional but the observation has shape "
+                         f"{obs.shape}: it needs (height, width, channels); use mlp or auto")
+    if setting == "nature" and min(obs.shape[:2]) < NATURE_MIN_SIZE:
+        raise ValueError(f"encoder 'nature' needs at least {NATURE_MIN_SIZE}x{NATURE_MIN_SIZE} "
+                         f"pixels, the observation has shape {obs.shape}: use minatar or auto")
+    return setting
+
+
+def _as_float(x, obs: Observation, prefix: str):
+    """A uint8 observation as float32 times its scale, inside the model (so that a target
+    network, an export and every call get the same conversion); float32 ones as they are."""
+    if obs.dtype == "float32":
+        return x
+    return keras.layers.Rescaling(obs.scale, name=f"{prefix}_obs_scale")(x)
+
+
+def conv_encoder(x, kind: str, norm: Norm, prefix: str, training=None, seeds: Seeds | None = None):
+    """Convolutions of ``CONV_ENCODERS[kind]`` -> flatten -> dense, with ``norm`` after each
+    convolution and after the dense layer, placed as ``mlp`` places it (``norm.position``; a
+    convolution right before BN has no bias); ``norm.input_norm`` normalizes the input image.
+
+    Layer names: ``q_conv0``, ``q_bn_conv0``, ``q_conv_act0``, ..., ``q_flatten``, then the dense
+    layer as ``mlp`` names it (``q_dense0``, ``q_bn0``, ``q_act0``).
+    """
+    seeds = seeds or Seeds(None)
+    convs, units = CONV_ENCODERS[kind]
+    if norm.input_norm:
+        x = _normalize(x, norm, prefix, "_in", training)
+    bias = not (norm.is_batch and norm.position == "pre_activation")
+    for i, (filters, kernel, stride) in enumerate(convs):
+        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=bias,
+                                kernel_initializer=seeds.kernel(), name=f"{prefix}_conv{i}")(x)
+        if norm.position == "pre_activation":
+            x = _normalize(x, norm, prefix, f"_conv{i}", training)
+        x = keras.layers.Activation("relu", name=f"{prefix}_conv_act{i}")(x)
+        if norm.position == "post_activation":
+            x = _normalize(x, norm, prefix, f"_conv{i}", training)
+    x = keras.layers.Flatten(name=f"{prefix}_flatten")(x)
+    return mlp(x, (units,), dataclasses.replace(norm, input_norm=False), prefix, training,
+               seeds=seeds)
+
+
 def _model(inputs, body, name: str) -> keras.Model:
     """Build ``body`` on Keras Inputs with ``training=None``.
 
@@ -170,30 +299,42 @@ def _model(inputs, body, name: str) -> keras.Model:
 
 
 def q_network(
-    obs_dim: int,
+    obs: int | Observation,
     n_actions: int,
     hidden: Sequence[int] = (64, 64),
     norm: Norm = Norm(),
     dueling: bool = False,
     name: str = "q_network",
     seed: int | None = None,
+    encoder: str = "auto",
 ) -> keras.Model:
     """obs -> one Q-value per discrete action (DQN), optionally with a dueling head.
 
     Args:
-      obs_dim: observation size.
+      obs: observation size (a float32 vector), or the ``Observation`` (images: uint8, scaled
+        to float32 by the model's first layer).
       n_actions: number of discrete actions.
-      hidden: hidden widths.
+      hidden: hidden widths of the ``mlp`` encoder (a convolutional encoder has its own dense
+        layer, ``CONV_ENCODERS``).
       norm: normalization settings.
       dueling: Q = V + A - mean(A) (Wang et al. 2016).
       name: model name.
       seed: initializer seed (None: unseeded).
+      encoder: one of ``ENCODERS`` (``pick_encoder``); ``mlp`` flattens an image first.
     """
-    obs = keras.Input((obs_dim,), name="obs")
+    obs = as_observation(obs)
+    kind = pick_encoder(obs, encoder)
+    inputs = keras.Input(obs.shape, dtype=obs.dtype, name="obs")
     seeds = Seeds(seed)
 
     def body(x, training):
-        h = mlp(x, hidden, norm, "q", training, seeds=seeds)
+        x = _as_float(x, obs, "q")
+        if kind != "mlp":
+            h = conv_encoder(x, kind, norm, "q", training, seeds=seeds)
+        else:
+            if len(obs.shape) > 1:
+                x = keras.layers.Flatten(name="q_flatten")(x)
+            h = mlp(x, hidden, norm, "q", training, seeds=seeds)
         if not dueling:
             return keras.layers.Dense(n_actions, kernel_initializer=seeds.kernel(),
                                       name="q_out")(h)
@@ -205,7 +346,7 @@ def q_network(
             name="q_dueling",
         )([value, adv])
 
-    return _model(obs, body, name)
+    return _model(inputs, body, name)
 
 
 def critic(

@@ -5,6 +5,8 @@ One observation through a [256, 256] actor is a few microseconds of arithmetic, 
 ``predict``. Evaluation and deployment act many times between weight changes, so an agent copies
 its actor's weights out once per change and runs this instead (benchmarks/README.md has the
 latency before and after). BN layers use their moving statistics, exactly as ``training=False``.
+Convolutions are not implemented: a convolutional Q-network raises ``Unsupported`` and the agent
+acts through its graph (one ``sess.run`` costs little beside a convolution's arithmetic).
 """
 
 from __future__ import annotations
@@ -65,7 +67,17 @@ def _layer_norm(layer, w):
     return run
 
 
+def _rescaling(layer):
+    # Keras: cast to float32, then inputs * scale + offset (uint8 observations: Observation).
+    scale, offset = np.float32(layer.scale), np.float32(layer.offset)
+    return lambda x: x.astype(np.float32) * scale + offset
+
+
 def _compile(layer, w):
+    if isinstance(layer, keras.layers.Rescaling):
+        return _rescaling(layer)
+    if isinstance(layer, keras.layers.Flatten):
+        return lambda x: x.reshape(len(x), -1)
     if isinstance(layer, keras.layers.Dense):
         return _dense(layer, w)
     if isinstance(layer, keras.layers.BatchNormalization):
@@ -86,8 +98,8 @@ class NumpyForward:
     its log-std head). Call ``load`` with the values of ``variables`` whenever they change.
 
     Args:
-      model: a functional Keras model of one input (Dense, BatchNormalization, Batch Renorm,
-        LayerNormalization, Activation and Concatenate layers).
+      model: a functional Keras model of one input (Rescaling, Flatten, Dense,
+        BatchNormalization, Batch Renorm, LayerNormalization, Activation and Concatenate layers).
       output: the name of the layer whose output is wanted; the model's output by default.
 
     Raises:

@@ -243,9 +243,13 @@ _RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent_config"}
 
 
 def preset(env_id: str, agent: str) -> dict:
-    """The ``configs/<env_id>.yaml`` preset for ``agent`` as ``{'train': .., 'agent': ..}``."""
-    path = PRESET_DIR / f"{env_id.replace(':', '_')}.yaml"
-    if "/" in env_id or not path.exists():
+    """The preset of ``env_id`` for ``agent`` as ``{'train': .., 'agent': ..}``: the file
+    ``configs/<env_id>.yaml``, or for an id with a namespace (``MinAtar/Breakout-v1``,
+    ``ALE/Pong-v5``) the family's ``configs/<namespace>.yaml``."""
+    namespace, slash, _ = env_id.partition("/")
+    name = namespace if slash else env_id.replace(":", "_")
+    path = PRESET_DIR / f"{name}.yaml"
+    if "/" in name or "\\" in name or not path.exists():
         return {"train": {}, "agent": {}}
     data = read_yaml(path)
     return {"train": dict(data.get("train") or {}),

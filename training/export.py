@@ -8,8 +8,10 @@ SavedModel:
   the graph: the policy is frozen in inference mode. Exporting a BN network in training mode (a
   batch of one then normalizes to zero) is the classic deployment bug; here a batch of 1 and a
   batch of 100 give the same per-row actions, which the tests check;
-* the serving signature ``serving_default`` takes ``observation`` (float32 ``[batch, obs_dim]``)
-  and returns, for continuous agents, ``action`` in [-1, 1] (the scale bnrl agents act in) and
+* the serving signature ``serving_default`` takes ``observation`` as the agent stores it: float32
+  ``[batch, obs_dim]`` for vectors, uint8 ``[batch, height, width, channels]`` for images (Atari
+  frames 0-255, MinAtar's 0/1 grids; the policy converts them to float32 itself) and returns,
+  for continuous agents, ``action`` in [-1, 1] (the scale bnrl agents act in) and
   ``env_action``, the same action rescaled linearly to the environment's bounds as bnrl's env
   wrapper does (``low + (action + 1) / 2 * (high - low)``); for DQN ``action`` (int64, the greedy
   index) and ``q_values``. SAC and CrossQ act with ``tanh(mean)``; DDPG and TD3 with the actor;
@@ -145,7 +147,8 @@ class PolicyModule(tf.Module):
         self._frozen = frozen_function(agent.sess, agent.graph, agent.obs_ph,
                                        {"raw": agent.act_output})
         self._metadata = json.dumps(metadata, sort_keys=True)
-        spec = tf.TensorSpec([None, agent.obs_dim], tf.float32, name="observation")
+        obs = agent.observation
+        spec = tf.TensorSpec([None, *obs.shape], tf.as_dtype(obs.dtype), name="observation")
         self.action = tf.function(self._action, input_signature=[spec])
         self.metadata = tf.function(self._metadata_fn, input_signature=[])
 
@@ -157,7 +160,8 @@ class PolicyModule(tf.Module):
 
 
 def _metadata(config: RunConfig, agent, env_bounds, ckpt: Path) -> dict:
-    obs_dim = agent.obs_dim
+    obs = agent.observation
+    shape = ", ".join(str(d) for d in obs.shape)
     action, outputs = agent.head.signature(env_bounds)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -166,10 +170,10 @@ def _metadata(config: RunConfig, agent, env_bounds, ckpt: Path) -> dict:
         "checkpoint": ckpt.name, "env_steps": agent.env_steps, "updates": agent.updates_done,
         "critic_norm": agent.config.critic_norm,
         "actor_norm": getattr(agent.config, "actor_norm", None),
-        "observation": {"shape": [obs_dim], "dtype": "float32"},
+        "observation": {"shape": list(obs.shape), "dtype": obs.dtype},
         "action": action,
         "signature": {"name": "serving_default",
-                      "inputs": {"observation": f"float32 [batch, {obs_dim}]"},
+                      "inputs": {"observation": f"{obs.dtype} [batch, {shape}]"},
                       "outputs": outputs},
         "batch_norm": "inference mode: moving statistics are constants of the graph",
         "bnrl_version": bnrl.__version__, "tensorflow_version": tf.__version__,
@@ -250,6 +254,10 @@ class ExportedPolicy:
         self._model = model  # keeps the signature's captured constants alive
         self._serve = serve
         self.discrete = self.metadata["action"]["kind"] == "discrete"
+        # Exports of bnrl before image observations had float32 vectors only.
+        observation = self.metadata.get("observation") or {}
+        self._obs_dtype = np.dtype(observation.get("dtype", "float32"))
+        self._obs_shape = tuple(observation.get("shape", [-1]))
 
     def _checked_run_config(self, source: Path) -> RunConfig:
         m = self.metadata
@@ -269,7 +277,7 @@ class ExportedPolicy:
         """The deterministic action for one observation (``explore`` must be False)."""
         if explore:
             raise ValueError("an exported policy is deterministic: explore must be False")
-        obs = np.asarray(obs, np.float32).reshape(1, -1)
+        obs = np.asarray(obs, self._obs_dtype).reshape(1, *self._obs_shape)
         if not np.isfinite(obs).all():  # as agent.act: never an action from NaN
             raise NonFiniteValue(f"the observation given to act() is not finite ({obs[0]})")
         action = self._serve(observation=tf.constant(obs))["action"].numpy()[0]

@@ -341,7 +341,7 @@ def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: b
     run_dir, resume, made = held.path, not held.new, []
     try:
         # Episode returns and lengths are counted by gymnasium's own wrapper.
-        env = RecordEpisodeStatistics(make_run_env(config, config.seed))
+        env = RecordEpisodeStatistics(make_run_env(config, config.seed, training=True))
         made.append(env)
         eval_env = make_run_env(config, config.seed + 10_000)
         made.append(eval_env)

@@ -14,24 +14,34 @@ from pathlib import Path
 
 import numpy as np
 
-from bnrl.agents import ACTION_SPACES, make_agent
+from bnrl.agents import ACTION_SPACES, agent_class, make_agent
 from bnrl.common.errors import UserError, error_line
-from bnrl.envs import EnvBoundary, EnvError, make_env
+from bnrl.envs import EnvBoundary, EnvError, is_image_space, make_env
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig, from_dict, read_yaml
 
 
-def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None):
+def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None,
+                 training: bool = False):
     """The env of a run behind its ``EnvBoundary`` (what the env raises is one ``EnvFailed``;
     non-finite values are refused unless ``config.check_finite`` is off); any failure to make it
-    (unknown id, a module that fails to import, a constructor that raises) is a one-line
-    UserError."""
+    (unknown id, a module that fails to import, a constructor that raises, image observations
+    for an agent without image encoders) is a one-line UserError. ``training``: the env the agent
+    trains on (Atari: with episodic life and reward clipping), not an evaluation env."""
     try:
         env = make_env(config.env, seed, agent=config.agent, agents=ACTION_SPACES,
-                       max_episode_steps=config.max_episode_steps, render_mode=render_mode)
+                       max_episode_steps=config.max_episode_steps, render_mode=render_mode,
+                       training=training)
+        if is_image_space(env.observation_space) and not agent_class(
+                config.agent).image_observations:
+            env.close()
+            raise UserError(f"agent {config.agent!r} takes vector observations only, and "
+                            f"{config.env} has {env.observation_space.shape} images: use dqn")
         return EnvBoundary(env, config.env, check_finite=config.check_finite)
     except EnvError as exc:
         raise UserError(str(exc)) from None
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a user's env module can raise anything
         module = config.env.partition(":")[0] if ":" in config.env else None
         if module and module not in sys.modules:  # a failed import leaves nothing there
@@ -60,12 +70,14 @@ def check_run(config: RunConfig) -> None:
 
 
 def _transition_bytes(env) -> int:
-    """Replay bytes of one transition (``agents.replay``: float32 obs and next obs, reward and
-    done flag; int64 discrete or float32 continuous actions)."""
+    """Replay bytes of one transition (``agents.replay``: obs and next obs, float32 or, for
+    images, uint8; float32 reward and done flag, a bool episode end; int64 discrete or float32
+    continuous actions)."""
     obs = int(np.prod(env.observation_space.shape))
+    obs_bytes = 1 if is_image_space(env.observation_space) else 4
     space = env.action_space
     action = 8 if space.shape == () else 4 * int(np.prod(space.shape))
-    return 4 * (2 * obs + 2) + action
+    return obs_bytes * 2 * obs + 4 * 2 + 1 + action
 
 
 def _memory_bytes() -> int | None:

@@ -1,0 +1,149 @@
+"""The image-observation env families: Atari (``ALE/<Game>-v5``), MinAtar (``MinAtar/<Game>-v1``).
+
+Both need an optional extra (``pip install '.[atari]'``: ale-py and opencv; ``.[minatar]``:
+minatar, GPL-3.0, never vendored here); a missing one is an ``EnvError`` naming the command.
+
+``ALE/<Game>-v5`` gets the standard DQN preprocessing, each step one of gymnasium's wrappers (or
+one of SB3's ``AtariWrapper`` steps where gymnasium has none):
+
+* the ALE env with its own ``frameskip=1`` (the wrapper skips) and v5's sticky actions
+  (``repeat_action_probability=0.25``, Machado et al. 2018, section 5.2);
+* ``AtariPreprocessing``: up to 30 no-op actions at reset, frame skip 4 with the max over the last
+  two frames, 84x84 grayscale (Mnih et al. 2015, "Methods: preprocessing"; SB3's
+  ``AtariWrapper``: ``NoopResetEnv``, ``MaxAndSkipEnv``, ``WarpFrame``);
+* training only: ``EpisodicLife`` (a lost life ends the agent's episode, the game goes on; SB3's
+  ``EpisodicLifeEnv``, Mnih et al. 2015) and ``ClipReward`` to [-1, 1] (Atari rewards are whole
+  numbers, so this is SB3's sign clipping). Evaluation plays full games and reports raw scores
+  (Machado et al. 2018, section 5.3);
+* ``FrameStackObservation`` of the last 4 frames, moved to the channels-last ``(84, 84, 4)`` the
+  Keras convolutions take.
+
+FIRE on reset (SB3's ``FireResetEnv``) is not applied: Machado et al. 2018 recommend against
+game-specific resets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.wrappers import (
+    AtariPreprocessing,
+    ClipReward,
+    FrameStackObservation,
+    TransformObservation,
+)
+
+ATARI_PREFIX, MINATAR_PREFIX = "ALE/", "MinAtar/"
+FRAME_STACK = 4
+FRAME_SKIP = 4
+NOOP_MAX = 30
+SCREEN_SIZE = 84
+
+
+class MissingExtra(ImportError):
+    """An env family's optional extra is not installed; the message says what to install."""
+
+
+def family(env_id: str) -> str | None:
+    """``atari``, ``minatar`` or None (a plain gymnasium id) for ``env_id``."""
+    if env_id.startswith(ATARI_PREFIX):
+        return "atari"
+    if env_id.startswith(MINATAR_PREFIX):
+        return "minatar"
+    return None
+
+
+def _missing(env_id: str, extra: str, what: str) -> MissingExtra:
+    return MissingExtra(f"environment {env_id!r} needs {what}, which is not installed: "
+                        f"pip install '.[{extra}]' (or pip install 'bnrl[{extra}]')")
+
+
+def register(env_id: str) -> None:
+    """Register the family of ``env_id`` with gymnasium (a no-op for plain ids).
+
+    Raises:
+      MissingExtra: the family's extra is not installed.
+    """
+    kind = family(env_id)
+    if kind == "minatar":
+        try:  # optional extra (GPL-3.0): imported only for a MinAtar id
+            import minatar.gym
+        except ImportError:
+            raise _missing(env_id, "minatar", "minatar") from None
+        if MINATAR_PREFIX + "Breakout-v1" not in gym.registry:
+            minatar.gym.register_envs()
+    elif kind == "atari":
+        try:  # optional extra: ale-py registers the ALE/ ids, opencv resizes the frames
+            import ale_py
+            import cv2  # noqa: F401 - AtariPreprocessing imports it at its first frame
+        except ImportError:
+            raise _missing(env_id, "atari", "ale-py and opencv-python-headless") from None
+        gym.register_envs(ale_py)
+
+
+class EpisodicLife(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Training only: a lost life is ``terminated`` for the agent, while the game goes on.
+
+    ``reset()`` after a lost life continues the same game with one no-op step; only a game over
+    (or a truncation) resets the emulator. SB3's ``EpisodicLifeEnv`` (Mnih et al. 2015 trained
+    so); gymnasium's ``AtariPreprocessing(terminal_on_life_loss=True)`` would instead restart the
+    game at every lost life, and the agent would never see its later lives.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        self.lives, self.game_over = 0, True
+
+    def _ale_lives(self) -> int:
+        return int(self.env.unwrapped.ale.lives())
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self._ale_lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs) -> tuple[Any, dict[str, Any]]:
+        if self.game_over:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.game_over = False
+        self.lives = self._ale_lives()
+        return obs, info
+
+
+def _channels_last(env: gym.Env) -> gym.Env:
+    """``FrameStackObservation``'s ``(stack, height, width)`` as ``(height, width, stack)``."""
+    box = env.observation_space
+    space = spaces.Box(np.moveaxis(box.low, 0, -1), np.moveaxis(box.high, 0, -1),
+                       dtype=box.dtype)
+    return TransformObservation(env, lambda obs: np.ascontiguousarray(np.moveaxis(obs, 0, -1)),
+                                space)
+
+
+def make_atari(env_id: str, kwargs: dict[str, Any], training: bool, make=gym.make) -> gym.Env:
+    """``ALE/<Game>-v5`` with the standard DQN preprocessing (module docstring).
+
+    Args:
+      env_id: an ``ALE/`` id (``register`` has run).
+      kwargs: further ``gymnasium.make`` arguments (time limit, render mode).
+      training: add the training-only wrappers (episodic life, reward clipping).
+      make: the ``gymnasium.make`` to call (``envs.make`` passes its error-translating one).
+    """
+    env = make(env_id, {**kwargs, "frameskip": 1})
+    env = AtariPreprocessing(env, noop_max=NOOP_MAX, frame_skip=FRAME_SKIP,
+                             screen_size=SCREEN_SIZE, grayscale_obs=True,
+                             terminal_on_life_loss=False)
+    if training:
+        env = ClipReward(EpisodicLife(env), -1.0, 1.0)
+    return _channels_last(FrameStackObservation(env, FRAME_STACK))

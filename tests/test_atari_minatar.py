@@ -1,0 +1,175 @@
+"""The image env families: ALE's standard DQN preprocessing, MinAtar as it is, their presets,
+and one-line errors when an extra is missing (envs/families.py, training/config.py).
+
+Tests that run ALE or MinAtar skip without the ``atari`` / ``minatar`` extras.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.wrappers import AtariPreprocessing, ClipReward, FrameStackObservation
+
+from bnrl.common.errors import UserError
+from bnrl.envs import EnvError, make_env
+from bnrl.envs.families import EpisodicLife
+from bnrl.training.config import RunConfig, resolve
+from bnrl.training.runs import make_run_env
+
+from _cli import main, one_line
+
+AGENTS = {"dqn": "discrete", "sac": "box"}
+
+
+def _chain(env) -> list[type]:
+    found = []
+    while isinstance(env, gym.Wrapper):
+        found.append(type(env))
+        env = env.env
+    return found
+
+
+# ------------------------------------------------------------------------- missing extras
+@pytest.mark.parametrize("env_id,extra,module", [("MinAtar/Breakout-v1", "minatar", "minatar"),
+                                                 ("ALE/Pong-v5", "atari", "ale_py")])
+def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch, capsys, env_id, extra,
+                                                        module):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, f"{module}.gym", None)
+    with pytest.raises(EnvError, match=rf"pip install '\.\[{extra}\]'"):
+        make_env(env_id, 0)
+    code = main(["train", "--agent", "dqn", "--env", env_id, "--steps", "10", "--quiet"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2
+    assert line.startswith("bnrl: error: ") and f"pip install '.[{extra}]'" in line
+
+
+# -------------------------------------------------------------------------------- MinAtar
+def test_minatar_as_it_is():
+    pytest.importorskip("minatar")
+    env = make_env("MinAtar/Breakout-v1", 0, agent="dqn", agents=AGENTS)
+    obs, _ = env.reset()
+    assert env.observation_space.shape == (10, 10, 4) and env.observation_space.dtype == bool
+    assert obs.dtype == bool and obs.shape == (10, 10, 4)
+    assert env.action_space == gym.spaces.Discrete(3)
+    env.close()
+
+
+def test_vector_agents_refuse_image_envs_in_one_line():
+    """An image env with Box actions (registered here) for SAC: refused before any agent is
+    built, naming the agent that takes images."""
+
+    class ImageBox(gym.Env):
+        observation_space = gym.spaces.Box(0, 255, (8, 8, 1), np.uint8)
+        action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros((8, 8, 1), np.uint8), {}
+
+    gym.register("BnrlTestImageBox-v0", entry_point=ImageBox)
+    try:
+        config = RunConfig(agent="sac", env="BnrlTestImageBox-v0")
+        config.validate()
+        with pytest.raises(UserError, match=r"'sac' takes vector observations only.*use dqn"):
+            make_run_env(config, 0)
+    finally:
+        del gym.registry["BnrlTestImageBox-v0"]
+
+
+# ------------------------------------------------------------------------------------ ALE
+@pytest.fixture(scope="module")
+def atari():
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+
+
+def test_ale_training_and_evaluation_wrappers(atari):
+    train = make_env("ALE/Breakout-v5", 0, agent="dqn", agents=AGENTS, training=True)
+    evaluation = make_env("ALE/Breakout-v5", 0, agent="dqn", agents=AGENTS)
+    try:
+        for env in (train, evaluation):
+            assert env.observation_space == gym.spaces.Box(0, 255, (84, 84, 4), np.uint8)
+            assert {AtariPreprocessing, FrameStackObservation} <= set(_chain(env))
+            pre = next(w for w in _chain_objects(env) if isinstance(w, AtariPreprocessing))
+            assert (pre.frame_skip, pre.noop_max, pre.screen_size) == (4, 30, (84, 84))
+            assert pre.grayscale_obs and not pre.terminal_on_life_loss
+            assert env.unwrapped._frameskip == 1  # the wrapper skips, not the emulator
+            sticky = env.unwrapped.ale.getFloat("repeat_action_probability")
+            assert sticky == pytest.approx(0.25)  # Machado et al. 2018
+        # episodic life and reward clipping in training only
+        assert {EpisodicLife, ClipReward} <= set(_chain(train))
+        assert not {EpisodicLife, ClipReward} & set(_chain(evaluation))
+    finally:
+        train.close()
+        evaluation.close()
+
+
+def _chain_objects(env) -> list:
+    found = []
+    while isinstance(env, gym.Wrapper):
+        found.append(env)
+        env = env.env
+    return found
+
+
+def test_ale_frame_stack_is_channels_last_newest_last(atari):
+    env = make_env("ALE/Pong-v5", 0, agent="dqn", agents=AGENTS)
+    try:
+        obs, _ = env.reset()
+        assert obs.shape == (84, 84, 4) and obs.dtype == np.uint8
+        assert all((obs[..., k] == obs[..., 0]).all() for k in range(4))  # padded with reset
+        previous = obs
+        for _ in range(30):
+            obs, *_ = env.step(env.action_space.sample())
+            np.testing.assert_array_equal(obs[..., :3], previous[..., 1:])
+            previous = obs
+        assert previous[..., 3].any()
+    finally:
+        env.close()
+
+
+def test_episodic_life_ends_the_episode_not_the_game(atari):
+    """Breakout, random play: a lost life is terminated for the agent; the reset after it goes
+    on with the same game (one life fewer, the frame counter not restarted)."""
+    env = make_env("ALE/Breakout-v5", 0, agent="dqn", agents=AGENTS, training=True)
+    try:
+        env.reset()
+        ale = env.unwrapped.ale
+        assert ale.lives() == 5
+        rewards = set()
+        for _ in range(5000):
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            rewards.add(float(reward))
+            if terminated or truncated:
+                break
+        assert terminated and ale.lives() == 4 and not ale.game_over()
+        frame = ale.getEpisodeFrameNumber()
+        env.reset()
+        assert ale.lives() == 4 and ale.getEpisodeFrameNumber() > frame
+        assert rewards <= {0.0, 1.0}  # clipped (Breakout's bricks give 1, 4 or 7)
+    finally:
+        env.close()
+
+
+# -------------------------------------------------------------------------------- presets
+@pytest.mark.parametrize("env_id,expected", [
+    ("MinAtar/Breakout-v1", dict(learning_rate=2.5e-4, train_freq=1, target_update_interval=1000,
+                                 exploration_final_eps=0.1, double_q=False, buffer_size=100_000)),
+    ("ALE/Pong-v5", dict(learning_rate=1e-4, train_freq=4, target_update_interval=250,
+                         exploration_final_eps=0.01, double_q=False, learning_starts=100_000)),
+    ("CartPole-v1", dict(learning_rate=5e-4, double_q=True)),  # its own file, unchanged
+])
+def test_family_presets(env_id, expected):
+    config = resolve(agent="dqn", env=env_id).agent_config
+    assert {key: getattr(config, key) for key in expected} == expected
+
+
+def test_family_preset_yields_to_flags():
+    config = resolve(agent="dqn", env="MinAtar/Asterix-v1",
+                     agent_overrides={"learning_rate": 1e-3, "n_steps": 3})
+    assert config.agent_config.learning_rate == 1e-3 and config.agent_config.n_steps == 3
+    assert config.steps == 5_000_000  # the family's train: section
