@@ -57,7 +57,8 @@ class DQNConfig(AgentConfig):
     batch_size: int = 32
     """Transitions per gradient step (SB3)."""
     hidden: tuple[int, ...] = (64, 64)
-    """Hidden widths of the Q-network (SB3)."""
+    """Hidden widths of the Q-network's ``mlp`` encoder (SB3); the conv encoders have their own
+    dense layer (``encoder``)."""
     train_freq: int = 4
     """Env steps between updates (SB3)."""
     tau: float = 1.0

@@ -171,8 +171,9 @@ class ReplayBuffer:
         with `m <= n_steps`, stopping at the first one that ends the episode (terminated or
         truncated) and at the newest stored one; `reward` is `sum_k gamma^k r_{t+k}`,
         `next_obs` and `done` are those of the window's last transition, and `discount` is
-        `gamma^m`, the bootstrap's factor (Sutton & Barto 2018, section 7.1). The draws are the
-        same as with `n_steps = 1`.
+        `gamma^m`, the bootstrap's factor (Sutton & Barto 2018, section 7.1). Unlike SB3's, a
+        window never runs past the newest transition into the oldest ones of a full ring (a
+        FIXME in SB3's code). The draws are the same as with `n_steps = 1`.
 
         Args:
             batch_size: Number of transitions B to draw.

@@ -425,3 +425,22 @@ def test_other_norms_on_conv_layers(agents, kind):
     assert np.isfinite(scalars["losses/q_loss"])
     changed = [not np.array_equal(a, b) for a, b in zip(before, _values(agent, q.weights))]
     assert all(changed), [w.name for w, c in zip(q.weights, changed) if not c]
+
+
+def test_a_version_1_replay_file_still_loads(tmp_path):
+    """Checkpoints written before n-step returns have no ``episode_end``: they load, with the
+    episode ends known where an episode terminated."""
+    buffer = ReplayBuffer(4, (2,), (), np.int64, seed=0)
+    for t in range(3):
+        buffer.add([t, 0], 0, 1.0, [t + 1, 0], t == 1, t == 2)
+    path = tmp_path / "replay.npz"
+    buffer.save(path)
+    with np.load(path) as data:
+        old = {key: data[key] for key in data.files if key != "episode_end"}
+    old["format_version"] = np.asarray(1)
+    with open(path, "wb") as f:
+        np.savez(f, **old)
+    restored = ReplayBuffer(4, (2,), (), np.int64, seed=5)
+    restored.load(path)
+    np.testing.assert_array_equal(restored.transitions()["episode_end"], [False, True, False])
+    np.testing.assert_array_equal(restored.transitions()["obs"], buffer.transitions()["obs"])
