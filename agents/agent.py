@@ -25,19 +25,8 @@ from bnrl.agents.runner import UpdateRunner
 from bnrl.agents.update import Batch, target_update_ops
 from bnrl.common.errors import NonFiniteValue
 from bnrl.common.files import atomic_write
-from bnrl.networks import Observation, new_graph_session, tf
+from bnrl.networks import new_graph_session, tf
 from bnrl.networks.inference import NumpyForward, Unsupported
-
-
-def _observation(algorithm: type[Algorithm], space) -> Observation:
-    """What the agent's networks take: any shape for an algorithm with ``image_observations``;
-    otherwise a vector, float32 whatever the space's dtype (as before images existed)."""
-    if algorithm.image_observations:
-        return Observation.from_space(space)
-    if len(space.shape) != 1:
-        raise ValueError(f"agent '{algorithm.name}' takes vector observations only, not shape "
-                         f"{tuple(space.shape)}: use dqn for image observations")
-    return Observation((int(space.shape[0]),))
 
 
 def _first_nonfinite(x: np.ndarray) -> str:
@@ -66,7 +55,7 @@ class Agent:
         config = config if config is not None else algorithm.config_class()
         self.config = config if config.is_resolved else config.resolved()
         self.seed = int(seed)
-        self.observation = _observation(algorithm, observation_space)
+        self.observation = algorithm.observation(observation_space, self.config)
         self.obs_dim = self.observation.dim
         self.rng = np.random.default_rng(self.seed)
         self.head = algorithm.head_class(action_space, self.config, self.rng)

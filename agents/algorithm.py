@@ -78,6 +78,21 @@ class Algorithm:
         self.networks = self._build_networks()
         self.schedule = self._build_schedule()
 
+    @classmethod
+    def observation(cls, space, config) -> Observation:
+        """What the networks of ``config`` take from ``space``: any shape with
+        ``image_observations``; otherwise a vector, float32 whatever the space's dtype.
+
+        Raises:
+          ValueError: (one line) the networks cannot take these observations.
+        """
+        if cls.image_observations:
+            return Observation.from_space(space)
+        if len(space.shape) != 1:
+            raise ValueError(f"agent '{cls.name}' takes vector observations only, not shape "
+                             f"{tuple(space.shape)}: use dqn for image observations")
+        return Observation((int(space.shape[0]),))
+
     # ------------------------------------------------------------------ what a subclass builds
     def _build_networks(self) -> Networks:
         """Create the Keras models and their optimizers."""

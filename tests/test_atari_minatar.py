@@ -173,3 +173,20 @@ def test_family_preset_yields_to_flags():
                      agent_overrides={"learning_rate": 1e-3, "n_steps": 3})
     assert config.agent_config.learning_rate == 1e-3 and config.agent_config.n_steps == 3
     assert config.steps == 5_000_000  # the family's train: section
+
+
+@pytest.mark.parametrize("env_id,encoder,expected", [
+    ("MinAtar/Breakout-v1", "nature", "encoder 'nature' needs at least 36x36 pixels, the "
+                                      "observation has shape (10, 10, 4): use minatar or auto"),
+    ("CartPole-v1", "minatar", "encoder 'minatar' is convolutional but the observation has "
+                               "shape (4,): it needs (height, width, channels); use mlp or auto")])
+def test_an_encoder_that_does_not_fit_is_one_line(capsys, tmp_path, env_id, encoder, expected):
+    if env_id.startswith("MinAtar/"):
+        pytest.importorskip("minatar")
+    code = main(["train", "--agent", "dqn", "--env", env_id, "--set", f"encoder={encoder}",
+                 "--steps", "10", "--logdir", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err  # less the warning that 10 steps never reach learning_starts
+    lines = [line for line in err.splitlines() if not line.startswith("bnrl: warning:")]
+    assert code == 2
+    assert one_line("\n".join(lines)) == f"bnrl: error: {env_id}: {expected}"
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -25,18 +25,18 @@ def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None,
                  training: bool = False):
     """The env of a run behind its ``EnvBoundary`` (what the env raises is one ``EnvFailed``;
     non-finite values are refused unless ``config.check_finite`` is off); any failure to make it
-    (unknown id, a module that fails to import, a constructor that raises, image observations
-    for an agent without image encoders) is a one-line UserError. ``training``: the env the agent
+    (unknown id, a module that fails to import, a constructor that raises, observations the
+    agent's networks cannot take) is a one-line UserError. ``training``: the env the agent
     trains on (Atari: with episodic life and reward clipping), not an evaluation env."""
     try:
         env = make_env(config.env, seed, agent=config.agent, agents=ACTION_SPACES,
                        max_episode_steps=config.max_episode_steps, render_mode=render_mode,
                        training=training)
-        if is_image_space(env.observation_space) and not agent_class(
-                config.agent).image_observations:
+        try:  # the networks can take its observations (shape, encoder), before anything is built
+            agent_class(config.agent).observation(env.observation_space, config.agent_config)
+        except ValueError as exc:
             env.close()
-            raise UserError(f"agent {config.agent!r} takes vector observations only, and "
-                            f"{config.env} has {env.observation_space.shape} images: use dqn")
+            raise UserError(f"{config.env}: {exc}") from None
         return EnvBoundary(env, config.env, check_finite=config.check_finite)
     except EnvError as exc:
         raise UserError(str(exc)) from None
