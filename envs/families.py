@@ -13,13 +13,16 @@ one of SB3's ``AtariWrapper`` steps where gymnasium has none):
   ``AtariWrapper``: ``NoopResetEnv``, ``MaxAndSkipEnv``, ``WarpFrame``);
 * training only: ``EpisodicLife`` (a lost life ends the agent's episode, the game goes on; SB3's
   ``EpisodicLifeEnv``, Mnih et al. 2015) and ``ClipReward`` to [-1, 1] (Atari rewards are whole
-  numbers, so this is SB3's sign clipping). Evaluation plays full games and reports raw scores
-  (Machado et al. 2018, section 5.3);
+  numbers, so this is SB3's sign clipping), with ``GameStatistics`` below them reporting each
+  whole game's raw score. Evaluation plays full games and reports raw scores (Machado et al.
+  2018, section 5.3);
 * ``FrameStackObservation`` of the last 4 frames, moved to the channels-last ``(84, 84, 4)`` the
   Keras convolutions take.
 
 FIRE on reset (SB3's ``FireResetEnv``) is not applied: Machado et al. 2018 recommend against
-game-specific resets.
+game-specific resets. A game that waits for FIRE (Breakout) then runs until v5's limit of 108k
+frames (27k steps) under a greedy policy that never picks it; Pong does not wait.
+``max_episode_steps`` counts agent steps (4 frames each), as for every other env.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from gymnasium.wrappers import (
     AtariPreprocessing,
     ClipReward,
     FrameStackObservation,
+    TimeLimit,
     TransformObservation,
 )
 
@@ -82,6 +86,32 @@ def register(env_id: str) -> None:
         except ImportError:
             raise _missing(env_id, "atari", "ale-py and opencv-python-headless") from None
         gym.register_envs(ale_py)
+
+
+class GameStatistics(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Training only, below ``EpisodicLife`` and ``ClipReward``: at the last step of each whole
+    game, ``info["game"] = {"r": raw score, "l": steps}``, the no-op steps between lives included.
+
+    The agent's episodes are lives with clipped rewards; a learning curve comparable to the
+    literature needs the games' raw scores (SB3 puts its ``Monitor`` at this place for this).
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        self.score, self.length = 0.0, 0
+
+    def reset(self, **kwargs) -> tuple[Any, dict[str, Any]]:
+        self.score, self.length = 0.0, 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.score += float(reward)
+        self.length += 1
+        if terminated or truncated:
+            info = {**info, "game": {"r": self.score, "l": self.length}}
+        return obs, reward, terminated, truncated, info
 
 
 class EpisodicLife(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -140,10 +170,16 @@ def make_atari(env_id: str, kwargs: dict[str, Any], training: bool, make=gym.mak
       training: add the training-only wrappers (episodic life, reward clipping).
       make: the ``gymnasium.make`` to call (``envs.make`` passes its error-translating one).
     """
+    kwargs = dict(kwargs)
+    limit = kwargs.pop("max_episode_steps", None)
     env = make(env_id, {**kwargs, "frameskip": 1})
     env = AtariPreprocessing(env, noop_max=NOOP_MAX, frame_skip=FRAME_SKIP,
                              screen_size=SCREEN_SIZE, grayscale_obs=True,
                              terminal_on_life_loss=False)
+    if limit is not None:
+        # Here, not in gymnasium.make: there, with the emulator's frameskip 1, it would count
+        # frames. Below EpisodicLife, so that it limits whole games.
+        env = TimeLimit(env, limit)
     if training:
-        env = ClipReward(EpisodicLife(env), -1.0, 1.0)
+        env = ClipReward(EpisodicLife(GameStatistics(env)), -1.0, 1.0)
     return _channels_last(FrameStackObservation(env, FRAME_STACK))

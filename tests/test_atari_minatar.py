@@ -190,3 +190,36 @@ def test_an_encoder_that_does_not_fit_is_one_line(capsys, tmp_path, env_id, enco
     assert code == 2
     assert one_line("\n".join(lines)) == f"bnrl: error: {env_id}: {expected}"
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_game_statistics_report_whole_games_with_raw_scores(atari):
+    """Breakout, random play in the training env: five lives are five episodes for the agent;
+    ``info["game"]`` comes with the last one only, counting every agent step and the four no-op
+    steps that continued the game after a lost life, and a raw score at least the clipped one."""
+    env = make_env("ALE/Breakout-v5", 1, agent="dqn", agents=AGENTS, training=True)
+    try:
+        env.reset()
+        episodes, steps, clipped, game = 0, 0, 0.0, None
+        while game is None and steps < 20_000:
+            _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            steps, clipped = steps + 1, clipped + float(reward)
+            if terminated or truncated:
+                episodes += 1
+                game = info.get("game")
+                if game is None:
+                    env.reset()
+        assert episodes == 5 and env.unwrapped.ale.game_over()
+        assert game["l"] == steps + 4 and game["r"] >= clipped
+    finally:
+        env.close()
+
+
+def test_max_episode_steps_counts_agent_steps(atari):
+    env = make_env("ALE/Pong-v5", 0, agent="dqn", agents=AGENTS, max_episode_steps=10)
+    try:
+        env.reset()
+        ends = [env.step(0)[3] for _ in range(10)]
+        assert ends == [False] * 9 + [True]
+        assert env.unwrapped.ale.getEpisodeFrameNumber() >= 40  # 4 frames a step, and no-ops
+    finally:
+        env.close()

@@ -276,6 +276,9 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 state["episodes"] += 1
                 logger.scalars({"charts/episodic_return": float(info["episode"]["r"]),
                                 "charts/episodic_length": int(info["episode"]["l"])}, step)
+                if "game" in info:  # Atari: the episodes are lives, this is a whole game
+                    logger.scalars({"charts/game_return": float(info["game"]["r"]),
+                                    "charts/game_length": int(info["game"]["l"])}, step)
                 try:
                     obs, _ = env.reset()
                 except RunFailed as exc:
