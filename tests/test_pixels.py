@@ -11,7 +11,10 @@ targets, pinned with numbers computed here with numpy.
   from all 2B rows;
 * the TD target (n-step returns, double Q, joint pass, training-mode bootstrap) and the loss equal
   a numpy forward pass of the MinAtar Q-network;
-* ``check_wiring`` and the seed-2 diagnostics cover the conv BN layers.
+* ``check_wiring``, the seed-2 diagnostics and the target networks' ``target_bn`` policy cover
+  the conv BN layers; Batch Renorm and LayerNorm train on conv layers too;
+* n-step windows stop at episode ends and at the newest transition; K updates in one call equal
+  K single ones with n-step returns; a replay file from before ``episode_end`` still loads.
 
 The networks are MinAtar's (10x10 grids, one 16-filter convolution) with a batch of 8, so the
 numpy forward pass stays a few lines and the file fast. Agents are built without XLA so that the
@@ -444,3 +447,27 @@ def test_a_version_1_replay_file_still_loads(tmp_path):
     restored.load(path)
     np.testing.assert_array_equal(restored.transitions()["episode_end"], [False, True, False])
     np.testing.assert_array_equal(restored.transitions()["obs"], buffer.transitions()["obs"])
+
+
+@pytest.mark.parametrize("policy", ["copy", "frozen"])
+def test_target_network_follows_target_bn_on_conv_layers(agents, policy):
+    """A target sync after every update with tau = 0.5: the conv and dense weights are
+    polyak-averaged, the conv BN layer's moving statistics copied (``copy``) or left at their
+    initial 0 / 1 (``frozen``)."""
+    config = dict(SMALL, critic_norm="batch", **SEPARATE, tau=0.5, target_update_interval=1,
+                  target_bn=policy)
+    agent = agents.get("dqn", GRID, ACTIONS, config)
+    online, target = agent.networks.target_pairs[0]
+    kernel = (online.get_layer("q_conv0").kernel, target.get_layer("q_conv0").kernel)
+    old_target = _values(agent, [kernel[1]])[0]
+    agent.update(_batch(np.random.default_rng(11)))
+    new_online, new_target = _values(agent, kernel)
+    np.testing.assert_allclose(new_target, 0.5 * old_target + 0.5 * new_online, rtol=1e-6,
+                               atol=1e-7)
+    stats = [_bn_values(agent, model.get_layer("q_bn_conv0")) for model in (online, target)]
+    for name in ("moving_mean", "moving_variance"):
+        if policy == "copy":
+            np.testing.assert_array_equal(stats[1][name], stats[0][name])
+        else:
+            np.testing.assert_array_equal(stats[1][name], float(name == "moving_variance"))
+    assert np.abs(stats[0]["moving_mean"]).max() > 1e-3  # the online statistics did move
