@@ -1,13 +1,5 @@
 """Environment construction for bnrl agents (see `envs.make`)."""
 
-from bnrl.envs.make import (
-    EnvBoundary,
-    EnvError,
-    check_agent_env,
-    env_action_bounds,
-    is_image_space,
-    make_env,
-)
+from bnrl.envs.make import EnvBoundary, EnvError, check_agent_env, env_action_bounds, make_env
 
-__all__ = ["EnvBoundary", "EnvError", "check_agent_env", "env_action_bounds", "is_image_space",
-           "make_env"]
+__all__ = ["EnvBoundary", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]

@@ -112,7 +112,7 @@ def _check_spaces(env: gym.Env) -> None:
     name = _env_name(env)
     obs_space = env.observation_space
     if not (isinstance(obs_space, spaces.Box) and (len(obs_space.shape) == 1
-                                                   or is_image_space(obs_space))):
+                                                   or _is_image_space(obs_space))):
         raise EnvError(
             f"{name} has observation space {one_line(str(obs_space))}; bnrl accepts 1-D Box "
             "(vector) observations and (height, width, channels) uint8 or bool images"
@@ -147,7 +147,7 @@ def _check_spaces(env: gym.Env) -> None:
     )
 
 
-def is_image_space(space) -> bool:
+def _is_image_space(space) -> bool:
     """Whether ``space`` is an image bnrl passes on uncast: a 3-D uint8 or bool ``Box``."""
     return (isinstance(space, spaces.Box) and len(space.shape) == 3
             and np.dtype(space.dtype) in (np.dtype(np.uint8), np.dtype(np.bool_)))

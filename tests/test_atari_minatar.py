@@ -16,6 +16,7 @@ from gymnasium.wrappers import AtariPreprocessing, ClipReward, FrameStackObserva
 from bnrl.common.errors import UserError
 from bnrl.envs import EnvError, make_env
 from bnrl.envs.families import EpisodicLife
+from bnrl.training import runs
 from bnrl.training.config import RunConfig, resolve
 from bnrl.training.runs import make_run_env
 
@@ -223,3 +224,17 @@ def test_max_episode_steps_counts_agent_steps(atari):
         assert env.unwrapped.ale.getEpisodeFrameNumber() >= 40  # 4 frames a step, and no-ops
     finally:
         env.close()
+
+
+def test_the_memory_check_counts_uint8_images(monkeypatch):
+    """The replay-memory check before a run counts a MinAtar transition as its uint8 storage
+    (2 x 400 bytes of observations), not as float32."""
+    pytest.importorskip("minatar")
+    monkeypatch.setattr(runs, "_memory_bytes", lambda: 1000 * 2**30)
+    config = resolve(agent="dqn", env="MinAtar/Breakout-v1",
+                     agent_overrides={"buffer_size": 2**30})
+    needed = 2**30 * (2 * 400 + 4 * 2 + 1 + 8)
+    runs.check_run(config)  # 817 GiB fit in 1000
+    monkeypatch.setattr(runs, "_memory_bytes", lambda: needed - 1)
+    with pytest.raises(UserError, match="buffer_size 1073741824 needs 817.0 GiB"):
+        runs.check_run(config)

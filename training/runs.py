@@ -16,7 +16,7 @@ import numpy as np
 
 from bnrl.agents import ACTION_SPACES, agent_class, make_agent
 from bnrl.common.errors import UserError, error_line
-from bnrl.envs import EnvBoundary, EnvError, is_image_space, make_env
+from bnrl.envs import EnvBoundary, EnvError, make_env
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig, from_dict, read_yaml
 
@@ -59,7 +59,9 @@ def check_run(config: RunConfig) -> None:
     env = make_run_env(config, config.seed)
     try:
         capacity = config.agent_config.buffer_size
-        needed = capacity * _transition_bytes(env)
+        observation = agent_class(config.agent).observation(env.observation_space,
+                                                            config.agent_config)
+        needed = capacity * _transition_bytes(observation, env.action_space)
     finally:
         env.close()
     memory = _memory_bytes()
@@ -69,15 +71,13 @@ def check_run(config: RunConfig) -> None:
                         "machine: lower buffer_size")
 
 
-def _transition_bytes(env) -> int:
-    """Replay bytes of one transition (``agents.replay``: obs and next obs, float32 or, for
-    images, uint8; float32 reward and done flag, a bool episode end; int64 discrete or float32
-    continuous actions)."""
-    obs = int(np.prod(env.observation_space.shape))
-    obs_bytes = 1 if is_image_space(env.observation_space) else 4
-    space = env.action_space
-    action = 8 if space.shape == () else 4 * int(np.prod(space.shape))
-    return obs_bytes * 2 * obs + 4 * 2 + 1 + action
+def _transition_bytes(observation, action_space) -> int:
+    """Replay bytes of one transition (``agents.replay``: obs and next obs in the agent's
+    storage dtype, float32 or uint8; float32 reward and done flag, a bool episode end; int64
+    discrete or float32 continuous actions)."""
+    obs_bytes = np.dtype(observation.dtype).itemsize * observation.dim
+    action = 8 if action_space.shape == () else 4 * int(np.prod(action_space.shape))
+    return 2 * obs_bytes + 4 * 2 + 1 + action
 
 
 def _memory_bytes() -> int | None:
