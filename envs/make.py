@@ -194,6 +194,7 @@ def _make_raw(env_id: str, kwargs: dict[str, Any], training: bool = False) -> gy
 
 
 def _make_one(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """One `gymnasium.make`, its errors as one-line EnvErrors."""
     module, _, name = env_id.rpartition(":")
     try:
         return gym.make(env_id, **kwargs)
