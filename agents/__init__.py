@@ -30,12 +30,14 @@ def agent_class(name: str) -> type[Algorithm]:
         raise ValueError(f"unknown agent '{name}': use one of {', '.join(AGENTS)}") from None
 
 
-def make_agent(name: str, observation_space, action_space, config=None, seed: int = 0) -> Agent:
-    """Build agent ``name``; ``config`` is its config dataclass, a dict of fields, or None."""
+def make_agent(name: str, observation_space, action_space, config=None, seed: int = 0,
+               frames: int = 1) -> Agent:
+    """Build agent ``name``; ``config`` is its config dataclass, a dict of fields, or None;
+    ``frames`` the env's frame stack (``envs.frame_stack``)."""
     algorithm = agent_class(name)
     if config is None or isinstance(config, dict):
         config = config_from_dict(algorithm.config_class, config)
-    return Agent(algorithm, observation_space, action_space, config, seed)
+    return Agent(algorithm, observation_space, action_space, config, seed, frames)
 
 
 __all__ = ["ACTION_SPACES", "AGENTS", "Agent", "AgentConfig", "Algorithm", "CrossQ",

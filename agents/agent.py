@@ -47,21 +47,24 @@ class Agent:
       config: the algorithm's config dataclass (resolved here unless it already is), or None
         for its defaults.
       seed: seeds the graph, the networks, replay sampling and exploration.
+      frames: the env's frame stack (``envs.frame_stack``): k > 1 when the observation's last
+        axis holds its last k frames, which the replay then stores once each.
     """
 
     def __init__(self, algorithm: type[Algorithm], observation_space, action_space,
-                 config=None, seed: int = 0):
+                 config=None, seed: int = 0, frames: int = 1):
         self.name = algorithm.name
         config = config if config is not None else algorithm.config_class()
         self.config = config if config.is_resolved else config.resolved()
         self.seed = int(seed)
-        self.observation = algorithm.observation(observation_space, self.config)
+        self.observation = algorithm.observation(observation_space, self.config, frames)
         self.obs_dim = self.observation.dim
         self.rng = np.random.default_rng(self.seed)
         self.head = algorithm.head_class(action_space, self.config, self.rng)
         self.buffer = ReplayBuffer(self.config.buffer_size, self.observation.shape,
                                    self.head.action_shape, self.head.action_dtype,
-                                   seed=self.seed + 1, obs_dtype=self.observation.dtype)
+                                   seed=self.seed + 1, obs_dtype=self.observation.dtype,
+                                   frames=self.observation.frames)
         self.env_steps = 0
         self.graph = tf.Graph()
         with self.graph.as_default():

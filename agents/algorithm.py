@@ -79,15 +79,16 @@ class Algorithm:
         self.schedule = self._build_schedule()
 
     @classmethod
-    def observation(cls, space, config) -> Observation:
+    def observation(cls, space, config, frames: int = 1) -> Observation:
         """What the networks of ``config`` take from ``space``: any shape with
         ``image_observations``; otherwise a vector, float32 whatever the space's dtype.
+        ``frames``: the env's frame stack (``envs.frame_stack``), 1 for none.
 
         Raises:
           ValueError: (one line) the networks cannot take these observations.
         """
         if cls.image_observations:
-            return Observation.from_space(space)
+            return Observation.from_space(space, frames)
         if len(space.shape) != 1:
             raise ValueError(f"agent '{cls.name}' takes vector observations only, not shape "
                              f"{tuple(space.shape)}: use dqn for image observations")

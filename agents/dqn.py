@@ -116,9 +116,9 @@ class DQN(Algorithm):
     image_observations = True
 
     @classmethod
-    def observation(cls, space, config) -> Observation:
+    def observation(cls, space, config, frames: int = 1) -> Observation:
         """Any shape, with the ``encoder`` setting checked against it (``pick_encoder``)."""
-        observation = super().observation(space, config)
+        observation = super().observation(space, config, frames)
         pick_encoder(observation, config.encoder)
         return observation
 

@@ -1,12 +1,32 @@
-"""Uniform experience replay: a preallocated numpy ring buffer with pickle-free checkpoints.
+"""Uniform experience replay: preallocated numpy rings, each observation stored once, with
+pickle-free checkpoints that load in place.
 
 Image observations (uint8 frames, boolean grids) are stored as uint8, a quarter of float32's
-memory; n-step returns are computed when a batch is sampled (``sample(n_steps=...)``)."""
+memory; n-step returns are computed when a batch is sampled (``sample(n_steps=...)``).
+
+Each observation is stored once, as Dopamine's circular replay buffer does (Castro et al. 2018,
+``replay_memory/circular_replay_buffer.py``): a transition's ``next_obs`` is the next
+transition's ``obs``, so it is not stored beside it. Where it is not (the episode ended there, or
+the caller's stream does not chain), the exact ``next_obs`` goes to a small side store keyed by
+slot. For a frame stack (``frames = k > 1``: the last axis holds the last k frames, Mnih et al.
+2015's input) only each observation's newest frame is stored and the stack is rebuilt when
+sampled, padded at an episode start as gymnasium's ``FrameStackObservation`` pads it (its default
+``padding_type="reset"``: the episode's first frame repeated). Every ``add`` checks that what
+the buffer would rebuild is, byte for byte, what it was given, and keeps the given array in the
+side store when it is not, so a sampled batch is always exactly what the old obs-beside-next_obs
+layout returned.
+
+Unlike Dopamine, which pads with zero transitions and never samples an index whose stack
+crosses an episode start or the write cursor (``is_valid_transition``), every stored transition
+can be drawn, with the same draws as before: the frame ring keeps ``k - 1`` frames more than the
+capacity, so the oldest transition's stack is still whole, and n-step windows stop at the newest
+transition (as they always did)."""
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -17,19 +37,36 @@ from bnrl.common.files import atomic_open
 __all__ = ["ReplayBuffer"]
 
 # Bumped whenever the saved layout changes, so old checkpoints fail loudly instead of silently.
-_FORMAT_VERSION = 2
-_ARRAY_KEYS = ("obs", "action", "reward", "next_obs", "terminated", "episode_end")
-# Version 1 had no episode_end (an n-step return's window stops there); its files still load,
-# with episode ends known only where an episode terminated.
-_V1_KEYS = _ARRAY_KEYS[:-1]
+# Version 3 stores each observation once; versions 1 and 2 (obs beside next_obs) still load.
+_FORMAT_VERSION = 3
+_TRANSITION_KEYS = ("action", "reward", "terminated", "episode_end")
+_SCALARS = ("format_version", "capacity", "frames", "pos", "size", "total", "has_pending",
+            "rng_state")
+# The side store: whole observations by slot, and next observations kept as one frame by slot.
+_SIDE_KEYS = ("side_obs_slots", "side_obs", "side_next_slots", "side_next",
+              "side_next_frame_slots", "side_next_frames")
+_V3_KEYS = ("obs", "first", *_TRANSITION_KEYS, "pending", *_SIDE_KEYS)
+# Versions 1 and 2: obs and next_obs of every transition; version 1 had no episode_end (an
+# n-step return's window stops there), its episode ends are known only where one terminated.
+_V2_KEYS = ("obs", "action", "reward", "next_obs", "terminated", "episode_end")
+_V1_KEYS = _V2_KEYS[:-1]
+# Bytes read per step when loading in place: the only allocation a load makes for the rings.
+_CHUNK_BYTES = 1 << 18
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Byte equality (not ==: NaN != NaN and -0.0 == 0.0 would mislead a float comparison)."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and np.array_equal(a.reshape(-1).view(np.uint8),
+                                                 b.reshape(-1).view(np.uint8))
 
 
 class ReplayBuffer:
     """Fixed-capacity FIFO store of transitions, sampled uniformly with replacement.
 
-    Storage is allocated once at construction, so memory use is known up front and
-    `add`/`sample` never allocate storage. Once full, each new transition overwrites
-    the oldest one.
+    The rings are allocated once at construction, so their memory is known up front
+    (`transition_bytes`); the side store grows by one observation (one frame for a frame stack)
+    per episode end. Once full, each new transition overwrites the oldest one.
 
     `terminated` is 1.0 only for a true termination (the MDP ended, so the target is
     just the reward). A time-limit truncation must be stored as 0.0: the state after it
@@ -44,6 +81,8 @@ class ReplayBuffer:
         seed: Seed of the buffer's own sampling RNG; None draws fresh OS entropy.
         obs_dtype: Storage dtype of observations: `np.float32`, or `np.uint8` for frames and
             boolean grids (sampled as stored; the networks convert them).
+        frames: k > 1 when the observation's last axis is a stack of its last k frames
+            (`networks.Observation.frames`); 1 otherwise.
     """
 
     def __init__(
@@ -54,21 +93,49 @@ class ReplayBuffer:
         action_dtype: npt.DTypeLike = np.float32,
         seed: int | None = None,
         obs_dtype: npt.DTypeLike = np.float32,
+        frames: int = 1,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 1:
             raise ValueError(f"capacity must be a positive int, got {capacity!r}")
         self._capacity = int(capacity)
         self._obs_shape = tuple(int(d) for d in obs_shape)
         self._action_shape = tuple(int(d) for d in action_shape)
-        self._obs = np.zeros((self._capacity, *self._obs_shape), dtype=obs_dtype)
-        self._next_obs = np.zeros_like(self._obs)
+        self._frames = _check_frames(frames, self._obs_shape)
+        self._obs_dtype = np.dtype(obs_dtype)
+        # The frame ring: one entry per transition (its obs's newest frame, or the whole obs),
+        # indexed by the transition's count modulo capacity + k - 1, so the k - 1 frames before
+        # the oldest transition are still there for its stack.
+        self._obs = np.zeros((self._ring_frames, *self._frame_shape), dtype=self._obs_dtype)
+        self._first = np.zeros(self._ring_frames, dtype=np.bool_)  # the frame starts an episode
         self._action = np.zeros((self._capacity, *self._action_shape), dtype=action_dtype)
         self._reward = np.zeros(self._capacity, dtype=np.float32)
         self._terminated = np.zeros(self._capacity, dtype=np.float32)
         self._episode_end = np.zeros(self._capacity, dtype=np.bool_)
-        self._pos = 0  # index the next transition is written to
-        self._size = 0  # number of valid transitions, <= capacity
+        self._pending = np.zeros(self._obs_shape, dtype=self._obs_dtype)
+        self._clear()
         self._rng = np.random.default_rng(seed)
+
+    def _clear(self) -> None:
+        self._total = 0  # transitions added so far; the next one gets count _total
+        self._size = 0  # number of valid transitions, <= capacity
+        # The newest transition's next_obs while the next transition has not come yet.
+        self._has_pending = False
+        # Slot -> the exact obs where the rebuilt one differs; slot -> (next_obs, frame only).
+        self._side_obs: dict[int, np.ndarray] = {}
+        self._side_next: dict[int, tuple[np.ndarray, bool]] = {}
+
+    @property
+    def _ring_frames(self) -> int:
+        return self._capacity + self._frames - 1
+
+    @property
+    def _frame_shape(self) -> tuple[int, ...]:
+        return self._obs_shape[:-1] if self._frames > 1 else self._obs_shape
+
+    @property
+    def _pos(self) -> int:
+        """Slot the next transition is written to."""
+        return self._total % self._capacity
 
     def __len__(self) -> int:
         """Number of transitions currently stored."""
@@ -83,6 +150,22 @@ class ReplayBuffer:
     def full(self) -> bool:
         """Whether new transitions now overwrite the oldest ones."""
         return self._size == self._capacity
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the preallocated rings (the side store not included)."""
+        return sum(self._storage(key).nbytes for key in ("obs", "first", *_TRANSITION_KEYS))
+
+    @staticmethod
+    def transition_bytes(obs_shape: tuple[int, ...], obs_dtype: npt.DTypeLike,
+                         action_shape: tuple[int, ...], action_dtype: npt.DTypeLike,
+                         frames: int = 1) -> int:
+        """Ring bytes per transition: one frame (or one whole observation), the episode-start
+        flag, the action, float32 reward and termination, the bool episode end. The side store
+        adds one frame (a whole observation when `frames` is 1) per episode end."""
+        frame = int(np.prod(obs_shape[:-1] if frames > 1 else obs_shape))
+        action = int(np.prod(action_shape)) * np.dtype(action_dtype).itemsize
+        return frame * np.dtype(obs_dtype).itemsize + 1 + action + 4 + 4 + 1
 
     def add(
         self,
@@ -104,20 +187,46 @@ class ReplayBuffer:
             truncated: The episode ended without terminating (a time limit): an n-step return
                 stops here too, and bootstraps.
         """
-        obs, next_obs, action = np.asarray(obs), np.asarray(next_obs), np.asarray(action)
+        # Cast as assigning into the old obs array cast (float64 -> float32, bool -> uint8).
+        obs = np.asarray(obs, dtype=self._obs_dtype)
+        next_obs, action = np.asarray(next_obs, dtype=self._obs_dtype), np.asarray(action)
         # Checked because numpy would otherwise broadcast e.g. a scalar into every slot.
         self._check_shape("obs", obs.shape, self._obs_shape)
         self._check_shape("next_obs", next_obs.shape, self._obs_shape)
         self._check_shape("action", action.shape, self._action_shape)
-        i = self._pos
-        self._obs[i] = obs
-        self._next_obs[i] = next_obs
+        count, i = self._total, self._pos
+        self._side_obs.pop(i, None)
+        self._side_next.pop(i, None)
+        prev = (i - 1) % self._capacity
+        continues = self._size > 0 and not self._episode_end[prev]
+        if continues and prev != i and not _same_bytes(self._pending, obs):
+            self._keep_next(prev, self._pending.copy())
+        frame = count % self._ring_frames
+        self._obs[frame] = obs[..., -1] if self._frames > 1 else obs
+        self._first[frame] = not continues
         self._action[i] = action
         self._reward[i] = reward
         self._terminated[i] = float(terminated)
         self._episode_end[i] = bool(terminated) or bool(truncated)
-        self._pos = (i + 1) % self._capacity
-        self._size = min(self._size + 1, self._capacity)
+        self._total, self._size = count + 1, min(self._size + 1, self._capacity)
+        if self._frames > 1 and not _same_bytes(self._stacks(np.array([count]))[0], obs):
+            self._side_obs[i] = obs.copy()
+        self._has_pending = not self._episode_end[i]
+        if self._has_pending:
+            self._pending[...] = next_obs
+        else:
+            self._keep_next(i, next_obs.copy())
+
+    def _keep_next(self, slot: int, next_obs: np.ndarray) -> None:
+        """Put a next_obs that is not the following obs into the side store: for a frame stack
+        only its newest frame when the rest is the obs shifted by one (what the env's stack
+        gives after any step)."""
+        if self._frames > 1:
+            shifted = self._obs_at(np.array([slot]))[0][..., 1:]
+            if _same_bytes(shifted, next_obs[..., :-1]):
+                self._side_next[slot] = (next_obs[..., -1].copy(), True)
+                return
+        self._side_next[slot] = (next_obs, False)
 
     def add_batch(
         self,
@@ -148,19 +257,10 @@ class ReplayBuffer:
         self._check_shape("terminated", terminated.shape, (n,))
         truncated = np.zeros(n, np.bool_) if truncated is None else np.asarray(truncated)
         self._check_shape("truncated", truncated.shape, (n,))
-        # Only the newest `capacity` rows can survive; dropping the rest up front also keeps
-        # the write indices unique (numpy does not promise an order for repeated indices).
-        skip = max(0, n - self._capacity)
-        idx = (self._pos + skip + np.arange(n - skip)) % self._capacity
-        self._obs[idx] = obs[skip:]
-        self._next_obs[idx] = next_obs[skip:]
-        self._action[idx] = action[skip:]
-        self._reward[idx] = reward[skip:]
-        self._terminated[idx] = terminated[skip:].astype(np.float32)
-        self._episode_end[idx] = terminated[skip:].astype(np.bool_) | truncated[skip:].astype(
-            np.bool_)
-        self._pos = (self._pos + n) % self._capacity
-        self._size = min(self._size + n, self._capacity)
+        # One by one: whether each obs chains on to the previous next_obs is decided per step.
+        for k in range(n):
+            self.add(obs[k], action[k], reward[k], next_obs[k], bool(terminated[k]),
+                     bool(truncated[k]))
 
     def sample(self, batch_size: int, n_steps: int = 1,
                gamma: float | None = None) -> dict[str, np.ndarray]:
@@ -199,18 +299,18 @@ class ReplayBuffer:
         idx = self._rng.integers(0, self._size, size=batch_size)
         if n_steps == 1:
             return {
-                "obs": self._obs[idx],
+                "obs": self._obs_at(idx),
                 "action": self._action[idx],
                 "reward": self._reward[idx],
-                "next_obs": self._next_obs[idx],
+                "next_obs": self._next_obs_at(idx),
                 "done": self._terminated[idx],
             }
         last, reward, discount = self._n_step_windows(idx, n_steps, float(gamma))
         return {
-            "obs": self._obs[idx],
+            "obs": self._obs_at(idx),
             "action": self._action[idx],
             "reward": reward,
-            "next_obs": self._next_obs[last],
+            "next_obs": self._next_obs_at(last),
             "done": self._terminated[last],
             "discount": discount,
         }
@@ -231,48 +331,127 @@ class ReplayBuffer:
             open_ = take & ~self._episode_end[at]
         return last, reward.astype(np.float32), (gamma**length).astype(np.float32)
 
+    # ------------------------------------------------------------------ rebuilding observations
+    def _counts(self, slots: np.ndarray) -> np.ndarray:
+        """The count (order of arrival) of the transitions in `slots`."""
+        return self._total - 1 - (self._pos - 1 - slots) % self._capacity
+
+    def _stacks(self, counts: np.ndarray) -> np.ndarray:
+        """The frame stacks of the transitions of `counts`, oldest frame first: the k - 1
+        frames before each one, each replaced by the episode's first frame before it started
+        (``FrameStackObservation``'s reset padding)."""
+        columns = [counts]
+        for _ in range(self._frames - 1):
+            newer = columns[-1]
+            columns.append(np.where(self._first[newer % self._ring_frames], newer, newer - 1))
+        return np.stack([self._obs[c % self._ring_frames] for c in reversed(columns)], axis=-1)
+
+    def _obs_of_counts(self, counts: np.ndarray) -> np.ndarray:
+        out = (self._stacks(counts) if self._frames > 1
+               else self._obs[counts % self._ring_frames])
+        if self._side_obs:
+            for row, slot in enumerate((counts % self._capacity).tolist()):
+                kept = self._side_obs.get(slot)
+                if kept is not None:
+                    out[row] = kept
+        return out
+
+    def _obs_at(self, slots: np.ndarray) -> np.ndarray:
+        """Fresh array of the observations of the transitions in `slots`."""
+        return self._obs_of_counts(self._counts(slots))
+
+    def _next_obs_at(self, slots: np.ndarray) -> np.ndarray:
+        """Fresh array of the next observations of the transitions in `slots`: the following
+        transition's obs, the side store's where the episode ended, the pending one for the
+        newest transition."""
+        counts = self._counts(slots)
+        newest = counts == self._total - 1
+        out = self._obs_of_counts(np.where(newest, counts, counts + 1))
+        for row, slot in enumerate(slots.tolist()):
+            kept = self._side_next.get(slot)
+            if kept is not None:
+                value, frame_only = kept
+                if frame_only:  # the obs shifted by one frame, then the kept newest frame
+                    obs = self._obs_at(np.array([slot]))[0]
+                    value = np.concatenate([obs[..., 1:], value[..., None]], axis=-1)
+                out[row] = value
+            elif newest[row]:
+                out[row] = self._pending
+        return out
+
     def transitions(self) -> dict[str, np.ndarray]:
         """Copies of all stored transitions, oldest first.
 
         Returns:
-            Arrays keyed `obs`, `action`, `reward`, `next_obs`, `terminated`, each with
-            leading axis `len(self)`.
+            Arrays keyed `obs`, `action`, `reward`, `next_obs`, `terminated`, `episode_end`,
+            each with leading axis `len(self)`.
         """
         # When full, the oldest transition sits at `_pos`; before that, storage order is age order.
         order = (np.arange(self._size) + (self._pos if self.full else 0)) % self._capacity
-        return {key: self._storage(key)[order] for key in _ARRAY_KEYS}
+        stored = {key: self._storage(key)[order] for key in _TRANSITION_KEYS}
+        return {"obs": self._obs_at(order), "next_obs": self._next_obs_at(order), **stored}
 
+    # ------------------------------------------------------------------------------ checkpoints
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the buffer, including its RNG state, to an `.npz` file at exactly `path`.
 
         The file holds only plain arrays (the RNG state is JSON text in a 0-d unicode
         array), so it loads with `allow_pickle=False`. It is written atomically
-        (`common.files.atomic_open`), so a crash mid-save never leaves a truncated file.
+        (`common.files.atomic_open`), so a crash mid-save never leaves a truncated file. The
+        rings are written as they lie in memory (views, no reordered copy: `np.savez` writes
+        each in chunks); only the side store is gathered into arrays.
 
         Args:
             path: Destination file; no `.npz` suffix is added.
         """
         path = os.fspath(path)
-        n = self._size
-        payload: dict[str, np.ndarray] = {key: self._storage(key)[:n] for key in _ARRAY_KEYS}
+        frames_used = min(self._total, self._ring_frames)
+        whole_next = {s: v for s, (v, frame_only) in self._side_next.items() if not frame_only}
+        frame_next = {s: v for s, (v, frame_only) in self._side_next.items() if frame_only}
+        payload: dict[str, np.ndarray] = {
+            "obs": self._obs[:frames_used],
+            "first": self._first[:frames_used],
+            **{key: self._storage(key)[:self._size] for key in _TRANSITION_KEYS},
+            "pending": self._pending,
+            **self._side_arrays(_SIDE_KEYS[0:2], self._side_obs, self._obs_shape),
+            **self._side_arrays(_SIDE_KEYS[2:4], whole_next, self._obs_shape),
+            **self._side_arrays(_SIDE_KEYS[4:6], frame_next, self._frame_shape),
+        }
         payload.update(
             format_version=np.asarray(_FORMAT_VERSION),
             capacity=np.asarray(self._capacity),
+            frames=np.asarray(self._frames),
             pos=np.asarray(self._pos),
-            size=np.asarray(n),
+            size=np.asarray(self._size),
+            total=np.asarray(self._total),
+            has_pending=np.asarray(self._has_pending),
             rng_state=np.asarray(json.dumps(self._rng.bit_generator.state)),
         )
         # A file object, not a name: np.savez would append ".npz" to a name.
         with atomic_open(path, "wb") as f:
             np.savez(f, **payload)
 
+    def _side_arrays(self, keys: tuple[str, ...], store: dict[int, np.ndarray],
+                     shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """A side store as two arrays, keyed ``keys``: its slots, and its values stacked."""
+        slots = sorted(store)
+        values = (np.stack([store[s] for s in slots]) if slots
+                  else np.zeros((0, *shape), self._obs_dtype))
+        return {keys[0]: np.array(slots, np.int64), keys[1]: values}
+
     def load(self, path: str | os.PathLike[str]) -> None:
         """Restore contents, write position and RNG state from a file written by `save`.
 
-        The buffer must have been constructed with the same capacity, shapes and action
-        dtype. Everything is validated before anything is changed, so a failed load
-        leaves the buffer as it was. Afterwards, `sample` continues exactly where the
-        saved buffer's would have.
+        The buffer must have been constructed with the same capacity, shapes, frames and
+        dtypes. The file's headers and small members are validated before anything is changed,
+        so a file that does not match leaves the buffer as it was. The rings are then read
+        straight into the buffer's arrays, a chunk of `_CHUNK_BYTES` at a time: a load never
+        holds a second copy of the buffer. A file damaged inside a ring (a CRC error) is found
+        only while reading it; the buffer is then left empty, never half loaded. Afterwards,
+        `sample` continues exactly where the saved buffer's would have.
+
+        Files of versions 1 and 2 (obs beside next_obs) load too, through `add`: they are
+        read whole first, so they need their own size once more in memory.
 
         Args:
             path: A file written by `save`.
@@ -280,20 +459,85 @@ class ReplayBuffer:
         Raises:
             ValueError: If the file is not a replay checkpoint or does not match this buffer.
         """
+        try:
+            self._load(path)
+        except zipfile.BadZipFile as exc:  # not a zip, or a member's CRC does not match
+            raise ValueError(f"{path}: not a readable replay buffer file ({exc})") from None
+
+    def _load(self, path) -> None:
+        with zipfile.ZipFile(os.fspath(path)) as zf:
+            members = {name[:-4] for name in zf.namelist() if name.endswith(".npy")}
+            version = int(_read_small(zf, "format_version")) if "format_version" in members \
+                else None
+            if version in (1, 2):
+                self._load_old_layout(path, version)
+                return
+            if version not in (None, _FORMAT_VERSION):
+                raise ValueError(f"{path}: format version {version}, expected {_FORMAT_VERSION}")
+            missing = {*_SCALARS, *_V3_KEYS} - members
+            if missing:
+                raise ValueError(f"{path}: not a replay buffer file, missing {sorted(missing)}")
+            small = {key: _read_small(zf, key) for key in (*_SCALARS, "pending", *_SIDE_KEYS)}
+            capacity, frames = int(small["capacity"]), int(small["frames"])
+            pos, size, total = int(small["pos"]), int(small["size"]), int(small["total"])
+            if capacity != self._capacity:
+                raise ValueError(f"{path}: capacity {capacity}, but this buffer's is "
+                                 f"{self._capacity}")
+            if frames != self._frames:
+                raise ValueError(f"{path}: frames {frames}, but this buffer's is {self._frames}")
+            if not (total >= 0 and size == min(total, capacity) and pos == total % capacity):
+                raise ValueError(f"{path}: inconsistent pos={pos}, size={size}, total={total}, "
+                                 f"capacity={capacity}")
+            frames_used = min(total, self._ring_frames)
+            rows = {"obs": frames_used, "first": frames_used,
+                    **{key: size for key in _TRANSITION_KEYS}}
+            for key, n in rows.items():
+                target = self._storage(key)
+                self._check_member(path, key, _header(zf, key), (n, *target.shape[1:]),
+                                   target.dtype)
+            self._check_member(path, "pending", (small["pending"].shape, small["pending"].dtype),
+                               self._obs_shape, self._obs_dtype)
+            side = self._side_stores(path, small, size)
+            rng = self._rng_from_state(json.loads(str(small["rng_state"])), path)
+            try:
+                for key, n in rows.items():
+                    _read_into(zf, key, self._storage(key)[:n])
+            except BaseException:
+                self._clear()  # part of the rings was overwritten: empty, never half loaded
+                raise
+        self._pending[...] = small["pending"]
+        self._total, self._size, self._has_pending = total, size, bool(small["has_pending"])
+        self._side_obs, self._side_next = side
+        self._rng = rng
+
+    def _side_stores(self, path, small: dict[str, np.ndarray], size: int):
+        """The side stores of a file's arrays, checked (slots of stored transitions)."""
+        stores = []
+        shapes = (self._obs_shape, self._obs_shape, self._frame_shape)
+        for slots_key, key, shape in zip(_SIDE_KEYS[0::2], _SIDE_KEYS[1::2], shapes,
+                                         strict=True):
+            slots, values = small[slots_key], small[key]
+            if slots.ndim != 1 or not np.all((slots >= 0) & (slots < size)):
+                raise ValueError(f"{path}: {slots_key} are not slots of stored transitions")
+            self._check_member(path, key, (values.shape, values.dtype), (len(slots), *shape),
+                               self._obs_dtype)
+            stores.append(dict(zip(slots.tolist(), values, strict=True)))
+        side_next = {slot: (value, False) for slot, value in stores[1].items()}
+        side_next.update((slot, (value, True)) for slot, value in stores[2].items())
+        return stores[0], side_next
+
+    def _load_old_layout(self, path, version: int) -> None:
+        """A version 1 or 2 file (obs beside next_obs), added transition by transition in the
+        order they arrived, into the same slots (so the RNG's draws pick the same ones)."""
+        keys = _V1_KEYS if version == 1 else _V2_KEYS
         with np.load(os.fspath(path), allow_pickle=False) as data:
-            version = int(data["format_version"]) if "format_version" in data.files else None
-            keys = _V1_KEYS if version == 1 else _ARRAY_KEYS
-            missing = {*keys, "format_version", "capacity", "pos", "size", "rng_state"}
-            missing -= set(data.files)
+            missing = {*keys, "capacity", "pos", "size", "rng_state"} - set(data.files)
             if missing:
                 raise ValueError(f"{path}: not a replay buffer file, missing {sorted(missing)}")
             arrays = {key: data[key] for key in keys}
             capacity = int(data["capacity"])
             pos, size = int(data["pos"]), int(data["size"])
             rng_state: dict[str, Any] = json.loads(str(data["rng_state"]))
-
-        if version not in (1, _FORMAT_VERSION):
-            raise ValueError(f"{path}: format version {version}, expected {_FORMAT_VERSION}")
         if version == 1:
             arrays["episode_end"] = arrays["terminated"].astype(np.bool_)
         if capacity != self._capacity:
@@ -302,21 +546,32 @@ class ReplayBuffer:
         in_range = 0 <= size <= capacity and 0 <= pos < capacity
         if not (in_range and (size == capacity or pos == size)):
             raise ValueError(f"{path}: inconsistent pos={pos}, size={size}, capacity={capacity}")
+        expected = {"obs": self._obs_shape, "next_obs": self._obs_shape,
+                    **{key: self._storage(key).shape[1:] for key in _TRANSITION_KEYS}}
+        dtypes = {"obs": self._obs_dtype, "next_obs": self._obs_dtype,
+                  **{key: self._storage(key).dtype for key in _TRANSITION_KEYS}}
         for key, arr in arrays.items():
-            target = self._storage(key)
-            if arr.shape != (size, *target.shape[1:]) or arr.dtype != target.dtype:
-                raise ValueError(
-                    f"{path}: {key} has shape {arr.shape} and dtype {arr.dtype}, expected "
-                    f"{(size, *target.shape[1:])} and {target.dtype}"
-                )
+            self._check_member(path, key, (arr.shape, arr.dtype), (size, *expected[key]),
+                               dtypes[key])
         rng = self._rng_from_state(rng_state, path)
-
-        for key, arr in arrays.items():
-            self._storage(key)[:size] = arr
-        self._pos, self._size, self._rng = pos, size, rng
+        self._clear()
+        # A full ring's oldest transition sits at pos: counting from pos puts each in its slot.
+        self._total = pos if size == capacity else 0
+        for slot in (np.arange(size) + self._total) % capacity:
+            terminated = bool(arrays["terminated"][slot])
+            self.add(arrays["obs"][slot], arrays["action"][slot], arrays["reward"][slot],
+                     arrays["next_obs"][slot], terminated,
+                     bool(arrays["episode_end"][slot]) and not terminated)
+        self._rng = rng
 
     def _storage(self, key: str) -> np.ndarray:
         return getattr(self, f"_{key}")
+
+    @staticmethod
+    def _check_member(path, key: str, got: tuple, shape: tuple, dtype) -> None:
+        if tuple(got[0]) != tuple(shape) or np.dtype(got[1]) != np.dtype(dtype):
+            raise ValueError(f"{path}: {key} has shape {tuple(got[0])} and dtype {got[1]}, "
+                             f"expected {tuple(shape)} and {np.dtype(dtype)}")
 
     @staticmethod
     def _check_shape(name: str, got: tuple[int, ...], expected: tuple[int, ...]) -> None:
@@ -338,3 +593,51 @@ class ReplayBuffer:
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"{path}: invalid RNG state ({e})") from e
         return np.random.Generator(bg)
+
+
+def _check_frames(frames: int, obs_shape: tuple[int, ...]) -> int:
+    """`frames` of a buffer or an observation: 1, or the size of a 3-d shape's last axis."""
+    if isinstance(frames, bool) or not isinstance(frames, int | np.integer) or frames < 1:
+        raise ValueError(f"frames must be a positive int, got {frames!r}")
+    if frames > 1 and (len(obs_shape) != 3 or obs_shape[-1] != frames):
+        raise ValueError(f"a stack of {frames} frames needs a (height, width, {frames}) "
+                         f"observation, not shape {obs_shape}")
+    return int(frames)
+
+
+def _header(zf: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a `.npy` member, from its header alone."""
+    with zf.open(f"{key}.npy") as f:
+        return _read_header(f)[:2]
+
+
+def _read_header(f) -> tuple[tuple[int, ...], np.dtype, bool]:
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, fortran_order, dtype = read(f)
+    return tuple(shape), np.dtype(dtype), fortran_order
+
+
+def _read_small(zf: zipfile.ZipFile, key: str) -> np.ndarray:
+    with zf.open(f"{key}.npy") as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_into(zf: zipfile.ZipFile, key: str, target: np.ndarray) -> None:
+    """Read a `.npy` member's data into `target` (C-contiguous, its shape and dtype checked),
+    `_CHUNK_BYTES` at a time: no temporary array of the member's size."""
+    with zf.open(f"{key}.npy") as f:
+        shape, dtype, fortran_order = _read_header(f)
+        if shape != target.shape or dtype != target.dtype or fortran_order:
+            raise ValueError(f"{key}: shape {shape}, dtype {dtype}, expected {target.shape} "
+                             f"and {target.dtype} in C order")
+        view = memoryview(target.reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            n = f.readinto(view[done:done + _CHUNK_BYTES])
+            if not n:
+                raise ValueError(f"{key}: the file ends before its data does")
+            done += n
+        if f.read(1):  # reading to the end makes zipfile check the member's CRC
+            raise ValueError(f"{key}: more data than its header says")

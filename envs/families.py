@@ -60,6 +60,14 @@ def family(env_id: str) -> str | None:
     return None
 
 
+def frame_stack(env_id: str) -> int:
+    """Frames stacked in each observation of ``env_id``'s env (its last axis): ``FRAME_STACK``
+    for Atari, 1 for anything else (MinAtar's channels are objects, not past frames). The one
+    place the agent learns it (``networks.Observation.frames``): its replay stores each frame
+    once."""
+    return FRAME_STACK if family(env_id) == "atari" else 1
+
+
 def _missing(env_id: str, extra: str, what: str) -> MissingExtra:
     return MissingExtra(f"environment {env_id!r} needs {what}, which is not installed: "
                         f"pip install '.[{extra}]' (or pip install 'bnrl[{extra}]')")

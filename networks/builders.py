@@ -196,23 +196,29 @@ class Observation:
         quarter of the replay memory of float32, converted in the graph).
       scale: what a uint8 value is multiplied by: 1/255 for 0-255 frames (Atari, as CleanRL's
         ``x / 255.0`` and SB3's ``preprocess_obs``), 1 for booleans (MinAtar's 0/1 channels).
+      frames: k > 1 when the channels are the last k frames of a frame stack (Atari's 4, Mnih
+        et al. 2015), so that the replay stores each frame once (``agents.replay``); 1 when they
+        are not (vectors, MinAtar's object channels). Set from the env
+        (``envs.frame_stack``), never guessed from the shape; the replay buffer checks that the
+        last axis has ``frames`` entries.
     """
 
     shape: tuple[int, ...]
     dtype: str = "float32"
     scale: float = 1.0
+    frames: int = 1
 
     @classmethod
-    def from_space(cls, space) -> Observation:
+    def from_space(cls, space, frames: int = 1) -> Observation:
         """The observation of a gymnasium ``Box``: bool and uint8 spaces are stored as uint8,
-        anything else as float32."""
+        anything else as float32; ``frames`` as the env says (``envs.frame_stack``)."""
         shape = tuple(int(d) for d in space.shape)
         dtype = np.dtype(space.dtype)
         if dtype == np.bool_:
-            return cls(shape, "uint8", 1.0)
+            return cls(shape, "uint8", 1.0, frames)
         if dtype == np.uint8:
-            return cls(shape, "uint8", 1.0 / 255.0)
-        return cls(shape, "float32", 1.0)
+            return cls(shape, "uint8", 1.0 / 255.0, frames)
+        return cls(shape, "float32", 1.0, frames)
 
     @property
     def dim(self) -> int:

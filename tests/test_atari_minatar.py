@@ -228,13 +228,15 @@ def test_max_episode_steps_counts_agent_steps(atari):
 
 def test_the_memory_check_counts_uint8_images(monkeypatch):
     """The replay-memory check before a run counts a MinAtar transition as its uint8 storage
-    (2 x 400 bytes of observations), not as float32."""
+    (400 bytes of observation, stored once: not beside its next observation), not as float32;
+    then a 1-byte episode-start flag, float32 reward and done flag, a bool episode end and an
+    int64 action."""
     pytest.importorskip("minatar")
     monkeypatch.setattr(runs, "_memory_bytes", lambda: 1000 * 2**30)
     config = resolve(agent="dqn", env="MinAtar/Breakout-v1",
                      agent_overrides={"buffer_size": 2**30})
-    needed = 2**30 * (2 * 400 + 4 * 2 + 1 + 8)
-    runs.check_run(config)  # 817 GiB fit in 1000
+    needed = 2**30 * (400 + 1 + 4 * 2 + 1 + 8)
+    runs.check_run(config)  # 418 GiB fit in 1000
     monkeypatch.setattr(runs, "_memory_bytes", lambda: needed - 1)
-    with pytest.raises(UserError, match="buffer_size 1073741824 needs 817.0 GiB"):
+    with pytest.raises(UserError, match="buffer_size 1073741824 needs 418.0 GiB"):
         runs.check_run(config)

@@ -23,6 +23,8 @@ TD target tensor of the plain graph can be fetched.
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -437,10 +439,11 @@ def test_a_version_1_replay_file_still_loads(tmp_path):
     for t in range(3):
         buffer.add([t, 0], 0, 1.0, [t + 1, 0], t == 1, t == 2)
     path = tmp_path / "replay.npz"
-    buffer.save(path)
-    with np.load(path) as data:
-        old = {key: data[key] for key in data.files if key != "episode_end"}
-    old["format_version"] = np.asarray(1)
+    # Version 1's layout: obs beside next_obs, in slot order (here the age order: not full).
+    old = {key: value for key, value in buffer.transitions().items() if key != "episode_end"}
+    old.update(format_version=np.asarray(1), capacity=np.asarray(4), pos=np.asarray(3),
+               size=np.asarray(3),
+               rng_state=np.asarray(json.dumps(buffer._rng.bit_generator.state)))
     with open(path, "wb") as f:
         np.savez(f, **old)
     restored = ReplayBuffer(4, (2,), (), np.int64, seed=5)

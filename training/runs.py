@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bnrl.agents import ACTION_SPACES, agent_class, make_agent
+from bnrl.agents import ACTION_SPACES, ReplayBuffer, agent_class, make_agent
 from bnrl.common.errors import UserError, error_line
-from bnrl.envs import EnvBoundary, EnvError, make_env
+from bnrl.envs import EnvBoundary, EnvError, frame_stack, make_env
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig, from_dict, read_yaml
 
@@ -33,7 +33,8 @@ def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None,
                        max_episode_steps=config.max_episode_steps, render_mode=render_mode,
                        training=training)
         try:  # the networks can take its observations (shape, encoder), before anything is built
-            agent_class(config.agent).observation(env.observation_space, config.agent_config)
+            agent_class(config.agent).observation(env.observation_space, config.agent_config,
+                                                  frame_stack(config.env))
         except ValueError as exc:
             env.close()
             raise UserError(f"{config.env}: {exc}") from None
@@ -59,8 +60,8 @@ def check_run(config: RunConfig) -> None:
     env = make_run_env(config, config.seed)
     try:
         capacity = config.agent_config.buffer_size
-        observation = agent_class(config.agent).observation(env.observation_space,
-                                                            config.agent_config)
+        observation = agent_class(config.agent).observation(
+            env.observation_space, config.agent_config, frame_stack(config.env))
         needed = capacity * _transition_bytes(observation, env.action_space)
     finally:
         env.close()
@@ -72,12 +73,14 @@ def check_run(config: RunConfig) -> None:
 
 
 def _transition_bytes(observation, action_space) -> int:
-    """Replay bytes of one transition (``agents.replay``: obs and next obs in the agent's
-    storage dtype, float32 or uint8; float32 reward and done flag, a bool episode end; int64
-    discrete or float32 continuous actions)."""
-    obs_bytes = np.dtype(observation.dtype).itemsize * observation.dim
-    action = 8 if action_space.shape == () else 4 * int(np.prod(action_space.shape))
-    return 2 * obs_bytes + 4 * 2 + 1 + action
+    """Replay ring bytes of one transition (``ReplayBuffer.transition_bytes``: one observation,
+    or one frame of a frame stack, in the agent's storage dtype; int64 discrete or float32
+    continuous actions, as the policy heads store them)."""
+    discrete = action_space.shape == ()
+    return ReplayBuffer.transition_bytes(observation.shape, observation.dtype,
+                                         tuple(action_space.shape),
+                                         np.int64 if discrete else np.float32,
+                                         observation.frames)
 
 
 def _memory_bytes() -> int | None:
@@ -101,7 +104,7 @@ def build_agent(config: RunConfig, env, threads: int | None = None):
             agent_config, intra_op_threads=threads,
             inter_op_threads=min(agent_config.inter_op_threads or threads, threads))
     return make_agent(config.agent, env.observation_space, env.action_space, agent_config,
-                      config.seed)
+                      config.seed, frame_stack(config.env))
 
 
 def open_run(run_dir) -> tuple[RunConfig, Path]:
