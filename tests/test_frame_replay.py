@@ -6,9 +6,9 @@
   byte, what the env returned, across terminations, lost lives (``EpisodicLife``'s no-op reset),
   truncations and ring wrap-around; for any stream, also one that does not chain (the side store
   keeps it exact), vectors with NaN and -0.0 included;
-* checkpoints: a round trip restores every array and the sampling RNG; loading reads the rings in
-  place (tracemalloc); a damaged file leaves the buffer empty, a mismatched one untouched; a file
-  of the old layout (version 2) loads into the same slots;
+* checkpoints: a round trip restores every array and the sampling RNG; saving and loading need no
+  second copy (tracemalloc); a damaged file leaves the buffer empty, a mismatched one
+  untouched; a file of the old layout (version 2) loads into the same slots;
 * a DQN agent on a frame-stack space trains with it; ``frames`` comes from the env family;
 * ``benchmarks/replay_memory.py`` prints what it computes.
 
@@ -310,29 +310,38 @@ def test_checkpoint_round_trip_is_bit_for_bit(tmp_path):
         _assert_same(restored.sample(16, 3, 0.9), buffer.sample(16, 3, 0.9))
 
 
-def test_load_reads_the_rings_in_place(tmp_path):
-    """Loading a 4.3 MB buffer allocates, beyond what it keeps (its side store), less than a
-    fifth of it: one 256 KiB chunk and zip read buffers of a chunk's size; ``np.load`` would
-    allocate each ring whole before copying it in. What it keeps is its side store: one frame
-    per episode end here."""
+def _traced(call) -> tuple[int, int]:
+    """Bytes allocated by ``call()`` and still held after it, and its peak beyond those."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        call()
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return after - before, peak - after
+
+
+def test_save_and_load_need_no_second_copy(tmp_path):
+    """Saving a 4.3 MB buffer and loading it allocate, beyond what stays (the loaded side
+    store: one frame per episode end here), less than a fifth of it: the side store gathered
+    into one array, one 256 KiB chunk and zip read buffers of a chunk's size. ``np.savez``
+    copies each ring through a 16 MiB buffer (here: whole), ``np.load`` reads it whole before it
+    can be copied in."""
     buffer = _frame_buffer(600, (84, 84, 4))
     for transition in _play(_atari_like(84, limit=200), 640):
         buffer.add(*transition)
     path = tmp_path / "replay.npz"
-    buffer.save(path)
+    assert buffer.nbytes > 4_000_000 and all(f for _, f in buffer._side_next.values())
+    kept, extra = _traced(lambda: buffer.save(path))
+    assert kept < 50_000 and extra < 0.2 * buffer.nbytes, (kept, extra, buffer.nbytes)
+    with np.load(path, allow_pickle=False) as data:  # a plain npz
+        assert data["obs"].tobytes() == buffer._obs.tobytes()
     restored = _frame_buffer(600, (84, 84, 4), seed=5)
     side = sum(v.nbytes for v, _ in buffer._side_next.values()) + sum(
         v.nbytes for v in buffer._side_obs.values())
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        restored.load(path)
-        after, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert buffer.nbytes > 4_000_000 and all(f for _, f in buffer._side_next.values())
-    assert after - before < side + 100_000, (after - before, side)
-    assert peak - after < 0.2 * buffer.nbytes, (peak - after, buffer.nbytes)
+    kept, extra = _traced(lambda: restored.load(path))
+    assert kept < side + 100_000 and extra < 0.2 * buffer.nbytes, (kept, side, extra)
     assert restored._obs.tobytes() == buffer._obs.tobytes()
 
 
