@@ -31,9 +31,12 @@ from gymnasium.wrappers import FrameStackObservation, TimeLimit
 
 from bnrl.agents import make_agent
 from bnrl.agents.replay import ReplayBuffer
+from bnrl.common.errors import UserError
 from bnrl.envs import frame_stack, make_env
 from bnrl.envs.families import EpisodicLife, _channels_last
 from bnrl.networks import Observation
+from bnrl.training import runs
+from bnrl.training.config import resolve
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "replay_memory.py"
 KEYS = ("obs", "action", "reward", "next_obs", "terminated", "episode_end")
@@ -394,6 +397,27 @@ def test_frames_come_from_the_env_family():
     space = gym.spaces.Box(0, 255, (84, 84, 4), np.uint8)
     assert Observation.from_space(space).frames == 1  # never guessed from the shape
     assert Observation.from_space(space, 4).frames == 4
+
+
+@pytest.mark.parametrize("env_id, extra, frames", [("ALE/Pong-v5", "ale_py", 4),
+                                                   ("MinAtar/Breakout-v1", "minatar", 1)])
+def test_a_run_agent_gets_frames_from_its_env(monkeypatch, env_id, extra, frames):
+    """``runs.build_agent`` and the memory check take ``frames`` from the env family: an Atari
+    transition is one 84x84 frame and 17 bytes more, a MinAtar one its whole 10x10x4 grid."""
+    pytest.importorskip(extra)
+    config = resolve(agent="dqn", env=env_id, agent_overrides={"buffer_size": 2**30})
+    per_transition = {4: 84 * 84 + 18, 1: 400 + 18}[frames]
+    monkeypatch.setattr(runs, "_memory_bytes", lambda: 2**30 * per_transition - 1)
+    with pytest.raises(UserError, match=f"needs {per_transition:.1f} GiB"):
+        runs.check_run(config)
+    config = resolve(agent="dqn", env=env_id, agent_overrides={"buffer_size": 50})
+    env = runs.make_run_env(config, 0, training=True)
+    try:
+        agent = runs.build_agent(config, env)
+        assert agent.observation.frames == frames and agent.buffer._frames == frames
+        agent.close()
+    finally:
+        env.close()
 
 
 def test_dqn_trains_on_a_frame_stack():
