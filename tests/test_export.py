@@ -30,6 +30,7 @@ from bnrl import run  # noqa: E402
 from _cli import main as _main  # noqa: E402
 from _cli import one_line as _one_line  # noqa: E402
 from _cli import train_quiet  # noqa: E402
+from _rollouts import random_observations  # noqa: E402
 
 TINY = ["--set", "hidden=[32,32]", "--set", "batch_size=32", "--set", "learning_starts=50",
         "--set", "buffer_size=5000", "--eval-every", "300", "--eval-episodes", "1",
@@ -98,15 +99,7 @@ def restored(exported):
 
 def _observations(env, n: int = 100) -> np.ndarray:
     """``n`` observations the env really produces, under random actions."""
-    obs, _ = env.reset(seed=7)
-    env.action_space.seed(7)
-    rows = []
-    while len(rows) < n:
-        rows.append(obs)
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            obs, _ = env.reset()
-    return np.asarray(rows, np.float32)
+    return random_observations(env, n).astype(np.float32)
 
 
 def _serve(export_dir: Path):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from _cli import main, train_quiet
+from _rollouts import random_observations
 
 pytest.importorskip("minatar")
 
@@ -49,16 +50,9 @@ def exported(tmp_path_factory):
 
 def _observations(run_dir, n: int = 100) -> np.ndarray:
     env = make_run_env(open_run(run_dir)[0], 123)
-    obs, _ = env.reset(seed=7)
-    env.action_space.seed(7)
-    rows = []
-    while len(rows) < n:
-        rows.append(obs)
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            obs, _ = env.reset()
+    rows = random_observations(env, n)
     env.close()
-    return np.asarray(rows).astype(np.uint8)  # MinAtar's booleans, as the export takes them
+    return rows.astype(np.uint8)  # MinAtar's booleans, as the export takes them
 
 
 def _signature(export_dir):
