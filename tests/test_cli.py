@@ -641,8 +641,9 @@ def test_evaluate_render_video_writes_mp4(sac_bn_run, tmp_path, capfd):
     run_dir = tmp_path / "run"
     shutil.copytree(sac_bn_run, run_dir)
     config = run_dir / "config.yaml"  # a 30-step episode keeps the video cheap
-    config.write_text(config.read_text().replace("max_episode_steps: null",
-                                                 "max_episode_steps: 30"))
+    text = config.read_text()
+    assert "max_episode_steps: null" in text  # replaced below: a silent no-op otherwise
+    config.write_text(text.replace("max_episode_steps: null", "max_episode_steps: 30"))
     code = _main(["evaluate", "--run", str(run_dir), "--episodes", "2", "--render-video"])
     out, err = capfd.readouterr()
     assert code == 0, err

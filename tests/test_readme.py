@@ -24,7 +24,9 @@ def test_bring_your_own_keras_model(capsys):
 def test_python_api_block(tmp_path, monkeypatch):
     # Same code with fewer steps (1200 instead of 5000, learning_starts 1000 kept) to stay fast:
     # it still reaches the update step 200 times and saves a checkpoint.
-    code = _block_after("## Python API").replace("range(5000)", "range(1200)")
+    block = _block_after("## Python API")
+    assert "range(1, 5001)" in block  # the budget replaced below: a silent no-op otherwise
+    code = block.replace("range(1, 5001)", "range(1, 1201)")
     monkeypatch.chdir(tmp_path)
     scope = {}
     exec(compile(code, "README", "exec"), scope)
