@@ -23,16 +23,10 @@ from bnrl.agents.algorithm import Algorithm
 from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.runner import UpdateRunner
 from bnrl.agents.update import Batch, target_update_ops
-from bnrl.common.errors import NonFiniteValue
+from bnrl.common.errors import NonFiniteValue, first_nonfinite
 from bnrl.common.files import atomic_write
 from bnrl.networks import new_graph_session, tf
 from bnrl.networks.inference import NumpyForward, Unsupported
-
-
-def _first_nonfinite(x: np.ndarray) -> str:
-    flat = x.ravel()
-    index = int(np.flatnonzero(~np.isfinite(flat))[0])
-    return f"{flat[index]} at index {index}"
 
 
 class Agent:
@@ -153,9 +147,9 @@ class Agent:
         """
         x = np.asarray(obs, self.observation.dtype).reshape(1, *self.observation.shape)
         # uint8 observations are finite by their type.
-        if self.observation.dtype == "float32" and not np.isfinite(x).all():
-            raise NonFiniteValue(f"the observation given to act() is not finite "
-                                 f"({_first_nonfinite(x)})")
+        bad = first_nonfinite(x) if self.observation.dtype == "float32" else None
+        if bad is not None:
+            raise NonFiniteValue(f"the observation given to act() is not finite ({bad})")
         if explore and self.env_steps < self.config.learning_starts:
             return self.head.random()
         if not explore and self._numpy_act is not None:

@@ -1,5 +1,7 @@
 """Errors the command line reports as one line instead of a traceback."""
 
+import numpy as np
+
 
 class UserError(Exception):
     """Bad input from the user (flags, config, run directory): one line, exit code 2."""
@@ -66,3 +68,13 @@ def error_text_line(text: object, limit: int = 200) -> str:
         return "unknown error"
     line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
     return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def first_nonfinite(values) -> str | None:
+    """None when every value is finite, else the first that is not, for a message
+    (``nan at index 2``; a single value as itself)."""
+    if np.isfinite(values).all():
+        return None
+    flat = np.ravel(values)
+    index = int(np.flatnonzero(~np.isfinite(flat))[0])
+    return f"{flat[index]} at index {index}" if flat.size > 1 else str(flat[0])

@@ -30,7 +30,7 @@ from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import RescaleAction, TransformAction, TransformObservation
 
-from bnrl.common.errors import EnvFailed, NonFiniteValue, error_line, one_line
+from bnrl.common.errors import EnvFailed, NonFiniteValue, error_line, first_nonfinite, one_line
 from bnrl.envs.families import MissingExtra, family, make_atari, register
 
 __all__ = ["EnvBoundary", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]
@@ -361,15 +361,6 @@ def _unit_box_actions(env: gym.Env) -> gym.Env:
     )
 
 
-def _nonfinite(values) -> str | None:
-    """None when every value is finite, else what is not (``nan at index 2``)."""
-    if np.isfinite(values).all():
-        return None
-    flat = np.ravel(values)
-    index = int(np.flatnonzero(~np.isfinite(flat))[0])
-    return f"{flat[index]} at index {index}" if flat.size > 1 else str(flat[0])
-
-
 class EnvBoundary(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """The edge between an environment and a bnrl run: nothing crosses it unchecked.
 
@@ -399,7 +390,7 @@ class EnvBoundary(gym.Wrapper, gym.utils.RecordConstructorArgs):
                          f"{error_line(exc) or 'no message'}")
 
     def _check_observation(self, obs) -> None:
-        bad = _nonfinite(obs)
+        bad = first_nonfinite(obs)
         if bad is not None:
             raise NonFiniteValue(f"environment {self.env_id!r} returned a non-finite "
                                  f"observation ({bad})")
@@ -415,7 +406,7 @@ class EnvBoundary(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action):
         if self.check_finite and self._box_actions:
-            bad = _nonfinite(action)
+            bad = first_nonfinite(action)
             if bad is not None:
                 raise NonFiniteValue(f"the agent's action for {self.env_id!r} is not finite "
                                      f"({bad})")

@@ -114,6 +114,28 @@ def _normalize(x, norm: Norm, prefix: str, suffix: str, training):
     return layer(x)
 
 
+def _bias(norm: Norm, normalized: bool = True) -> bool:
+    """Whether a Dense or Conv2D layer gets a bias: not right before BN. The batch-mean
+    subtraction cancels it (Ioffe & Szegedy 2015), so its gradient is float noise, which Adam
+    turns into steps of +-lr whose sign flips with the summation order (XLA against the plain
+    graph: 180% apart after one update)."""
+    return not (normalized and norm.is_batch and norm.position == "pre_activation")
+
+
+def _normalized_layer(x, layer, norm: Norm | None, prefix: str, suffix: str, act_name: str,
+                      activation: str, training):
+    """``layer`` -> activation, with ``norm`` before or after the activation as
+    ``norm.position`` says (None: no normalization here); the norm layers are named by
+    ``_normalize(prefix, suffix)``."""
+    x = layer(x)
+    if norm is not None and norm.position == "pre_activation":
+        x = _normalize(x, norm, prefix, suffix, training)
+    x = keras.layers.Activation(activation, name=act_name)(x)
+    if norm is not None and norm.position == "post_activation":
+        x = _normalize(x, norm, prefix, suffix, training)
+    return x
+
+
 def mlp(
     x,
     hidden: Sequence[int],
@@ -151,17 +173,10 @@ def mlp(
         if extra_input is not None and i == extra_at:
             x = keras.layers.Concatenate(name=f"{prefix}_join")([x, extra_input])
         normalized = norm_layers is None or i < norm_layers
-        # No bias right before BN: the batch-mean subtraction cancels it (Ioffe & Szegedy 2015),
-        # so its gradient is float noise, which Adam turns into steps of +-lr whose sign flips
-        # with the summation order (XLA against the plain graph: 180% apart after one update).
-        bias = not (normalized and norm.is_batch and norm.position == "pre_activation")
-        x = keras.layers.Dense(units, use_bias=bias, kernel_initializer=seeds.kernel(),
-                               name=f"{prefix}_dense{i}")(x)
-        if normalized and norm.position == "pre_activation":
-            x = _normalize(x, norm, prefix, str(i), training)
-        x = keras.layers.Activation(activation, name=f"{prefix}_act{i}")(x)
-        if normalized and norm.position == "post_activation":
-            x = _normalize(x, norm, prefix, str(i), training)
+        dense = keras.layers.Dense(units, use_bias=_bias(norm, normalized),
+                                   kernel_initializer=seeds.kernel(), name=f"{prefix}_dense{i}")
+        x = _normalized_layer(x, dense, norm if normalized else None, prefix, str(i),
+                              f"{prefix}_act{i}", activation, training)
     if extra_input is not None and extra_at >= len(hidden):
         x = keras.layers.Concatenate(name=f"{prefix}_join")([x, extra_input])
     return x
@@ -280,15 +295,12 @@ def conv_encoder(x, kind: str, norm: Norm, prefix: str, training=None, seeds: Se
     convs, units = CONV_ENCODERS[kind]
     if norm.input_norm:
         x = _normalize(x, norm, prefix, "_in", training)
-    bias = not (norm.is_batch and norm.position == "pre_activation")
     for i, (filters, kernel, stride) in enumerate(convs):
-        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=bias,
-                                kernel_initializer=seeds.kernel(), name=f"{prefix}_conv{i}")(x)
-        if norm.position == "pre_activation":
-            x = _normalize(x, norm, prefix, f"_conv{i}", training)
-        x = keras.layers.Activation("relu", name=f"{prefix}_conv_act{i}")(x)
-        if norm.position == "post_activation":
-            x = _normalize(x, norm, prefix, f"_conv{i}", training)
+        conv = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid",
+                                   use_bias=_bias(norm), kernel_initializer=seeds.kernel(),
+                                   name=f"{prefix}_conv{i}")
+        x = _normalized_layer(x, conv, norm, prefix, f"_conv{i}", f"{prefix}_conv_act{i}", "relu",
+                              training)
     x = keras.layers.Flatten(name=f"{prefix}_flatten")(x)
     return mlp(x, (units,), dataclasses.replace(norm, input_norm=False), prefix, training,
                seeds=seeds)
