@@ -56,9 +56,7 @@ _CHUNK_BYTES = 1 << 18
 
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     """Byte equality (not ==: NaN != NaN and -0.0 == 0.0 would mislead a float comparison)."""
-    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    return a.shape == b.shape and np.array_equal(a.reshape(-1).view(np.uint8),
-                                                 b.reshape(-1).view(np.uint8))
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 class ReplayBuffer:
@@ -112,6 +110,10 @@ class ReplayBuffer:
         self._terminated = np.zeros(self._capacity, dtype=np.float32)
         self._episode_end = np.zeros(self._capacity, dtype=np.bool_)
         self._pending = np.zeros(self._obs_shape, dtype=self._obs_dtype)
+        # Per slot, whether the side store holds its obs / its next_obs: a sampled batch looks up
+        # only those rows in the dicts below (a Python loop over all B rows cost ~200 us).
+        self._in_side_obs = np.zeros(self._capacity, dtype=np.bool_)
+        self._in_side_next = np.zeros(self._capacity, dtype=np.bool_)
         self._clear()
         self._rng = np.random.default_rng(seed)
 
@@ -123,6 +125,16 @@ class ReplayBuffer:
         # Slot -> the exact obs where the rebuilt one differs; slot -> (next_obs, frame only).
         self._side_obs: dict[int, np.ndarray] = {}
         self._side_next: dict[int, tuple[np.ndarray, bool]] = {}
+        self._in_side_obs[:] = False
+        self._in_side_next[:] = False
+
+    def _set_side(self, side_obs: dict[int, np.ndarray],
+                  side_next: dict[int, tuple[np.ndarray, bool]]) -> None:
+        self._side_obs, self._side_next = side_obs, side_next
+        self._in_side_obs[:] = False
+        self._in_side_obs[list(side_obs)] = True
+        self._in_side_next[:] = False
+        self._in_side_next[list(side_next)] = True
 
     @property
     def _ring_frames(self) -> int:
@@ -195,8 +207,12 @@ class ReplayBuffer:
         self._check_shape("next_obs", next_obs.shape, self._obs_shape)
         self._check_shape("action", action.shape, self._action_shape)
         count, i = self._total, self._pos
-        self._side_obs.pop(i, None)
-        self._side_next.pop(i, None)
+        if self._in_side_obs[i]:
+            del self._side_obs[i]
+            self._in_side_obs[i] = False
+        if self._in_side_next[i]:
+            del self._side_next[i]
+            self._in_side_next[i] = False
         prev = (i - 1) % self._capacity
         continues = self._size > 0 and not self._episode_end[prev]
         if continues and prev != i and not _same_bytes(self._pending, obs):
@@ -211,6 +227,7 @@ class ReplayBuffer:
         self._total, self._size = count + 1, min(self._size + 1, self._capacity)
         if self._frames > 1 and not _same_bytes(self._stacks(np.array([count]))[0], obs):
             self._side_obs[i] = obs.copy()
+            self._in_side_obs[i] = True
         self._has_pending = not self._episode_end[i]
         if self._has_pending:
             self._pending[...] = next_obs
@@ -221,6 +238,7 @@ class ReplayBuffer:
         """Put a next_obs that is not the following obs into the side store: for a frame stack
         only its newest frame when the rest is the obs shifted by one (what the env's stack
         gives after any step)."""
+        self._in_side_next[slot] = True
         if self._frames > 1:
             shifted = self._obs_at(np.array([slot]))[0][..., 1:]
             if _same_bytes(shifted, next_obs[..., :-1]):
@@ -346,37 +364,32 @@ class ReplayBuffer:
             columns.append(np.where(self._first[newer % self._ring_frames], newer, newer - 1))
         return np.stack([self._obs[c % self._ring_frames] for c in reversed(columns)], axis=-1)
 
-    def _obs_of_counts(self, counts: np.ndarray) -> np.ndarray:
-        out = (self._stacks(counts) if self._frames > 1
-               else self._obs[counts % self._ring_frames])
-        if self._side_obs:
-            for row, slot in enumerate((counts % self._capacity).tolist()):
-                kept = self._side_obs.get(slot)
-                if kept is not None:
-                    out[row] = kept
-        return out
-
     def _obs_at(self, slots: np.ndarray) -> np.ndarray:
         """Fresh array of the observations of the transitions in `slots`."""
-        return self._obs_of_counts(self._counts(slots))
+        if self._frames == 1:  # the ring has one entry per slot, and nothing in _side_obs
+            return self._obs[slots]
+        out = self._stacks(self._counts(slots))
+        for row in np.flatnonzero(self._in_side_obs[slots]).tolist():
+            out[row] = self._side_obs[int(slots[row])]
+        return out
 
     def _next_obs_at(self, slots: np.ndarray) -> np.ndarray:
         """Fresh array of the next observations of the transitions in `slots`: the following
         transition's obs, the side store's where the episode ended, the pending one for the
         newest transition."""
-        counts = self._counts(slots)
-        newest = counts == self._total - 1
-        out = self._obs_of_counts(np.where(newest, counts, counts + 1))
-        for row, slot in enumerate(slots.tolist()):
-            kept = self._side_next.get(slot)
-            if kept is not None:
-                value, frame_only = kept
-                if frame_only:  # the obs shifted by one frame, then the kept newest frame
-                    obs = self._obs_at(np.array([slot]))[0]
-                    value = np.concatenate([obs[..., 1:], value[..., None]], axis=-1)
-                out[row] = value
-            elif newest[row]:
+        newest = (self._pos - 1) % self._capacity
+        # The newest transition's row reads the slot after it too (stale or empty): replaced below.
+        out = self._obs_at((slots + 1) % self._capacity)
+        for row in np.flatnonzero(self._in_side_next[slots] | (slots == newest)).tolist():
+            slot = int(slots[row])
+            if not self._in_side_next[slot]:
                 out[row] = self._pending
+                continue
+            value, frame_only = self._side_next[slot]
+            if frame_only:  # the obs shifted by one frame, then the kept newest frame
+                obs = self._obs_at(slots[row:row + 1])[0]
+                value = np.concatenate([obs[..., 1:], value[..., None]], axis=-1)
+            out[row] = value
         return out
 
     def transitions(self) -> dict[str, np.ndarray]:
@@ -506,7 +519,7 @@ class ReplayBuffer:
                 raise
         self._pending[...] = small["pending"]
         self._total, self._size, self._has_pending = total, size, bool(small["has_pending"])
-        self._side_obs, self._side_next = side
+        self._set_side(*side)
         self._rng = rng
 
     def _side_stores(self, path, small: dict[str, np.ndarray], size: int):

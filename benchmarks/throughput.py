@@ -150,9 +150,12 @@ def bnrl_agent(row: Row, threads: int, gradient_steps: int = 1):
     agent = make_agent(row.agent, env.observation_space, env.action_space, config, seed=0)
     rng = np.random.default_rng(0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    for _ in range(FILL):
-        agent.buffer.add(rng.standard_normal(obs_dim), rng.uniform(-1, 1, act_dim),
-                         rng.standard_normal(), rng.standard_normal(obs_dim), False)
+    # One stream whose next_obs is the following obs, as an env's is: the buffer stores each
+    # observation once, and a stream that never chains would measure its side store instead.
+    states = rng.standard_normal((FILL + 1, obs_dim))
+    for k in range(FILL):
+        agent.buffer.add(states[k], rng.uniform(-1, 1, act_dim), rng.standard_normal(),
+                         states[k + 1], False)
     return agent, env
 
 
