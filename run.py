@@ -47,6 +47,7 @@ quiet_tensorflow()
 from bnrl import agents  # noqa: E402 - after quiet_tensorflow
 from bnrl.common.errors import RunFailed, StorageError, UserError, one_line  # noqa: E402
 from bnrl.compare.cli import COMMANDS, add_benchmark_commands  # noqa: E402
+from bnrl.envs import VECTOR_MODES  # noqa: E402
 from bnrl.training import evaluate_run, resolve, train  # noqa: E402
 from bnrl.training.config import parse_setting  # noqa: E402
 from bnrl.training.export import export_policy  # noqa: E402
@@ -186,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gradient steps between TensorBoard scalar logs (default 250)")
     train.add_argument("--max-episode-steps", type=_positive_int,
                        help="override the env's time limit")
+    train.add_argument("--n-envs", type=_positive_int,
+                       help="sub-envs stepping together (gymnasium vector env; default 1); "
+                       "train_freq then counts vector steps, as in SB3")
+    train.add_argument("--vector-env", choices=VECTOR_MODES,
+                       help="with --n-envs: sub-envs in this process (sync, default) or one "
+                       "process each (async)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --logdir from its latest checkpoint")
     train.add_argument("--without-replay", action="store_true",
@@ -232,7 +239,8 @@ def cmd_train(args) -> int:
     train_overrides = dict(steps=args.steps, seed=args.seed, eval_every=args.eval_every,
                            eval_episodes=args.eval_episodes,
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                           max_episode_steps=args.max_episode_steps)
+                           max_episode_steps=args.max_episode_steps, n_envs=args.n_envs,
+                           vector_env=args.vector_env)
     config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
     if args.actor_norm is not None:  # the agent may come from --config: known only now
         if config.agent == "dqn":

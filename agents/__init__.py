@@ -31,13 +31,14 @@ def agent_class(name: str) -> type[Algorithm]:
 
 
 def make_agent(name: str, observation_space, action_space, config=None, seed: int = 0,
-               frames: int = 1) -> Agent:
+               frames: int = 1, n_envs: int = 1) -> Agent:
     """Build agent ``name``; ``config`` is its config dataclass, a dict of fields, or None;
-    ``frames`` the env's frame stack (``envs.frame_stack``)."""
+    ``frames`` the env's frame stack (``envs.frame_stack``), ``n_envs`` the sub-envs of the
+    vector env it trains on."""
     algorithm = agent_class(name)
     if config is None or isinstance(config, dict):
         config = config_from_dict(algorithm.config_class, config)
-    return Agent(algorithm, observation_space, action_space, config, seed, frames)
+    return Agent(algorithm, observation_space, action_space, config, seed, frames, n_envs)
 
 
 __all__ = ["ACTION_SPACES", "AGENTS", "Agent", "AgentConfig", "Algorithm", "CrossQ",

@@ -43,10 +43,13 @@ class Agent:
       seed: seeds the graph, the networks, replay sampling and exploration.
       frames: the env's frame stack (``envs.frame_stack``): k > 1 when the observation's last
         axis holds its last k frames, which the replay then stores once each.
+      n_envs: sub-envs of the vector env it trains on (``act_batch``, ``observe_batch``): the
+        replay keeps their transitions as ``n_envs`` streams (each observation still stored
+        once) in ``buffer_size`` rounded down to a multiple of ``n_envs`` (as SB3 does).
     """
 
     def __init__(self, algorithm: type[Algorithm], observation_space, action_space,
-                 config=None, seed: int = 0, frames: int = 1):
+                 config=None, seed: int = 0, frames: int = 1, n_envs: int = 1):
         self.name = algorithm.name
         config = config if config is not None else algorithm.config_class()
         self.config = config if config.is_resolved else config.resolved()
@@ -54,11 +57,18 @@ class Agent:
         self.observation = algorithm.observation(observation_space, self.config, frames)
         self.obs_dim = self.observation.dim
         self.rng = np.random.default_rng(self.seed)
-        self.head = algorithm.head_class(action_space, self.config, self.rng)
-        self.buffer = ReplayBuffer(self.config.buffer_size, self.observation.shape,
-                                   self.head.action_shape, self.head.action_dtype,
-                                   seed=self.seed + 1, obs_dtype=self.observation.dtype,
-                                   frames=self.observation.frames)
+        if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+            raise ValueError(f"n_envs must be a positive int, got {n_envs!r}")
+        if n_envs > self.config.buffer_size:
+            raise ValueError(f"buffer_size ({self.config.buffer_size}) must be at least n_envs "
+                             f"({n_envs})")
+        self.n_envs = n_envs
+        self.head = algorithm.head_class(action_space, self.config, self.rng, n_envs)
+        self.buffer = ReplayBuffer(self.config.buffer_size // n_envs * n_envs,
+                                   self.observation.shape, self.head.action_shape,
+                                   self.head.action_dtype, seed=self.seed + 1,
+                                   obs_dtype=self.observation.dtype,
+                                   frames=self.observation.frames, streams=n_envs)
         self.env_steps = 0
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -145,11 +155,7 @@ class Agent:
             graph path and NaN on the numpy one (TensorFlow's ReLU maps NaN to 0, numpy's keeps
             it): refusing it is the one answer both paths give.
         """
-        x = np.asarray(obs, self.observation.dtype).reshape(1, *self.observation.shape)
-        # uint8 observations are finite by their type.
-        bad = first_nonfinite(x) if self.observation.dtype == "float32" else None
-        if bad is not None:
-            raise NonFiniteValue(f"the observation given to act() is not finite ({bad})")
+        x = self._checked(obs, 1, "act()")
         if explore and self.env_steps < self.config.learning_starts:
             return self.head.random()
         if not explore and self._numpy_act is not None:
@@ -165,6 +171,27 @@ class Agent:
                 return self.head.finish(forward(x)[0])
         return self.head.act(self._act_fn(x)[0], explore, self.env_steps)
 
+    def act_batch(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
+        """Actions for the ``n_envs`` observations of a vector env (leading axis), one
+        ``sess.run`` for all; row ``i`` explores as ``act`` would in sub-env ``i`` (its own
+        OU noise). With one sub-env the draws are exactly ``act``'s."""
+        x = self._checked(obs, self.n_envs, "act_batch()")
+        if explore and self.env_steps < self.config.learning_starts:
+            return np.stack([self.head.random() for _ in range(self.n_envs)])
+        out = self._act_fn(x)
+        return np.stack([self.head.act(row, explore, self.env_steps, env)
+                         for env, row in enumerate(out)])
+
+    def _checked(self, obs, rows: int, caller: str) -> np.ndarray:
+        """``obs`` as the policy's input batch of ``rows`` observations, refused when it holds
+        NaN or inf."""
+        x = np.asarray(obs, self.observation.dtype).reshape(rows, *self.observation.shape)
+        # uint8 observations are finite by their type.
+        bad = first_nonfinite(x) if self.observation.dtype == "float32" else None
+        if bad is not None:
+            raise NonFiniteValue(f"the observation given to {caller} is not finite ({bad})")
+        return x
+
     def _weights_changed(self) -> None:
         """The numpy acting path's copy of the weights is stale from now on."""
         self._numpy_acts_since_change = 0
@@ -177,6 +204,15 @@ class Agent:
         self.env_steps += 1
         if terminated or truncated:
             self.head.episode_end()
+
+    def observe_batch(self, obs, action, reward, next_obs, terminated, truncated) -> None:
+        """Store the ``n_envs`` transitions of one vector-env step (leading axis: sub-env);
+        ``next_obs`` of a sub-env whose episode ended is its final observation, not the next
+        episode's first (gymnasium's ``final_obs``)."""
+        self.buffer.add_batch(obs, action, reward, next_obs, terminated, truncated)
+        self.env_steps += self.n_envs
+        for env in np.flatnonzero(np.logical_or(terminated, truncated)).tolist():
+            self.head.episode_end(env)
 
     def train_step(self, log: bool = False) -> dict[str, float]:
         """One gradient step on a batch sampled from the replay buffer."""

@@ -24,6 +24,8 @@ class PolicyHead:
       action_space: the env's ``Discrete`` or ``Box`` (in [-1, 1]) action space.
       config: the agent's resolved config (exploration settings).
       rng: the agent's numpy generator (exploration draws from it).
+      n_envs: sub-envs acting together (a vector env); exploration that carries state between
+        steps keeps one per sub-env.
     """
 
     kind: ClassVar[str]
@@ -32,8 +34,8 @@ class PolicyHead:
     numpy_output: ClassVar[str | None] = None
     """The output layer the numpy acting path computes (None: the network's output)."""
 
-    def __init__(self, action_space, config, rng: np.random.Generator):
-        self.config, self.rng = config, rng
+    def __init__(self, action_space, config, rng: np.random.Generator, n_envs: int = 1):
+        self.config, self.rng, self.n_envs = config, rng, n_envs
 
     action_shape: tuple[int, ...]
     action_dtype: type
@@ -42,17 +44,18 @@ class PolicyHead:
         """A uniformly random action (before ``learning_starts``)."""
         raise NotImplementedError
 
-    def act(self, out: np.ndarray, explore: bool, env_steps: int):
+    def act(self, out: np.ndarray, explore: bool, env_steps: int, env: int = 0):
         """The action from the policy network's output row ``out``; with ``explore``, the
-        exploration of the agent (``env_steps`` taken so far)."""
+        exploration of the agent (``env_steps`` taken so far) in sub-env ``env``."""
         raise NotImplementedError
 
     def finish(self, out: np.ndarray):
         """The deterministic action from the numpy path's output row (``numpy_output``)."""
         return self.act(out, explore=False, env_steps=0)
 
-    def episode_end(self) -> None:
-        """An episode ended: reset what the exploration carries between steps."""
+    def episode_end(self, env: int = 0) -> None:
+        """An episode of sub-env ``env`` ended: reset what its exploration carries between
+        steps."""
 
     def serving(self, raw: tf.Tensor, env_bounds) -> dict[str, tf.Tensor]:
         """The exported policy's outputs from the network's output ``raw`` (a batch)."""
@@ -70,8 +73,8 @@ class GreedyHead(PolicyHead):
     kind = "greedy"
     action_space = "discrete"
 
-    def __init__(self, action_space, config, rng):
-        super().__init__(action_space, config, rng)
+    def __init__(self, action_space, config, rng, n_envs=1):
+        super().__init__(action_space, config, rng, n_envs)
         self.n = int(action_space.n)
         self.action_shape, self.action_dtype = (), np.int64
 
@@ -86,7 +89,7 @@ class GreedyHead(PolicyHead):
     def random(self):
         return int(self.rng.integers(self.n))
 
-    def act(self, out, explore, env_steps):
+    def act(self, out, explore, env_steps, env=0):
         if explore and self.rng.random() < self.epsilon(env_steps):
             return self.random()
         return int(np.argmax(out))
@@ -106,8 +109,8 @@ class BoxHead(PolicyHead):
 
     action_space = "box"
 
-    def __init__(self, action_space, config, rng):
-        super().__init__(action_space, config, rng)
+    def __init__(self, action_space, config, rng, n_envs=1):
+        super().__init__(action_space, config, rng, n_envs)
         self.action_dim = int(np.prod(action_space.shape))
         self.action_shape, self.action_dtype = (self.action_dim,), np.float32
 
@@ -144,28 +147,29 @@ class DeterministicHead(BoxHead):
 
     kind = "deterministic"
 
-    def __init__(self, action_space, config, rng):
-        super().__init__(action_space, config, rng)
-        self._ou_state = np.zeros(self.action_dim, np.float32)
+    def __init__(self, action_space, config, rng, n_envs=1):
+        super().__init__(action_space, config, rng, n_envs)
+        # One Ornstein-Uhlenbeck process per sub-env (SB3's VectorizedActionNoise).
+        self._ou_state = np.zeros((n_envs, self.action_dim), np.float32)
 
-    def act(self, out, explore, env_steps):
+    def act(self, out, explore, env_steps, env=0):
         c = self.config
         if not explore or c.action_noise == "none":
             return out
         if c.action_noise == "ou":
             # dx = theta * (0 - x) dt + sigma * sqrt(dt) dW with dt = 1e-2 (SB3's OU defaults).
             dt = 1e-2
-            self._ou_state += (-c.ou_theta * self._ou_state * dt
-                               + c.action_noise_std * np.sqrt(dt)
-                               * self.rng.standard_normal(self.action_dim))
-            noise = self._ou_state
+            state = self._ou_state[env]
+            state += (-c.ou_theta * state * dt + c.action_noise_std * np.sqrt(dt)
+                      * self.rng.standard_normal(self.action_dim))
+            noise = state
         else:
             noise = c.action_noise_std * self.rng.standard_normal(self.action_dim)
         return np.clip(out + noise, -1.0, 1.0).astype(np.float32)
 
-    def episode_end(self):
+    def episode_end(self, env=0):
         # OU noise restarts at 0 with every episode (SB3's ``action_noise.reset()``).
-        self._ou_state[:] = 0.0
+        self._ou_state[env] = 0.0
 
     def _deterministic(self, raw):
         return raw
@@ -178,7 +182,7 @@ class SquashedGaussianHead(BoxHead):
     kind = "squashed_gaussian"
     numpy_output = "pi_mean"
 
-    def act(self, out, explore, env_steps):
+    def act(self, out, explore, env_steps, env=0):
         mean, log_std = out[: self.action_dim], out[self.action_dim:]
         if not explore:
             return np.tanh(mean)

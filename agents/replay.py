@@ -16,11 +16,20 @@ the buffer would rebuild is, byte for byte, what it was given, and keeps the giv
 side store when it is not, so a sampled batch is always exactly what the old obs-beside-next_obs
 layout returned.
 
+A vector env of S sub-envs (``streams=S``) adds S transitions per step, sub-env 0, 1, ..., S-1
+in turn. Interleaved like that, no transition's next_obs is the next one's obs, so with a chain
+of stride 1 every next_obs would go to the side store (twice the memory for images, and a Python
+loop over every sampled row). The chain therefore has stride S: a transition's stream is its
+count (order of arrival) modulo S, and its stream's previous and following transitions are S
+counts before and after it. This is Stable-Baselines3's ``ReplayBuffer`` layout, arrays of shape
+``(buffer_size // n_envs, n_envs)``, flattened in arrival order; the capacity is a multiple of S
+so that a slot always holds the same stream. With S = 1 it is the single stream as before.
+
 Unlike Dopamine, which pads with zero transitions and never samples an index whose stack
 crosses an episode start or the write cursor (``is_valid_transition``), every stored transition
-can be drawn, with the same draws as before: the frame ring keeps ``k - 1`` frames more than the
-capacity, so the oldest transition's stack is still whole, and n-step windows stop at the newest
-transition (as they always did)."""
+can be drawn, with the same draws as before: the frame ring keeps ``k - 1`` frames per stream
+more than the capacity, so the oldest transition's stack is still whole, and n-step windows stop
+at their stream's newest transition (as they always did at the newest one)."""
 
 from __future__ import annotations
 
@@ -37,11 +46,14 @@ from bnrl.common.files import atomic_open
 __all__ = ["ReplayBuffer"]
 
 # Bumped whenever the saved layout changes, so old checkpoints fail loudly instead of silently.
-# Version 3 stores each observation once; versions 1 and 2 (obs beside next_obs) still load.
-_FORMAT_VERSION = 3
+# Version 4 adds streams (a pending next_obs per stream); version 3 (one stream) stores each
+# observation once; versions 1 and 2 (obs beside next_obs) still load.
+_FORMAT_VERSION = 4
 _TRANSITION_KEYS = ("action", "reward", "terminated", "episode_end")
-_SCALARS = ("format_version", "capacity", "frames", "pos", "size", "total", "has_pending",
-            "rng_state")
+# has_pending is one flag per stream from version 4 on (a 0-d one in version 3).
+_V3_SCALARS = ("format_version", "capacity", "frames", "pos", "size", "total", "has_pending",
+               "rng_state")
+_SCALARS = (*_V3_SCALARS, "streams")
 # The side store: whole observations by slot, and next observations kept as one frame by slot.
 _SIDE_KEYS = ("side_obs_slots", "side_obs", "side_next_slots", "side_next",
               "side_next_frame_slots", "side_next_frames")
@@ -66,6 +78,11 @@ class ReplayBuffer:
     (`transition_bytes`); the side store grows by one observation (one frame for a frame stack)
     per episode end. Once full, each new transition overwrites the oldest one.
 
+    Transitions of `streams` sub-envs of a vector env come in round robin (`add_batch` of one
+    vector step's S rows, sub-env 0 first); each sub-env's transitions chain among themselves,
+    S counts apart, as in SB3's `(buffer_size // n_envs, n_envs)` layout, so each observation
+    is still stored once.
+
     `terminated` is 1.0 only for a true termination (the MDP ended, so the target is
     just the reward). A time-limit truncation must be stored as 0.0: the state after it
     still has value, and treating it as terminal would bias the critic towards the
@@ -81,6 +98,8 @@ class ReplayBuffer:
             boolean grids (sampled as stored; the networks convert them).
         frames: k > 1 when the observation's last axis is a stack of its last k frames
             (`networks.Observation.frames`); 1 otherwise.
+        streams: S, the number of sub-envs whose transitions arrive round robin (the n-th
+            transition added belongs to sub-env n mod S); `capacity` must be a multiple of it.
     """
 
     def __init__(
@@ -92,24 +111,31 @@ class ReplayBuffer:
         seed: int | None = None,
         obs_dtype: npt.DTypeLike = np.float32,
         frames: int = 1,
+        streams: int = 1,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 1:
             raise ValueError(f"capacity must be a positive int, got {capacity!r}")
-        self._capacity = int(capacity)
+        if isinstance(streams, bool) or not isinstance(streams, int | np.integer) or streams < 1:
+            raise ValueError(f"streams must be a positive int, got {streams!r}")
+        if capacity % streams:
+            raise ValueError(f"capacity {capacity} must be a multiple of streams {streams}")
+        self._capacity, self._streams = int(capacity), int(streams)
         self._obs_shape = tuple(int(d) for d in obs_shape)
         self._action_shape = tuple(int(d) for d in action_shape)
         self._frames = _check_frames(frames, self._obs_shape)
         self._obs_dtype = np.dtype(obs_dtype)
         # The frame ring: one entry per transition (its obs's newest frame, or the whole obs),
-        # indexed by the transition's count modulo capacity + k - 1, so the k - 1 frames before
-        # the oldest transition are still there for its stack.
+        # indexed by the transition's count modulo capacity + (k - 1) * S, so the k - 1 frames
+        # of its stream before the oldest transition are still there for its stack.
         self._obs = np.zeros((self._ring_frames, *self._frame_shape), dtype=self._obs_dtype)
         self._first = np.zeros(self._ring_frames, dtype=np.bool_)  # the frame starts an episode
         self._action = np.zeros((self._capacity, *self._action_shape), dtype=action_dtype)
         self._reward = np.zeros(self._capacity, dtype=np.float32)
         self._terminated = np.zeros(self._capacity, dtype=np.float32)
         self._episode_end = np.zeros(self._capacity, dtype=np.bool_)
-        self._pending = np.zeros(self._obs_shape, dtype=self._obs_dtype)
+        # Per stream, its newest transition's next_obs while its next transition has not come.
+        self._pending = np.zeros((self._streams, *self._obs_shape), dtype=self._obs_dtype)
+        self._has_pending = np.zeros(self._streams, dtype=np.bool_)
         # Per slot, whether the side store holds its obs / its next_obs: a sampled batch looks up
         # only those rows in the dicts below (a Python loop over all B rows cost ~200 us).
         self._in_side_obs = np.zeros(self._capacity, dtype=np.bool_)
@@ -120,8 +146,7 @@ class ReplayBuffer:
     def _clear(self) -> None:
         self._total = 0  # transitions added so far; the next one gets count _total
         self._size = 0  # number of valid transitions, <= capacity
-        # The newest transition's next_obs while the next transition has not come yet.
-        self._has_pending = False
+        self._has_pending[:] = False
         # Slot -> the exact obs where the rebuilt one differs; slot -> (next_obs, frame only).
         self._side_obs: dict[int, np.ndarray] = {}
         self._side_next: dict[int, tuple[np.ndarray, bool]] = {}
@@ -138,7 +163,7 @@ class ReplayBuffer:
 
     @property
     def _ring_frames(self) -> int:
-        return self._capacity + self._frames - 1
+        return self._capacity + (self._frames - 1) * self._streams
 
     @property
     def _frame_shape(self) -> tuple[int, ...]:
@@ -159,6 +184,11 @@ class ReplayBuffer:
         return self._capacity
 
     @property
+    def streams(self) -> int:
+        """Number of sub-envs whose transitions arrive round robin."""
+        return self._streams
+
+    @property
     def full(self) -> bool:
         """Whether new transitions now overwrite the oldest ones."""
         return self._size == self._capacity
@@ -174,7 +204,8 @@ class ReplayBuffer:
                          frames: int = 1) -> int:
         """Ring bytes per transition: one frame (or one whole observation), the episode-start
         flag, the action, float32 reward and termination, the bool episode end. The side store
-        adds one frame (a whole observation when `frames` is 1) per episode end."""
+        adds one frame (a whole observation when `frames` is 1) per episode end; a buffer of S
+        streams has (frames - 1) * S frames more in all."""
         frame = int(np.prod(obs_shape[:-1] if frames > 1 else obs_shape))
         action = int(np.prod(action_shape)) * np.dtype(action_dtype).itemsize
         return frame * np.dtype(obs_dtype).itemsize + 1 + action + 4 + 4 + 1
@@ -188,7 +219,8 @@ class ReplayBuffer:
         terminated: bool,
         truncated: bool = False,
     ) -> None:
-        """Store one transition, overwriting the oldest one when full.
+        """Store one transition, overwriting the oldest one when full. It belongs to stream
+        `n mod S` when it is the n-th one added (counting from 0).
 
         Args:
             obs: Observation before the action, shape `obs_shape`.
@@ -207,16 +239,19 @@ class ReplayBuffer:
         self._check_shape("next_obs", next_obs.shape, self._obs_shape)
         self._check_shape("action", action.shape, self._action_shape)
         count, i = self._total, self._pos
+        stream = count % self._streams
         if self._in_side_obs[i]:
             del self._side_obs[i]
             self._in_side_obs[i] = False
         if self._in_side_next[i]:
             del self._side_next[i]
             self._in_side_next[i] = False
-        prev = (i - 1) % self._capacity
-        continues = self._size > 0 and not self._episode_end[prev]
-        if continues and prev != i and not _same_bytes(self._pending, obs):
-            self._keep_next(prev, self._pending.copy())
+        # The stream's previous transition: S counts back, stored once S transitions are.
+        prev = (i - self._streams) % self._capacity
+        continues = self._size >= self._streams and not self._episode_end[prev]
+        pending = self._pending[stream]
+        if continues and prev != i and not _same_bytes(pending, obs):
+            self._keep_next(prev, pending.copy())
         frame = count % self._ring_frames
         self._obs[frame] = obs[..., -1] if self._frames > 1 else obs
         self._first[frame] = not continues
@@ -228,9 +263,9 @@ class ReplayBuffer:
         if self._frames > 1 and not _same_bytes(self._stacks(np.array([count]))[0], obs):
             self._side_obs[i] = obs.copy()
             self._in_side_obs[i] = True
-        self._has_pending = not self._episode_end[i]
-        if self._has_pending:
-            self._pending[...] = next_obs
+        self._has_pending[stream] = not self._episode_end[i]
+        if self._has_pending[stream]:
+            pending[...] = next_obs
         else:
             self._keep_next(i, next_obs.copy())
 
@@ -255,7 +290,9 @@ class ReplayBuffer:
         terminated: npt.ArrayLike,
         truncated: npt.ArrayLike | None = None,
     ) -> None:
-        """Store N transitions at once (leading axis N), same semantics as N calls to `add`.
+        """Store N transitions at once (leading axis N), same semantics as N calls to `add`:
+        row j goes to the stream after row j - 1's, so when every call adds one vector step's S
+        rows, sub-env 0 first, sub-env s is always stream s.
 
         Args:
             obs: Observations, shape `(N, *obs_shape)`.
@@ -285,9 +322,10 @@ class ReplayBuffer:
         """Draw a batch uniformly, with replacement, from the stored transitions.
 
         With `n_steps > 1` each drawn transition `t` becomes an n-step one, as SB3 2.7's
-        `NStepReplayBuffer` computes it: its window is the transitions `t, t+1, ..., t+m-1`
-        with `m <= n_steps`, stopping at the first one that ends the episode (terminated or
-        truncated) and at the newest stored one; `reward` is `sum_k gamma^k r_{t+k}`,
+        `NStepReplayBuffer` computes it: its window is its stream's transitions `t, t+S, ...,
+        t+(m-1)S` with `m <= n_steps`, stopping at the first one that ends the episode
+        (terminated or truncated) and at the stream's newest stored one; `reward` is
+        `sum_k gamma^k r_{t+kS}`,
         `next_obs` and `done` are those of the window's last transition, and `discount` is
         `gamma^m`, the bootstrap's factor (Sutton & Barto 2018, section 7.1). Unlike SB3's, a
         window never runs past the newest transition into the oldest ones of a full ring (a
@@ -335,14 +373,15 @@ class ReplayBuffer:
 
     def _n_step_windows(self, idx: np.ndarray, n_steps: int, gamma: float):
         """Per drawn index: the window's last index, its discounted reward sum and gamma^m."""
-        # Transitions newer than t: up to the newest, (pos - 1 - t) mod capacity of them.
-        newer = (self._pos - 1 - idx) % self._capacity
+        # Transitions of t's stream newer than t: every S-th of the (pos - 1 - t) mod capacity
+        # ones newer than t.
+        newer = (self._pos - 1 - idx) % self._capacity // self._streams
         reward = np.zeros(idx.shape, np.float64)
         last = idx.copy()
         length = np.zeros(idx.shape, np.int64)
         open_ = np.ones(idx.shape, np.bool_)  # the window has not ended yet
         for k in range(n_steps):
-            at = (idx + k) % self._capacity
+            at = (idx + k * self._streams) % self._capacity
             take = open_ & (k <= newer)
             reward[take] += gamma**k * self._reward[at[take]]
             last[take], length[take] = at[take], k + 1
@@ -356,12 +395,13 @@ class ReplayBuffer:
 
     def _stacks(self, counts: np.ndarray) -> np.ndarray:
         """The frame stacks of the transitions of `counts`, oldest frame first: the k - 1
-        frames before each one, each replaced by the episode's first frame before it started
-        (``FrameStackObservation``'s reset padding)."""
+        frames of its stream before each one (S counts apart), each replaced by the episode's
+        first frame before it started (``FrameStackObservation``'s reset padding)."""
         columns = [counts]
         for _ in range(self._frames - 1):
             newer = columns[-1]
-            columns.append(np.where(self._first[newer % self._ring_frames], newer, newer - 1))
+            columns.append(np.where(self._first[newer % self._ring_frames], newer,
+                                    newer - self._streams))
         return np.stack([self._obs[c % self._ring_frames] for c in reversed(columns)], axis=-1)
 
     def _obs_at(self, slots: np.ndarray) -> np.ndarray:
@@ -374,16 +414,19 @@ class ReplayBuffer:
         return out
 
     def _next_obs_at(self, slots: np.ndarray) -> np.ndarray:
-        """Fresh array of the next observations of the transitions in `slots`: the following
-        transition's obs, the side store's where the episode ended, the pending one for the
-        newest transition."""
-        newest = (self._pos - 1) % self._capacity
-        # The newest transition's row reads the slot after it too (stale or empty): replaced below.
-        out = self._obs_at((slots + 1) % self._capacity)
-        for row in np.flatnonzero(self._in_side_next[slots] | (slots == newest)).tolist():
+        """Fresh array of the next observations of the transitions in `slots`: the obs of the
+        stream's following transition (S slots on), the side store's where the episode ended,
+        the stream's pending one for the stream's newest transition."""
+        if self._streams == 1:  # the common case, without a modulo over the batch
+            newest = slots == (self._pos - 1) % self._capacity
+        else:  # the last S transitions added are the newest of their streams
+            newest = (self._pos - 1 - slots) % self._capacity < self._streams
+        # A stream's newest transition reads the slot S on too (stale or empty): replaced below.
+        out = self._obs_at((slots + self._streams) % self._capacity)
+        for row in np.flatnonzero(self._in_side_next[slots] | newest).tolist():
             slot = int(slots[row])
             if not self._in_side_next[slot]:
-                out[row] = self._pending
+                out[row] = self._pending[slot % self._streams]
                 continue
             value, frame_only = self._side_next[slot]
             if frame_only:  # the obs shifted by one frame, then the kept newest frame
@@ -434,10 +477,11 @@ class ReplayBuffer:
             format_version=np.asarray(_FORMAT_VERSION),
             capacity=np.asarray(self._capacity),
             frames=np.asarray(self._frames),
+            streams=np.asarray(self._streams),
             pos=np.asarray(self._pos),
             size=np.asarray(self._size),
             total=np.asarray(self._total),
-            has_pending=np.asarray(self._has_pending),
+            has_pending=self._has_pending,
             rng_state=np.asarray(json.dumps(self._rng.bit_generator.state)),
         )
         with atomic_open(path, "wb") as f:
@@ -454,16 +498,17 @@ class ReplayBuffer:
     def load(self, path: str | os.PathLike[str]) -> None:
         """Restore contents, write position and RNG state from a file written by `save`.
 
-        The buffer must have been constructed with the same capacity, shapes, frames and
-        dtypes. The file's headers and small members are validated before anything is changed,
-        so a file that does not match leaves the buffer as it was. The rings are then read
-        straight into the buffer's arrays, a chunk of `_CHUNK_BYTES` at a time: a load never
-        holds a second copy of the buffer. A file damaged inside a ring (a CRC error) is found
+        The buffer must have been constructed with the same capacity, shapes, frames, streams
+        and dtypes. The file's headers and small members are validated before anything is
+        changed, so a file that does not match leaves the buffer as it was. The rings are then
+        read straight into the buffer's arrays, a chunk of `_CHUNK_BYTES` at a time: a load
+        never holds a second copy of the buffer. A file damaged inside a ring (a CRC error) is found
         only while reading it; the buffer is then left empty, never half loaded. Afterwards,
         `sample` continues exactly where the saved buffer's would have.
 
-        Files of versions 1 and 2 (obs beside next_obs) load too, through `add`: they are
-        read whole first, so they need their own size once more in memory.
+        Files of version 3 (one stream) load into a buffer of one stream. Files of versions 1
+        and 2 (obs beside next_obs, one stream) load too, through `add`: they are read whole
+        first, so they need their own size once more in memory.
 
         Args:
             path: A file written by `save`.
@@ -482,14 +527,19 @@ class ReplayBuffer:
             version = int(_read_small(zf, "format_version")) if "format_version" in members \
                 else None
             if version in (1, 2):
+                self._check_streams(path, 1)
                 self._load_old_layout(path, version)
                 return
-            if version not in (None, _FORMAT_VERSION):
+            if version not in (None, 3, _FORMAT_VERSION):
                 raise ValueError(f"{path}: format version {version}, expected {_FORMAT_VERSION}")
-            missing = {*_SCALARS, *_V3_KEYS} - members
+            scalars = _V3_SCALARS if version == 3 else _SCALARS
+            missing = {*scalars, *_V3_KEYS} - members
             if missing:
                 raise ValueError(f"{path}: not a replay buffer file, missing {sorted(missing)}")
-            small = {key: _read_small(zf, key) for key in (*_SCALARS, "pending", *_SIDE_KEYS)}
+            small = {key: _read_small(zf, key) for key in (*scalars, "pending", *_SIDE_KEYS)}
+            if version == 3:  # one stream: its pending next_obs and flag, as one of S
+                small.update(streams=np.asarray(1), pending=small["pending"][None],
+                             has_pending=small["has_pending"][None])
             capacity, frames = int(small["capacity"]), int(small["frames"])
             pos, size, total = int(small["pos"]), int(small["size"]), int(small["total"])
             if capacity != self._capacity:
@@ -497,6 +547,7 @@ class ReplayBuffer:
                                  f"{self._capacity}")
             if frames != self._frames:
                 raise ValueError(f"{path}: frames {frames}, but this buffer's is {self._frames}")
+            self._check_streams(path, int(small["streams"]))
             if not (total >= 0 and size == min(total, capacity) and pos == total % capacity):
                 raise ValueError(f"{path}: inconsistent pos={pos}, size={size}, total={total}, "
                                  f"capacity={capacity}")
@@ -507,8 +558,9 @@ class ReplayBuffer:
                 target = self._storage(key)
                 self._check_member(path, key, _header(zf, key), (n, *target.shape[1:]),
                                    target.dtype)
-            self._check_member(path, "pending", (small["pending"].shape, small["pending"].dtype),
-                               self._obs_shape, self._obs_dtype)
+            for key, target in (("pending", self._pending), ("has_pending", self._has_pending)):
+                self._check_member(path, key, (small[key].shape, small[key].dtype),
+                                   target.shape, target.dtype)
             side = self._side_stores(path, small, size)
             rng = self._rng_from_state(json.loads(str(small["rng_state"])), path)
             try:
@@ -518,9 +570,14 @@ class ReplayBuffer:
                 self._clear()  # part of the rings was overwritten: empty, never half loaded
                 raise
         self._pending[...] = small["pending"]
-        self._total, self._size, self._has_pending = total, size, bool(small["has_pending"])
+        self._has_pending[...] = small["has_pending"]
+        self._total, self._size = total, size
         self._set_side(*side)
         self._rng = rng
+
+    def _check_streams(self, path, streams: int) -> None:
+        if streams != self._streams:
+            raise ValueError(f"{path}: streams {streams}, but this buffer's is {self._streams}")
 
     def _side_stores(self, path, small: dict[str, np.ndarray], size: int):
         """The side stores of a file's arrays, checked (slots of stored transitions)."""

@@ -73,6 +73,8 @@ def add_benchmark_commands(sub, positive_int) -> None:
     bench.add_argument("--steps", type=positive_int,
                        help=f"env steps per run (default: the suite's, else {DEFAULT_STEPS})")
     bench.add_argument("--eval-every", type=positive_int, help="env steps between evaluations")
+    bench.add_argument("--n-envs", type=positive_int,
+                       help="sub-envs of each run's vector env (train --n-envs)")
     bench.add_argument("--out", default=None, help="output directory (default bench_out/quick "
                        "for the quick benchmark, bench_out/SUITE for a suite, else "
                        "bench_out/benchmark)")
@@ -210,7 +212,7 @@ def cmd_benchmark(args) -> int:
         raise UserError(f"config file not found: {args.config}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a directory")
-    _check_runs(agents, variants, args.config, steps, args.eval_every)
+    _check_runs(agents, variants, args.config, steps, args.eval_every, args.n_envs)
     if left_out:  # said once every argument is known to be good
         print(f"bnrl: warning: {left_out}", file=sys.stderr)
     workers = args.workers or os.cpu_count() or 1
@@ -239,7 +241,7 @@ def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
                workers) -> int:
     """Plan, run and report the grid in ``out`` (locked by the caller)."""
     specs = plan(out, agents, envs, variants, seeds, steps, args.config, args.extend, workers,
-                 args.eval_every, baseline)
+                 args.eval_every, baseline, args.n_envs)
     started = time.time()
 
     def on_result(record, done, total):
@@ -259,7 +261,8 @@ def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
     return 0 if not failed else 1
 
 
-def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every) -> None:
+def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every,
+                n_envs=None) -> None:
     """Resolve every run's settings as its worker will, and make its env, so that a --config key
     an agent does not accept, a variant's bad setting, a bad env or a too big replay buffer
     fails now with one line instead of as one failed run per grid cell; and refuse variants
@@ -269,7 +272,7 @@ def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every) ->
         for agent in env_agents:
             for variant in variants:
                 spec = RunSpec(agent, env_id, variant.name, 0, steps[env_id], config_file, "",
-                               1, eval_every, dict(variant.settings))
+                               1, eval_every, dict(variant.settings), n_envs=n_envs)
                 try:
                     config = resolve_spec(spec)
                     check_run(config)

@@ -33,7 +33,7 @@ QUICK = dict(agents=["sac"], envs=["Pendulum-v1"], variants=["none", "batch"], s
 
 
 def grid_record(cells, variants, baseline: str, seeds: int, config_text: str | None,
-                eval_every: int | None = None) -> dict:
+                eval_every: int | None = None, n_envs: int | None = None) -> dict:
     """What ``OUT/grid.json`` holds.
 
     Args:
@@ -43,7 +43,7 @@ def grid_record(cells, variants, baseline: str, seeds: int, config_text: str | N
     return {"cells": [{"agent": a, "env": e, "steps": int(s)} for a, e, s in cells],
             "variants": [{"name": v.name, "settings": dict(v.settings)} for v in variants],
             "baseline": baseline, "seeds": int(seeds), "config": config_text,
-            "eval_every": eval_every}
+            "eval_every": eval_every, "n_envs": n_envs}
 
 
 def merge_grids(old: dict, new: dict, where: str, steps_may_change: bool) -> dict:
@@ -52,7 +52,8 @@ def merge_grids(old: dict, new: dict, where: str, steps_may_change: bool) -> dic
     ``--extend`` (``steps_may_change``) may give a cell a new step budget (its runs continue to
     it); merging pieces may not (their runs would differ in length).
     """
-    for key, what in (("config", "--config"), ("eval_every", "--eval-every")):
+    for key, what in (("config", "--config"), ("eval_every", "--eval-every"),
+                      ("n_envs", "--n-envs")):
         if old[key] != new[key]:
             raise UserError(f"{where} cannot change {what} of the benchmark: its runs would not "
                             "be comparable; pass the same settings or choose another --out")
@@ -94,6 +95,8 @@ def read_grid(path: Path) -> dict:
                         "--out") from None
     if isinstance(grid, dict) and "cells" not in grid and "agents" in grid:
         grid = _from_old_grid(grid)
+    if isinstance(grid, dict):
+        grid.setdefault("n_envs", None)  # recorded since bnrl 0.4
     bad = sorted(key for key, ok in _GRID_CHECKS.items()
                  if not isinstance(grid, dict) or not _safe(ok, grid.get(key)))
     if bad:
@@ -124,6 +127,7 @@ _GRID_CHECKS = {
     "seeds": _is_int,
     "config": lambda v: v is None or isinstance(v, str),
     "eval_every": lambda v: v is None or _is_int(v),
+    "n_envs": lambda v: v is None or _is_int(v),
 }
 
 
@@ -145,12 +149,13 @@ def describe_grid(grid: dict) -> str:
     cells = ", ".join(f"{c['agent']} on {c['env']} ({c['steps']} steps)" for c in grid["cells"])
     return (f"{cells}; variants {','.join(v['name'] for v in grid['variants'])}; "
             f"{grid['seeds']} seeds"
-            + (f", --eval-every {grid['eval_every']}" if grid.get("eval_every") else ""))
+            + (f", --eval-every {grid['eval_every']}" if grid.get("eval_every") else "")
+            + (f", --n-envs {grid['n_envs']}" if grid.get("n_envs") else ""))
 
 
 def plan(out: Path, agents, envs, variants, seeds: int, steps, config_file=None,
          extend: bool = False, workers: int = 1, eval_every: int | None = None,
-         baseline: str | None = None) -> list[RunSpec]:
+         baseline: str | None = None, n_envs: int | None = None) -> list[RunSpec]:
     """Check or record ``OUT/grid.json`` and return every run of the grid.
 
     Args:
@@ -170,7 +175,8 @@ def plan(out: Path, agents, envs, variants, seeds: int, steps, config_file=None,
     cells = [(a, e, steps[e] if isinstance(steps, dict) else steps)
              for e in envs for a in (agents[e] if isinstance(agents, dict) else agents)]
     config_text = Path(config_file).read_text(encoding="utf-8") if config_file else None
-    grid = grid_record(cells, chosen, baseline or chosen[0].name, seeds, config_text, eval_every)
+    grid = grid_record(cells, chosen, baseline or chosen[0].name, seeds, config_text, eval_every,
+                       n_envs)
     grid_file = out / "grid.json"
     if grid_file.exists():
         old = read_grid(grid_file)
@@ -210,7 +216,7 @@ def specs_of(grid: dict, out: Path, config_file=None, workers: int = 1) -> list[
         for variant in grid["variants"]:
             first = RunSpec(cell["agent"], cell["env"], variant["name"], 0, cell["steps"],
                             config_file, "", threads, grid["eval_every"],
-                            dict(variant["settings"]), str(out))
+                            dict(variant["settings"]), str(out), n_envs=grid["n_envs"])
             digest = settings_hash(deciding_settings(resolve_spec(first)))
             for seed in range(grid["seeds"]):
                 run_dir = (out / "runs" / cell["agent"] / cell["env"].replace(":", "_")

@@ -56,6 +56,8 @@ class RunSpec:
     """The benchmark directory (where ``results/`` lives)."""
     settings_hash: str | None = None
     """``settings_hash`` of the resolved config this run must have."""
+    n_envs: int | None = None
+    """Sub-envs of each run's vector env (None: the preset's or ``--config``'s, else 1)."""
 
     @property
     def key(self) -> str:
@@ -83,7 +85,8 @@ def resolve_spec(spec: RunSpec):
     """The RunConfig a grid run trains with: presets < ``--config`` < the variant's settings."""
     settings = {k: v for k, v in spec.settings.items() if k != "agent"}
     return resolve(spec.run_agent, spec.env, spec.config_file,
-                   {"steps": spec.steps, "seed": spec.seed, "eval_every": spec.eval_every},
+                   {"steps": spec.steps, "seed": spec.seed, "eval_every": spec.eval_every,
+                    "n_envs": spec.n_envs},
                    settings)
 
 

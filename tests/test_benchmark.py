@@ -152,7 +152,7 @@ def test_small_grid_writes_results_report_figures_and_run_dirs(small_grid, capsy
         "cells": [{"agent": "sac", "env": "Pendulum-v1", "steps": 300}],
         "variants": [{"name": "none", "settings": {"critic_norm": "none"}},
                      {"name": "batch", "settings": {"critic_norm": "batch"}}],
-        "baseline": "none", "seeds": 2, "config": CONFIG, "eval_every": 100}
+        "baseline": "none", "seeds": 2, "config": CONFIG, "eval_every": 100, "n_envs": None}
 
     # Each run's portable result file: its record, run_dir relative, what made it.
     hashes = {}

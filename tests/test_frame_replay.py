@@ -302,8 +302,8 @@ def test_checkpoint_round_trip_is_bit_for_bit(tmp_path):
     restored.load(path)
     for key in ("obs", "first", "action", "reward", "terminated", "episode_end", "pending"):
         assert restored._storage(key).tobytes() == buffer._storage(key).tobytes(), key
-    assert (restored._total, restored._size, restored._has_pending) == (
-        buffer._total, buffer._size, buffer._has_pending)
+    assert (restored._total, restored._size, restored._has_pending.tolist()) == (
+        buffer._total, buffer._size, buffer._has_pending.tolist())
     assert restored._side_obs.keys() == buffer._side_obs.keys()
     for slot, value in buffer._side_obs.items():
         assert restored._side_obs[slot].tobytes() == value.tobytes()

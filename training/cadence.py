@@ -1,9 +1,10 @@
 """When a run updates and when it logs: the one place that decides.
 
-After every env step the training loop (and ``benchmarks/bn_diagnosis.py``) asks ``Cadence``
-how many gradient steps are due (``learning_starts``, ``train_freq``, ``gradient_steps``, as
-SB3 counts them) and whether the round's last update is the one to log (``log_every``), then
-runs the round with ``run_round``.
+After every (vector) env step the training loop (and ``benchmarks/bn_diagnosis.py``) asks
+``Cadence`` how many gradient steps are due (``learning_starts``, ``train_freq``,
+``gradient_steps``, as SB3 counts them: ``train_freq`` in vector steps of ``n_envs`` env steps)
+and whether the round's last update is the one to log (``log_every``), then runs the round with
+``run_round``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ class Cadence:
 
     Attributes:
       learning_starts: env steps of random actions before the first update.
-      train_freq: env steps between rounds of updates.
+      train_freq: vector steps (of ``n_envs`` env steps each) between rounds of updates.
       gradient_steps: updates per round.
       batch_size: transitions the replay buffer must hold before an update.
       log_every: updates between scalar logs.
+      n_envs: sub-envs of the run's vector env.
       log_due: a log fell due on an update that did not compute every loss (a critic-only
         update of a delayed actor); it is taken at the next round that ends complete.
     """
@@ -30,20 +32,25 @@ class Cadence:
     gradient_steps: int
     batch_size: int
     log_every: int
+    n_envs: int = 1
     log_due: bool = False
 
     @classmethod
-    def of(cls, agent_config, log_every: int) -> Cadence:
-        """The cadence of an agent's resolved config and the run's ``log_every``."""
+    def of(cls, agent_config, log_every: int, n_envs: int = 1) -> Cadence:
+        """The cadence of an agent's resolved config and the run's ``log_every`` and
+        ``n_envs``."""
         c = agent_config
-        return cls(c.learning_starts, c.train_freq, c.gradient_steps, c.batch_size, log_every)
+        return cls(c.learning_starts, c.train_freq, c.gradient_steps, c.batch_size, log_every,
+                   n_envs)
 
     def updates_due(self, env_steps: int, stored: int) -> int:
         """Gradient steps to take now that ``env_steps`` env steps are done and the replay
-        buffer holds ``stored`` transitions: ``gradient_steps`` at every ``train_freq``-th env
-        step once ``learning_starts`` steps are done and a batch is stored, else 0."""
+        buffer holds ``stored`` transitions: ``gradient_steps`` at every ``train_freq``-th
+        vector step once ``learning_starts`` env steps are done and a batch is stored, else 0.
+        (SB3's ``OffPolicyAlgorithm.learn``: ``train_freq`` counts ``env.step`` calls of the
+        vector env, ``learning_starts`` its ``num_timesteps``.)"""
         if (env_steps >= self.learning_starts and stored >= self.batch_size
-                and env_steps % self.train_freq == 0):
+                and (env_steps // self.n_envs) % self.train_freq == 0):
             return self.gradient_steps
         return 0
 

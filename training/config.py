@@ -25,22 +25,26 @@ from bnrl import configs  # presets ship as package data
 from bnrl.agents import AgentConfig, agent_class, config_from_dict
 from bnrl.agents.config import coerce_setting
 from bnrl.common.errors import UserError, one_line
+from bnrl.envs import VECTOR_MODES
 
 PRESET_DIR = Path(configs.__file__).resolve().parent
 
 SEED_MAX = 2**32 - 1
 """Largest seed: the agents derive per-network seeds (seed * 1000 + k) that must fit in int64."""
 
+MAX_ENVS = 1024
+"""Most sub-envs of a vector env (far beyond what a CPU machine steps usefully)."""
+
 MAX_CONFIG_BYTES = 1 << 20
 """Config files are a few lines; a bigger one is not a bnrl config."""
 
 RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "check_finite",
-             "agent_config.intra_op_threads", "agent_config.inter_op_threads")
+             "vector_env", "agent_config.intra_op_threads", "agent_config.inter_op_threads")
 """Settings ``--resume`` may change: when to stop (``steps``, never below the checkpoint's
 step), bookkeeping, the env-boundary check (it only decides whether a run with a non-finite
-value stops; a run that finishes has the same numbers either way) and the thread pools (speed
-only). Every other setting must equal the saved one, or the resumed run would silently be a
-different experiment."""
+value stops; a run that finishes has the same numbers either way), sync or async sub-envs and
+the thread pools (speed only). Every other setting must equal the saved one, or the resumed
+run would silently be a different experiment."""
 
 DEFAULT_AGENT, DEFAULT_ENV = "sac", "Pendulum-v1"
 
@@ -172,6 +176,16 @@ class RunConfig:
     """Gradient steps between scalar logs; BN diagnostics come from that step's own batch."""
     max_episode_steps: int | None = None
     """Override the env's registered time limit (null: the env's own)."""
+    n_envs: int = 1
+    """Sub-envs stepping together (gymnasium's vector API); each vector step is n_envs env
+    steps. steps, eval_every and checkpoint_every count env steps: a run evaluates and
+    checkpoints at the first vector step that reaches each multiple, and ends at the first that
+    reaches steps (as SB3's total_timesteps). As in SB3, train_freq counts vector steps: a round
+    of gradient_steps updates every train_freq vector steps (1 update per n_envs transitions at
+    the defaults)."""
+    vector_env: str = "sync"
+    """With n_envs > 1: sync (sub-envs stepped in turn in this process) or async (one process
+    each: pays off when an env step costs more than passing its observation, e.g. Atari)."""
     check_finite: bool = True
     """Check every observation, reward and action at the env boundary: a NaN or infinite one
     stops the run as failed, naming the step and the value (a few microseconds per step; false
@@ -199,7 +213,15 @@ class RunConfig:
                 raise UserError(f"{name} must be >= 1, got {value}")
         if not 0 <= self.seed <= SEED_MAX:
             raise UserError(f"--seed must be in [0, {SEED_MAX}], got {self.seed}")
+        if not 1 <= self.n_envs <= MAX_ENVS:
+            raise UserError(f"--n-envs must be in [1, {MAX_ENVS}], got {self.n_envs}")
+        if self.vector_env not in VECTOR_MODES:
+            raise UserError(f"vector_env must be one of {', '.join(VECTOR_MODES)}, got "
+                            f"{self.vector_env!r}")
         self.agent_config = self._resolved_agent_config()
+        if self.agent_config.buffer_size < self.n_envs:
+            raise UserError(f"buffer_size ({self.agent_config.buffer_size}) must be at least "
+                            f"n_envs ({self.n_envs})")
 
     def _resolved_agent_config(self) -> AgentConfig:
         try:

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
-from gymnasium.wrappers import RecordEpisodeStatistics
 from tqdm import tqdm
 
 from bnrl.common.errors import (
@@ -32,12 +32,13 @@ from bnrl.common.errors import (
     error_line,
 )
 from bnrl.common.files import atomic_write, lock_directory, make_dirs, remove_empty
+from bnrl.common.seeding import derive_seed
 from bnrl.training import checkpoint
 from bnrl.training.cadence import Cadence, run_round
 from bnrl.training.config import RESUMABLE, RunConfig, changed_settings, from_dict, read_yaml
 from bnrl.training.evaluation import evaluate
 from bnrl.training.logger import ScalarLogger, flatten_settings
-from bnrl.training.runs import build_agent, check_run, make_run_env
+from bnrl.training.runs import build_agent, check_run, make_run_env, make_train_envs
 
 # Scalars kept in summary.json for the benchmark's bn_stats.png.
 _BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
@@ -252,39 +253,39 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     since_log = {"time": time.time(), "step": step, "updates": agent.updates_done}
     train_time = state["train_time_s"]
     last_eval = state["eval_returns"][-1] if state["eval_returns"] else None
-    cadence = Cadence.of(agent.config, config.log_every)
+    n = config.n_envs
+    cadence = Cadence.of(agent.config, config.log_every, n)
     try:
         # Each env call is its own try block (free while nothing is raised), so that a fault
         # the env boundary reports (envs.EnvBoundary) names the step it happened at.
         try:
             # A fresh episode on every (re)start; the seed moves on so a resumed run explores
-            # anew.
-            obs, _ = env.reset(seed=config.seed + 1_000_003 * state["resets"])
+            # anew. Sub-env i of n resets with derive_seed(base, i, n): base itself for one.
+            base = config.seed + 1_000_003 * state["resets"]
+            obs, _ = env.reset(seed=[derive_seed(base, i, n) for i in range(n)])
             eval_env.reset(seed=config.seed + 10_000 + 1_000_003 * state["resets"])
         except RunFailed as exc:
             raise _stopped(exc, f"at the first reset (env step {step})") from exc
         while step < config.steps:
             try:
-                # act() refuses a non-finite observation even with the env check off.
-                action = agent.act(obs, explore=True)
+                # act_batch() refuses a non-finite observation even with the env check off.
+                action = agent.act_batch(obs, explore=True)
                 next_obs, reward, terminated, truncated, info = env.step(action)
             except RunFailed as exc:
-                raise _stopped(exc, f"at env step {step + 1}") from exc
-            agent.observe(obs, action, reward, next_obs, terminated, truncated)
-            step += 1
-            if terminated or truncated:
-                state["episodes"] += 1
-                logger.scalars({"charts/episodic_return": float(info["episode"]["r"]),
-                                "charts/episodic_length": int(info["episode"]["l"])}, step)
-                if "game" in info:  # Atari: the episodes are lives, this is a whole game
-                    logger.scalars({"charts/game_return": float(info["game"]["r"]),
-                                    "charts/game_length": int(info["game"]["l"])}, step)
-                try:
-                    obs, _ = env.reset()
-                except RunFailed as exc:
-                    raise _stopped(exc, f"at the reset after env step {step}") from exc
+                raise _stopped(exc, _steps_text(step, n)) from exc
+            ended = np.flatnonzero(terminated | truncated)
+            if len(ended):  # their next_obs is the next episode's first: store the last one
+                next_obs_stored = next_obs.copy()
+                for i in ended:
+                    next_obs_stored[i] = info["final_obs"][i]
             else:
-                obs = next_obs
+                next_obs_stored = next_obs
+            agent.observe_batch(obs, action, reward, next_obs_stored, terminated, truncated)
+            step += n
+            for i in ended:
+                state["episodes"] += 1
+                _log_episode(logger, info["final_info"], i, step)
+            obs = next_obs
             k = cadence.updates_due(step, len(agent.buffer))
             if k:
                 t0 = time.perf_counter()
@@ -295,7 +296,8 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 if logged is not None:
                     _log_update(logger, logged, step, state, since_log, agent)
                 train_time += time.perf_counter() - t0
-            if step % config.eval_every == 0 or step == config.steps:
+            done = step >= config.steps
+            if _reached(step, n, config.eval_every) or done:
                 try:
                     mean, std = evaluate(agent, eval_env, config.eval_episodes)
                 except RunFailed as exc:
@@ -304,9 +306,10 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 state["eval_steps"].append(step)
                 state["eval_returns"].append(mean)
                 last_eval = mean
-            bar.update(step, **({"eval": f"{last_eval:.1f}"} if step % config.eval_every == 0
-                                and last_eval is not None else {}))
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            bar.update(step, n, **({"eval": f"{last_eval:.1f}"}
+                                   if _reached(step, n, config.eval_every)
+                                   and last_eval is not None else {}))
+            if _reached(step, n, config.checkpoint_every) or done:
                 state["wall_time_s"] = time.time() - started
                 state["train_time_s"] = train_time
                 logger.flush()  # events up to a checkpoint survive a kill -9 after it
@@ -343,8 +346,8 @@ def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: b
     is closed again when a later part fails."""
     run_dir, resume, made = held.path, not held.new, []
     try:
-        # Episode returns and lengths are counted by gymnasium's own wrapper.
-        env = RecordEpisodeStatistics(make_run_env(config, config.seed, training=True))
+        # Episode returns and lengths are counted per sub-env by gymnasium's own wrapper.
+        env = make_train_envs(config)
         made.append(env)
         eval_env = make_run_env(config, config.seed + 10_000)
         made.append(eval_env)
@@ -453,6 +456,28 @@ def _close_quietly(*parts) -> None:
     for part in parts:
         with contextlib.suppress(Exception):
             part.close()
+
+
+def _reached(step: int, n: int, every: int) -> bool:
+    """The vector step that brought the run from ``step - n`` to ``step`` env steps reached a
+    multiple of ``every`` (with one env: ``step % every == 0``)."""
+    return step // every > (step - n) // every
+
+
+def _steps_text(step: int, n: int) -> str:
+    """Where a vector step failed: the env step it would have made, or the n of them."""
+    return f"at env step {step + 1}" if n == 1 else f"at env steps {step + 1}-{step + n}"
+
+
+def _log_episode(logger, final_info: dict, i: int, step: int) -> None:
+    """Sub-env ``i``'s ended episode, from its last step's info (``RecordEpisodeStatistics``;
+    Atari also reports the whole game when this episode, a life, was its last)."""
+    logger.scalars({"charts/episodic_return": float(final_info["episode"]["r"][i]),
+                    "charts/episodic_length": int(final_info["episode"]["l"][i])}, step)
+    game = final_info.get("game")
+    if game is not None and final_info["_game"][i]:
+        logger.scalars({"charts/game_return": float(game["r"][i]),
+                        "charts/game_length": int(game["l"][i])}, step)
 
 
 def _check_finite(scalars: dict, step: int) -> None:

@@ -8,6 +8,7 @@ directory's settings and latest checkpoint. The training loop, evaluation and ex
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ import numpy as np
 
 from bnrl.agents import ACTION_SPACES, ReplayBuffer, agent_class, make_agent
 from bnrl.common.errors import UserError, error_line
-from bnrl.envs import EnvBoundary, EnvError, frame_stack, make_env
+from bnrl.common.seeding import derive_seed
+from bnrl.envs import EnvBoundary, EnvError, frame_stack, make_env, training_env, vector_env
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig, from_dict, read_yaml
 
@@ -51,6 +53,19 @@ def make_run_env(config: RunConfig, seed: int, render_mode: str | None = None,
             mode = f" with render_mode={render_mode!r}" if render_mode else ""
             where = f"making environment {config.env!r}{mode} failed"
         raise UserError(f"{where}: {type(exc).__name__}: {error_line(exc)}") from None
+
+
+def make_train_envs(config: RunConfig):
+    """The vector env a run trains on: ``config.n_envs`` training sub-envs (``envs.vector``),
+    sub-env ``i`` made with seed ``derive_seed(config.seed, i, n_envs)`` (the run's seed itself
+    with one sub-env). Made after ``check_run`` has made one such env, so its failures were
+    reported there."""
+    make_one = functools.partial(training_env, config.env, config.agent,
+                                 ACTION_SPACES[config.agent], config.max_episode_steps,
+                                 config.check_finite)
+    n = config.n_envs
+    return vector_env(make_one, [derive_seed(config.seed, i, n) for i in range(n)],
+                      config.vector_env)
 
 
 def check_run(config: RunConfig) -> None:
@@ -97,14 +112,19 @@ def _memory_bytes() -> int | None:
 
 
 def build_agent(config: RunConfig, env, threads: int | None = None):
-    """The run's agent for ``env``; ``threads`` caps TensorFlow's intra-op pool (benchmarks)."""
+    """The run's agent for ``env`` (one env, or a sub-env's spaces: ``single_observation_space``
+    of a vector env), for ``config.n_envs`` sub-envs; ``threads`` caps TensorFlow's intra-op pool
+    (benchmarks)."""
     agent_config = config.agent_config
     if threads is not None:
         agent_config = dataclasses.replace(
             agent_config, intra_op_threads=threads,
             inter_op_threads=min(agent_config.inter_op_threads or threads, threads))
-    return make_agent(config.agent, env.observation_space, env.action_space, agent_config,
-                      config.seed, frame_stack(config.env))
+    # A vector env's spaces are batched; its agent acts in one sub-env's.
+    observation_space = getattr(env, "single_observation_space", env.observation_space)
+    action_space = getattr(env, "single_action_space", env.action_space)
+    return make_agent(config.agent, observation_space, action_space, agent_config,
+                      config.seed, frame_stack(config.env), config.n_envs)
 
 
 def open_run(run_dir) -> tuple[RunConfig, Path]:
