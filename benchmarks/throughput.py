@@ -209,7 +209,7 @@ def bnrl_loop(row: Row, threads: int, steps: int) -> float:
             obs = env.reset()[0] if terminated or truncated else next_obs
             agent.train_step()
 
-    run(100)  # compiles the XLA update before the clock starts, as the peers' warm-up does
+    run(min(100, steps))  # compiles the XLA update before the clock starts, as the peers' do
     start = time.perf_counter()
     run(steps)
     rate = steps / (time.perf_counter() - start)
