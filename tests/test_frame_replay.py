@@ -99,27 +99,30 @@ def _record(stream: list[tuple], capacity: int) -> dict[str, np.ndarray]:
             "episode_end": np.array([t[4] or t[5] for t in kept])}
 
 
-def _expected_batch(stream, capacity: int, idx: np.ndarray, n: int, gamma: float) -> dict:
-    """What the old layout's ``sample`` returned for slots ``idx``: each window computed by
-    hand, stopping at an episode end and at the newest transition."""
-    total = len(stream)
+def _expected_batch(arrivals: list, capacity: int, idx: np.ndarray, n: int, gamma: float,
+                    streams: int = 1) -> dict[str, np.ndarray]:
+    """What the old layout's ``sample`` returned for slots ``idx``, each n-step window computed
+    by hand over the transition's own stream (every ``streams``-th arrival), stopping at an
+    episode end and at the stream's newest transition."""
+    total = len(arrivals)
     rows = {key: [] for key in ("obs", "action", "reward", "next_obs", "done", "discount")}
     for slot in idx.tolist():
         t = total - 1 - (total - 1 - slot) % capacity
-        reward, last = np.float64(0.0), t  # float64 sums of float32 products, as stored
+        reward, last, m = np.float64(0.0), t, 0  # float64 sums of float32 products, as stored
         for k in range(n):
-            if t + k >= total:
+            u = t + k * streams
+            if u >= total:
                 break
-            reward += gamma**k * np.float32(stream[t + k][2])
-            last = t + k
-            if stream[last][4] or stream[last][5]:
+            reward += gamma**k * np.float32(arrivals[u][2])
+            last, m = u, k + 1
+            if arrivals[u][4] or arrivals[u][5]:
                 break
-        rows["obs"].append(stream[t][0])
-        rows["action"].append(stream[t][1])
-        rows["reward"].append(reward if n > 1 else np.float32(stream[t][2]))
-        rows["next_obs"].append(stream[last][3])
-        rows["done"].append(float(stream[last][4]))
-        rows["discount"].append(gamma ** (last - t + 1))
+        rows["obs"].append(arrivals[t][0])
+        rows["action"].append(arrivals[t][1])
+        rows["reward"].append(reward if n > 1 else np.float32(arrivals[t][2]))
+        rows["next_obs"].append(arrivals[last][3])
+        rows["done"].append(float(arrivals[last][4]))
+        rows["discount"].append(gamma**m)
     batch = {"obs": np.stack(rows["obs"]), "action": np.array(rows["action"]),
              "reward": np.array(rows["reward"]).astype(np.float32),
              "next_obs": np.stack(rows["next_obs"]),

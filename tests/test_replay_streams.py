@@ -23,6 +23,8 @@ import pytest
 
 from bnrl.agents.replay import ReplayBuffer
 
+from test_frame_replay import _assert_same, _expected_batch, _record, _rng_copy
+
 GAMMA = 0.9
 FRAME = (3, 3)
 RINGS = ("obs", "first", "action", "reward", "terminated", "episode_end", "pending",
@@ -102,58 +104,6 @@ def _buffer(capacity: int, streams: int, frames: int, seed: int = 3) -> ReplayBu
                         frames=frames, streams=streams)
 
 
-def _record(arrivals: list, capacity: int) -> dict[str, np.ndarray]:
-    """The old layout's contents: every field of the newest ``capacity`` transitions, oldest
-    first."""
-    kept = arrivals[-capacity:]
-    return {"obs": np.stack([t[0] for t in kept]), "action": np.array([t[1] for t in kept]),
-            "reward": np.array([t[2] for t in kept], np.float32),
-            "next_obs": np.stack([t[3] for t in kept]),
-            "terminated": np.array([t[4] for t in kept], np.float32),
-            "episode_end": np.array([t[4] or t[5] for t in kept])}
-
-
-def _expected_batch(arrivals: list, streams: int, capacity: int, idx: np.ndarray, n: int,
-                    gamma: float) -> dict[str, np.ndarray]:
-    """What the old layout returned for slots ``idx``, each n-step window computed by hand over
-    the transition's own stream (every ``streams``-th arrival), stopping at an episode end and
-    at the stream's newest transition."""
-    total = len(arrivals)
-    rows = {key: [] for key in ("obs", "action", "reward", "next_obs", "done", "discount")}
-    for slot in idx.tolist():
-        t = total - 1 - (total - 1 - slot) % capacity
-        reward, last, m = np.float64(0.0), t, 0  # float64 sums of float32 products, as stored
-        for k in range(n):
-            u = t + k * streams
-            if u >= total:
-                break
-            reward += gamma**k * np.float32(arrivals[u][2])
-            last, m = u, k + 1
-            if arrivals[u][4] or arrivals[u][5]:
-                break
-        rows["obs"].append(arrivals[t][0])
-        rows["action"].append(arrivals[t][1])
-        rows["reward"].append(reward if n > 1 else np.float32(arrivals[t][2]))
-        rows["next_obs"].append(arrivals[last][3])
-        rows["done"].append(float(arrivals[last][4]))
-        rows["discount"].append(gamma**m)
-    batch = {"obs": np.stack(rows["obs"]), "action": np.array(rows["action"]),
-             "reward": np.array(rows["reward"]).astype(np.float32),
-             "next_obs": np.stack(rows["next_obs"]),
-             "done": np.array(rows["done"], np.float32)}
-    if n > 1:
-        batch["discount"] = np.array(rows["discount"]).astype(np.float32)
-    return batch
-
-
-def _assert_same(got: dict, expected: dict) -> None:
-    assert set(got) == set(expected)
-    for key, value in expected.items():
-        assert got[key].dtype == value.dtype or key == "action", key
-        assert got[key].shape == value.shape, key
-        assert got[key].tobytes() == value.astype(got[key].dtype).tobytes(), key
-
-
 def _expected_side(arrivals: list, streams: int, capacity: int, frames: int):
     """The slots whose obs, and whose next_obs, only the side store can give: a next_obs that
     ended the episode or is not the obs of the stream's following transition; a frame stack that
@@ -190,18 +140,12 @@ def _assert_matches(buffer: ReplayBuffer, arrivals: list, batch_size: int = 64) 
         assert got[key].tobytes() == value.astype(got[key].dtype).tobytes(), key
     for n in (1, 3):
         idx = _rng_copy(buffer).integers(0, len(buffer), size=batch_size)
-        expected = _expected_batch(arrivals, streams, capacity, idx, n, GAMMA)
+        expected = _expected_batch(arrivals, capacity, idx, n, GAMMA, streams)
         _assert_same(buffer.sample(batch_size, n, GAMMA), expected)
     obs_slots, next_slots = _expected_side(arrivals, streams, capacity, buffer._frames)
     assert sorted(buffer._side_obs) == sorted(obs_slots)
     assert sorted(buffer._side_next) == sorted(next_slots)
     _assert_side_flags(buffer)
-
-
-def _rng_copy(buffer: ReplayBuffer) -> np.random.Generator:
-    rng = np.random.default_rng()
-    rng.bit_generator.state = buffer._rng.bit_generator.state
-    return rng
 
 
 def _sub_envs(streams: int, frames: int, seed: int = 0, **kwargs) -> list[_SubEnv]:
