@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import AGENT_NAMES, BATCH, Row, bnrl_agent  # noqa: E402
+from throughput import AGENT_NAMES, BATCH, Row, bnrl_agent, exit_unless_positive  # noqa: E402
 
 # Host-plane events of one compiled call, outermost first (the names of TensorFlow's TraceMe
 # annotations in tf_keras 2.21 / TensorFlow 2.21).
@@ -121,9 +121,7 @@ def parse_args(argv):
         parser.exit(2, f"--ks must be whole numbers separated by commas, got '{args.ks}'\n")
     if len(args.ks) < 2 or args.ks[0] < 1:
         parser.exit(2, "--ks needs two or more counts >= 1\n")
-    for flag in ("calls", "repeats", "threads"):
-        if getattr(args, flag) < 1:
-            parser.exit(2, f"--{flag} must be >= 1\n")
+    exit_unless_positive(parser, args, ("calls", "repeats", "threads"))
     return args
 
 

@@ -39,7 +39,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _fmt, _spread, in_own_process, ratio, timed  # noqa: E402
+from throughput import (  # noqa: E402
+    _fmt,
+    _spread,
+    exit_unless_positive,
+    exit_without_peers,
+    in_own_process,
+    ratio,
+    timed,
+)
 
 NETWORKS = {"minatar": "MinAtar/Breakout-v1", "nature": "ALE/Pong-v5"}
 NORMS = ("none", "batch", "layer")
@@ -291,14 +299,9 @@ def parse_args(argv):
     for norm in args.norms:
         if norm not in NORMS:
             parser.exit(2, f"unknown norm '{norm}': use {', '.join(NORMS)}\n")
-    for flag in ("updates", "many", "loop_steps", "n_envs", "fill", "repeats", "threads"):
-        if getattr(args, flag) < 1:
-            parser.exit(2, f"--{flag.replace('_', '-')} must be >= 1\n")
-    needs = {"sb3": ("stable_baselines3",), "sbx": ("sbx",)}
-    for library, modules in needs.items():
-        if getattr(args, f"compare_{library}") and not all(
-                importlib.util.find_spec(m) for m in modules):
-            parser.exit(2, f"--compare-{library} needs: pip install '.[{library}]'\n")
+    exit_unless_positive(parser, args, ("updates", "many", "loop_steps", "n_envs", "fill",
+                                        "repeats", "threads"))
+    exit_without_peers(parser, args, {"sb3": ("stable_baselines3",), "sbx": ("sbx",)})
     extras = {"minatar": "minatar", "nature": "ale_py"}
     for name in args.networks:
         if importlib.util.find_spec(extras[name]) is None:

@@ -344,15 +344,26 @@ def parse_args(argv):
     for norm in args.norms:
         if norm not in NORM_KINDS:
             parser.exit(2, f"unknown norm '{norm}': use {', '.join(NORM_KINDS)}\n")
-    for flag in ("updates", "many", "loop_steps", "repeats", "threads"):
+    exit_unless_positive(parser, args, ("updates", "many", "loop_steps", "repeats", "threads"))
+    exit_without_peers(parser, args, {"sb3": ("stable_baselines3", "sb3_contrib"),
+                                      "sbx": ("sbx",)})
+    return args
+
+
+def exit_unless_positive(parser, args, flags) -> None:
+    """Exit 2 with one line when one of the integer ``flags`` is below 1."""
+    for flag in flags:
         if getattr(args, flag) < 1:
             parser.exit(2, f"--{flag.replace('_', '-')} must be >= 1\n")
-    needs = {"sb3": ("stable_baselines3", "sb3_contrib"), "sbx": ("sbx",)}
+
+
+def exit_without_peers(parser, args, needs: dict) -> None:
+    """Exit 2 with the install command when ``--compare-LIB`` is given without LIB's modules
+    (``needs``: library -> modules)."""
     for library, modules in needs.items():
         if getattr(args, f"compare_{library}") and not all(
                 importlib.util.find_spec(m) for m in modules):
             parser.exit(2, f"--compare-{library} needs: pip install '.[{library}]'\n")
-    return args
 
 
 def main(argv=None) -> int:
