@@ -53,3 +53,21 @@ def agents(tmp_path_factory):
     cache = AgentCache(tmp_path_factory.mktemp("agents"))
     yield cache
     cache.close()
+
+
+# The files that take longest, longest first. The suite runs on xdist workers (``-n auto --dist
+# loadfile``), each taking whole files in collection order; xdist's own order (most tests first,
+# ``--no-loadscope-reorder`` turns it off) put these files of few, long tests last, so one
+# worker ran them alone at the end while the other had finished. Started first, the many short
+# files fill the gaps at the end instead.
+LONGEST_FIRST = ("test_benchmark.py", "test_export.py", "test_learning.py",
+                 "test_learning_minatar.py", "test_throughput.py", "test_dqn_throughput.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The LONGEST_FIRST files first, then the others by their number of tests (xdist's order)."""
+    counts: dict = {}
+    for item in items:
+        counts[item.path] = counts.get(item.path, 0) + 1
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -counts[item.path]))

@@ -32,7 +32,7 @@ from bnrl.compare import cli, grid, results, workers
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONFIG = """\
-agent: {hidden: [32, 32], actor_hidden: [32, 32], batch_size: 32, learning_starts: 50}
+agent: {hidden: [32, 32], actor_hidden: [32, 32], batch_size: 32, learning_starts: 50, xla: false}
 train: {eval_episodes: 1, checkpoint_every: 300}
 """
 RUN_KEYS = ("eval_steps", "eval_returns", "final_return", "auc", "wall_time_s",

@@ -32,9 +32,11 @@ from _cli import one_line as _one_line  # noqa: E402
 from _cli import train_quiet  # noqa: E402
 from _rollouts import random_observations  # noqa: E402
 
-TINY = ["--set", "hidden=[32,32]", "--set", "batch_size=32", "--set", "learning_starts=50",
-        "--set", "buffer_size=5000", "--eval-every", "300", "--eval-episodes", "1",
-        "--steps", "300"]
+# xla=false: XLA's compiles cost more than the 250 updates (about half this module's time); what
+# is tested here, the export against the agent, does not depend on how the updates were compiled.
+TINY = ["--set", "hidden=[32,32]", "--set", "xla=false", "--set", "batch_size=32", "--set",
+        "learning_starts=50", "--set", "buffer_size=5000", "--eval-every", "300",
+        "--eval-episodes", "1", "--steps", "300"]
 TINY_AC = TINY + ["--set", "actor_hidden=[32,32]"]
 TOY_ENV = "_custom_env:BnrlToyEnv-v0"  # actions in [0, 10]; the observation is the last action
 
