@@ -120,11 +120,9 @@ class Algorithm:
         targets when they hand out batches (PQN's rollout).
 
         Raises:
-          ValueError: ``buffer_size`` is below ``n_envs``.
+          ValueError: the config cannot train on ``n_envs`` sub-envs (``check_n_envs``).
         """
-        if n_envs > config.buffer_size:
-            raise ValueError(f"buffer_size ({config.buffer_size}) must be at least n_envs "
-                             f"({n_envs})")
+        config.check_n_envs(n_envs)
         return ReplayBuffer(config.buffer_size // n_envs * n_envs, observation.shape,
                             head.action_shape, head.action_dtype, seed=seed + 1,
                             obs_dtype=observation.dtype, frames=observation.frames,

@@ -315,6 +315,14 @@ class PQNConfig(AgentConfig):
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder '{self.encoder}': use one of {', '.join(ENCODERS)}")
 
+    def check_n_envs(self, n_envs: int) -> None:
+        """ValueError unless ``n_envs * rollout_len`` is a multiple of ``batch_size``."""
+        rows = n_envs * self.rollout_len
+        if rows % self.batch_size:
+            raise ValueError(f"n_envs x rollout_len ({n_envs} x {self.rollout_len} = {rows}) "
+                             f"must be a multiple of batch_size ({self.batch_size}): each "
+                             "epoch splits the rollout into whole minibatches")
+
     def rounds(self, n_envs: int) -> dict[str, int]:
         """A round when the rollout is full (checked at every vector step): ``n_epochs`` passes
         of ``n_envs * rollout_len / batch_size`` minibatch updates."""
@@ -342,11 +350,7 @@ class PQN(Algorithm):
         Raises:
           ValueError: ``n_envs * rollout_len`` is not a multiple of ``batch_size``.
         """
-        rows = n_envs * config.rollout_len
-        if rows % config.batch_size:
-            raise ValueError(f"n_envs x rollout_len ({n_envs} x {config.rollout_len} = {rows}) "
-                             f"must be a multiple of batch_size ({config.batch_size}): each "
-                             "epoch splits the rollout into whole minibatches")
+        config.check_n_envs(n_envs)
         return RolloutStore(n_envs, config.rollout_len, observation, head.action_shape,
                             head.action_dtype, config.n_epochs, config.q_lambda,
                             config.reward_scale, values, seed + 1)

@@ -176,13 +176,14 @@ class RunConfig:
     """Gradient steps between scalar logs; BN diagnostics come from that step's own batch."""
     max_episode_steps: int | None = None
     """Override the env's registered time limit (null: the env's own)."""
-    n_envs: int | None = None
+    n_envs: int = 1
     """Sub-envs stepping together (gymnasium's vector API); each vector step is n_envs env
-    steps. null: the agent's default (1; pqn 16) unless the env's preset sets it. steps, eval_every and checkpoint_every count env steps: a run evaluates and
-    checkpoints at the first vector step that reaches each multiple, and ends at the first that
-    reaches steps (as SB3's total_timesteps). As in SB3, train_freq counts vector steps: a round
-    of gradient_steps updates every train_freq vector steps (1 update per n_envs transitions at
-    the defaults)."""
+    steps. Unless the env's preset, a config file or --n-envs sets it, a run takes the agent's
+    default (1; pqn 16). steps, eval_every and checkpoint_every count env steps: a run
+    evaluates and checkpoints at the first vector step that reaches each multiple, and ends at
+    the first that reaches steps (as SB3's total_timesteps). As in SB3, train_freq counts vector
+    steps: a round of gradient_steps updates every train_freq vector steps (1 update per n_envs
+    transitions at the defaults)."""
     vector_env: str = "sync"
     """With n_envs > 1: sync (sub-envs stepped in turn in this process) or async (one process
     each: pays off when an env step costs more than passing its observation, e.g. Atari)."""
@@ -216,14 +217,13 @@ class RunConfig:
         if self.vector_env not in VECTOR_MODES:
             raise UserError(f"vector_env must be one of {', '.join(VECTOR_MODES)}, got "
                             f"{self.vector_env!r}")
-        self.agent_config = self._resolved_agent_config()  # the agent's name is checked here
-        if self.n_envs is None:
-            self.n_envs = agent_class(self.agent).default_n_envs
         if not 1 <= self.n_envs <= MAX_ENVS:
             raise UserError(f"--n-envs must be in [1, {MAX_ENVS}], got {self.n_envs}")
-        if self.agent_config.buffer_size < self.n_envs:
-            raise UserError(f"buffer_size ({self.agent_config.buffer_size}) must be at least "
-                            f"n_envs ({self.n_envs})")
+        self.agent_config = self._resolved_agent_config()
+        try:
+            self.agent_config.check_n_envs(self.n_envs)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     def _resolved_agent_config(self) -> AgentConfig:
         try:
@@ -331,7 +331,8 @@ def resolve(agent: str | None = None, env: str | None = None, config_file=None,
     except ValueError as exc:
         raise UserError(str(exc)) from None
     base = preset(env, agent)
-    train = {**base["train"], **given_train}
+    # An agent that trains on many sub-envs (PQN) has its own default.
+    train = {"n_envs": agent_class(agent).default_n_envs, **base["train"], **given_train}
     unknown = sorted(str(key) for key in set(train) - _RUN_KEYS)
     if unknown:
         raise UserError(f"unknown train setting(s) {', '.join(unknown)}: accepted are "
