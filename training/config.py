@@ -246,6 +246,10 @@ class RunConfig:
         elif agent.batch_size > self.steps:
             found.append(f"batch_size ({agent.batch_size}) > steps ({self.steps}): the replay "
                          "buffer never holds a batch, so no gradient step is taken")
+        elif agent.rounds(self.n_envs)["batch_size"] > self.steps:  # PQN's rollout
+            found.append(f"a rollout of n_envs x rollout_len = "
+                         f"{agent.rounds(self.n_envs)['batch_size']} transitions > steps "
+                         f"({self.steps}): it never fills, so no gradient step is taken")
         return found
 
     def to_dict(self) -> dict:
