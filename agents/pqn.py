@@ -10,7 +10,7 @@ CleanRL's ``pqn.py`` run it:
    ``n_envs x rollout_len`` transitions (no replay: each rollout is used, then dropped).
 2. Targets. One ``sess.run`` of the Q-network, in inference mode, on every transition's
    ``next_obs`` gives ``max_a Q(s', a)``; ``q_lambda_returns`` turns them into Q(lambda) returns,
-   backwards over the rollout (the paper's Algorithm 1; purejaxql's ``_get_target``).
+   backwards over the rollout (purejaxql's ``_get_target``, CleanRL's ``pqn.py``).
 3. Updates. ``n_epochs`` passes over the rollout, each shuffled into minibatches of
    ``batch_size`` transitions; one ``sess.run`` per minibatch (``PQN.build_update``): the loss
    ``0.5 * (Q(s, a) - G)^2`` on one training-mode pass of the Q-network, whose BN update ops
@@ -40,8 +40,9 @@ from bnrl.networks import ENCODERS, q_network, tf, training_call
 
 def q_lambda_returns(reward, terminated, truncated, next_value, gamma: float,
                      lam: float) -> np.ndarray:
-    """Q(lambda) returns of a rollout, computed backwards (Watkins' Q(lambda) without trace
-    cutting, as PQN uses it: Gallici et al. 2025, section 4 and Algorithm 1).
+    """Q(lambda) returns of a rollout, computed backwards as PQN computes them (Gallici et al.
+    2025; purejaxql's ``_get_target``): lambda-returns that bootstrap with ``max_a Q`` and never
+    cut the trace at exploratory actions (Peng and Williams' form, not Watkins').
 
     For step ``t`` of sub-env ``i`` (arrays ``[T, n_envs]``)::
 
