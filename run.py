@@ -90,7 +90,7 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 TRAIN_EPILOG = """\
-agents: dqn (Discrete actions), ddpg, td3, sac, crossq (Box actions).
+agents: dqn, pqn (Discrete actions), ddpg, td3, sac, crossq (Box actions).
 norms:  none, batch (BatchNormalization), batch_renorm (Batch Renorm, CrossQ clipping), layer.
 Presets in configs/<ENV_ID>.yaml (configs/<NAMESPACE>.yaml for NAMESPACE/Game ids) are applied
 first; --config FILE (YAML with `train:` and `agent:` sections; `train:` takes every run setting,
@@ -123,16 +123,22 @@ Agent settings (--set KEY=VALUE):
           policy_delay actor_loss_mode
   crossq: the sac settings, with CrossQ's defaults (joint critic pass, no target network,
           Batch Renorm with warm-up, Adam beta1 0.5, policy_delay 3)
+  pqn:    learning_rate lr_decay_steps optimizer (radam, adam) max_grad_norm rollout_len
+          n_epochs q_lambda reward_scale exploration_steps exploration_initial_eps
+          exploration_final_eps encoder; batch_size is the minibatch, critic_norm defaults to
+          layer; no replay and no target network (docs/pqn.md). Default --n-envs 16.
 examples:
   python run.py train --agent sac --env Pendulum-v1 --critic-norm batch --steps 20000
   python run.py train --agent dqn --env CartPole-v1 --set hidden=[128,128] --logdir runs/dqn
   python run.py train --logdir runs/dqn --resume --agent dqn --env CartPole-v1
   python run.py train --agent dqn --env MinAtar/Breakout-v1 --steps 100000 --critic-norm batch
-Image envs (DQN only): ALE/<Game>-v5 (pip install '.[atari]': no-op reset, frame skip 4 with
+  python run.py train --agent pqn --env CartPole-v1 --steps 100000 --critic-norm batch
+Image envs (DQN and PQN): ALE/<Game>-v5 (pip install '.[atari]': no-op reset, frame skip 4 with
 max-pooling, 84x84 grayscale, 4 stacked frames; episodic life and reward clipping in training
 only, evaluation on full games with raw scores) and MinAtar/<Game>-v1 (pip install '.[minatar]').
 A namespaced id's presets are configs/<namespace>.yaml (ALE.yaml: the RL Zoo's / CleanRL's DQN;
-MinAtar.yaml: Young & Tian 2019's DQN); other ids' are configs/<env id>.yaml.
+MinAtar.yaml: Young & Tian 2019's DQN; both: purejaxql's PQN); other ids' are
+configs/<env id>.yaml.
 The run directory gets config.yaml, TensorBoard events (tensorboard --logdir DIR), metrics.csv,
 checkpoints/ and summary.json. --resume is the same command again: its settings must equal the
 saved ones, except --steps (not below the latest checkpoint), --checkpoint-every, --log-every,
@@ -147,7 +153,7 @@ observations uint8 [batch, height, width, channels] as the env gives them; outpu
   continuous agents: action      float32 [batch, act_dim] in [-1, 1], the scale bnrl agents act in
                      env_action  the same action rescaled to the env's bounds,
                                  low + (action + 1) / 2 * (high - low), for a plain gymnasium env
-  dqn:               action      int64 [batch], the greedy action;  q_values  float32 [batch, n]
+  dqn, pqn:          action      int64 [batch], the greedy action;  q_values  float32 [batch, n]
 SAC and CrossQ act with tanh(mean), DDPG and TD3 with the actor: agent.act(obs, explore=False).
 OUT/bnrl_policy.json (and metadata() on the loaded model) names the agent, env, checkpoint and
 spaces. `bnrl evaluate --run OUT` runs the export on its env.
@@ -243,8 +249,8 @@ def cmd_train(args) -> int:
                            vector_env=args.vector_env)
     config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
     if args.actor_norm is not None:  # the agent may come from --config: known only now
-        if config.agent == "dqn":
-            raise UserError("dqn has no actor: use --critic-norm for its Q-network")
+        if not hasattr(config.agent_config, "actor_norm"):
+            raise UserError(f"{config.agent} has no actor: use --critic-norm for its Q-network")
         agent_overrides["actor_norm"] = args.actor_norm
         config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
     norm = config.agent_config.critic_norm

@@ -1,4 +1,4 @@
-"""Agents: DQN, DDPG, TD3, SAC, CrossQ, each an ``Algorithm`` run by the shared ``Agent``.
+"""Agents: DQN, DDPG, TD3, SAC, CrossQ, PQN, each an ``Algorithm`` run by the shared ``Agent``.
 
 ``AGENTS`` is the one registry of agents by name: the command line, the env checks, the
 benchmark and the export all read it. Adding an agent is writing its algorithm file and adding
@@ -12,11 +12,12 @@ from bnrl.agents.algorithm import Algorithm, Networks
 from bnrl.agents.config import AgentConfig, config_from_dict
 from bnrl.agents.crossq import CrossQ, CrossQConfig
 from bnrl.agents.dqn import DQN, DQNConfig
+from bnrl.agents.pqn import PQN, PQNConfig
 from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.sac import SAC, SACConfig
 from bnrl.agents.td3 import DDPG, TD3, DDPGConfig, TD3Config
 
-AGENTS: dict[str, type[Algorithm]] = {a.name: a for a in (DQN, DDPG, TD3, SAC, CrossQ)}
+AGENTS: dict[str, type[Algorithm]] = {a.name: a for a in (DQN, DDPG, TD3, SAC, CrossQ, PQN)}
 
 ACTION_SPACES: dict[str, str] = {name: a.head_class.action_space for name, a in AGENTS.items()}
 """The action space each agent acts in: ``discrete`` or ``box`` (what ``envs`` checks)."""
@@ -42,6 +43,6 @@ def make_agent(name: str, observation_space, action_space, config=None, seed: in
 
 
 __all__ = ["ACTION_SPACES", "AGENTS", "Agent", "AgentConfig", "Algorithm", "CrossQ",
-           "CrossQConfig", "DDPG", "DDPGConfig", "DQN", "DQNConfig", "Networks", "ReplayBuffer",
-           "SAC", "SACConfig", "TD3", "TD3Config", "agent_class", "config_from_dict",
-           "make_agent"]
+           "CrossQConfig", "DDPG", "DDPGConfig", "DQN", "DQNConfig", "Networks", "PQN",
+           "PQNConfig", "ReplayBuffer", "SAC", "SACConfig", "TD3", "TD3Config", "agent_class",
+           "config_from_dict", "make_agent"]

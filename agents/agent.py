@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from bnrl.agents.algorithm import Algorithm
-from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.runner import UpdateRunner
 from bnrl.agents.update import Batch, target_update_ops
 from bnrl.common.errors import NonFiniteValue, first_nonfinite
@@ -50,7 +49,7 @@ class Agent:
 
     def __init__(self, algorithm: type[Algorithm], observation_space, action_space,
                  config=None, seed: int = 0, frames: int = 1, n_envs: int = 1):
-        self.name = algorithm.name
+        self.name, self.algorithm_class = algorithm.name, algorithm
         config = config if config is not None else algorithm.config_class()
         self.config = config if config.is_resolved else config.resolved()
         self.seed = int(seed)
@@ -59,16 +58,12 @@ class Agent:
         self.rng = np.random.default_rng(self.seed)
         if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
             raise ValueError(f"n_envs must be a positive int, got {n_envs!r}")
-        if n_envs > self.config.buffer_size:
-            raise ValueError(f"buffer_size ({self.config.buffer_size}) must be at least n_envs "
-                             f"({n_envs})")
         self.n_envs = n_envs
         self.head = algorithm.head_class(action_space, self.config, self.rng, n_envs)
-        self.buffer = ReplayBuffer(self.config.buffer_size // n_envs * n_envs,
-                                   self.observation.shape, self.head.action_shape,
-                                   self.head.action_dtype, seed=self.seed + 1,
-                                   obs_dtype=self.observation.dtype,
-                                   frames=self.observation.frames, streams=n_envs)
+        # The data store (replay buffer, or PQN's rollout): checked before anything is built,
+        # handed the acting network's outputs (inference mode) once the session exists.
+        self.buffer = algorithm.data_store(self.config, self.observation, self.head, n_envs,
+                                           self.seed, self._values)
         self.env_steps = 0
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -101,14 +96,14 @@ class Agent:
         f32, obs_dtype = tf.float32, tf.as_dtype(self.observation.dtype)
         obs_shape = [None, *self.observation.shape]
         self.obs_ph = tf.compat.v1.placeholder(obs_dtype, obs_shape, "obs")
-        action = tf.compat.v1.placeholder(tf.as_dtype(self.head.action_dtype),
-                                          [None, *self.head.action_shape], "action")
-        batch = Batch(self.obs_ph, action, tf.compat.v1.placeholder(f32, [None], "reward"),
-                      tf.compat.v1.placeholder(obs_dtype, obs_shape, "next_obs"),
-                      tf.compat.v1.placeholder(f32, [None], "done"),
-                      # the n-step bootstrap's gamma^m per row (replay.sample); only with n-step
-                      tf.compat.v1.placeholder(f32, [None], "discount")
-                      if self.n_steps > 1 else None)
+        shapes = {"action": (tf.as_dtype(self.head.action_dtype),
+                             [None, *self.head.action_shape]),
+                  "next_obs": (obs_dtype, obs_shape)}
+        keys = self.algorithm_class.batch_keys
+        if self.n_steps > 1:  # the n-step bootstrap's gamma^m per row (replay.sample)
+            keys = (*keys, "discount")
+        batch = Batch(**{key: self.obs_ph if key == "obs" else tf.compat.v1.placeholder(
+            *shapes.get(key, (f32, [None])), key) for key in keys})
         self.batch_phs = batch.tensors()
         return batch
 
@@ -127,6 +122,11 @@ class Agent:
         # latency before and after. Only for acting: the update gains from the pool's parallelism.
         act = self.sess.make_callable(self.act_output, [self.obs_ph], accept_options=True)
         return functools.partial(act, options=tf.compat.v1.RunOptions(inter_op_thread_pool=-1))
+
+    def _values(self, obs: np.ndarray) -> np.ndarray:
+        """The acting network's outputs (Q-values for DQN and PQN) for a batch of observations,
+        in inference mode: one ``sess.run``, no variable changes."""
+        return self._act_fn(obs)
 
     def _build_numpy_act(self):
         """The deterministic action in numpy (``networks.inference``): ``(forward, fetch of its

@@ -16,11 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from bnrl.agents.config import AgentConfig
 from bnrl.agents.policy import PolicyHead
+from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.update import Batch, Schedule, Update
 from bnrl.common.seeding import derive_seed
-from bnrl.networks import Norm, Observation, keras, tf
+from bnrl.networks import Norm, Observation, keras, pick_encoder, tf
 
 NETWORK_SEED_STRIDE = 1000
 """Network ``k`` of an agent seeded ``s`` initializes from seed ``s * 1000 + k`` (tf-keras
@@ -66,8 +69,15 @@ class Algorithm:
     config_class: ClassVar[type[AgentConfig]]
     head_class: ClassVar[type[PolicyHead]]
     image_observations: ClassVar[bool] = False
-    """Whether its networks take observations of any shape and uint8 ones (DQN's encoders);
-    otherwise observations are float32 vectors."""
+    """Whether its networks take observations of any shape and uint8 ones (DQN's and PQN's
+    encoders, picked by their ``encoder`` setting); otherwise observations are float32
+    vectors."""
+    batch_keys: ClassVar[tuple[str, ...]] = ("obs", "action", "reward", "next_obs", "done")
+    """The fields of the batch its update takes (``update.Batch``; ``discount`` is added with
+    n-step returns): transitions, or observations, actions and the TD targets computed before
+    the update (``target``: PQN)."""
+    default_n_envs: ClassVar[int] = 1
+    """Sub-envs a run gives it when neither the preset nor the user says (``--n-envs``)."""
 
     def __init__(self, config, observation: Observation, head: PolicyHead,
                  num_updates: tf.Variable, seed: int):
@@ -88,11 +98,48 @@ class Algorithm:
           ValueError: (one line) the networks cannot take these observations.
         """
         if cls.image_observations:
-            return Observation.from_space(space, frames)
+            observation = Observation.from_space(space, frames)
+            pick_encoder(observation, config.encoder)  # the encoder setting fits the shape
+            return observation
         if len(space.shape) != 1:
             raise ValueError(f"agent '{cls.name}' takes vector observations only, not shape "
-                             f"{tuple(space.shape)}: use dqn for image observations")
+                             f"{tuple(space.shape)}: use dqn or pqn for image observations")
         return Observation((int(space.shape[0]),))
+
+    # ------------------------------------------------------------------------ the data store
+    @classmethod
+    def data_store(cls, config, observation: Observation, head: PolicyHead, n_envs: int,
+                   seed: int, values):
+        """The agent's data store: what ``Agent.observe`` adds transitions to and
+        ``Agent.sample`` draws each update's batch from (``add``, ``add_batch``, ``len``,
+        ``sample(batch_size, n_steps, gamma)``, ``save``, ``load``).
+
+        The default is a replay buffer of ``buffer_size`` transitions (rounded down to a
+        multiple of ``n_envs``, as SB3 does), sampled uniformly; ``values`` (the network's
+        outputs in inference mode for a batch of observations) is for stores that compute
+        targets when they hand out batches (PQN's rollout).
+
+        Raises:
+          ValueError: the config cannot train on ``n_envs`` sub-envs (``check_n_envs``).
+        """
+        config.check_n_envs(n_envs)
+        return ReplayBuffer(config.buffer_size // n_envs * n_envs, observation.shape,
+                            head.action_shape, head.action_dtype, seed=seed + 1,
+                            obs_dtype=observation.dtype, frames=observation.frames,
+                            streams=n_envs)
+
+    @classmethod
+    def store_memory(cls, config, observation: Observation, action_space,
+                     n_envs: int) -> tuple[int, str, str, str]:
+        """``(bytes, what, kind, remedy)``: the bytes the data store allocates, the settings
+        that size it, what it is and how to shrink it, for the message that refuses a store
+        larger than the machine's memory (``training.runs.check_run``)."""
+        discrete = action_space.shape == ()
+        per_transition = ReplayBuffer.transition_bytes(
+            observation.shape, observation.dtype, tuple(action_space.shape),
+            np.int64 if discrete else np.float32, observation.frames)
+        return (config.buffer_size * per_transition, f"buffer_size {config.buffer_size}", "replay",
+                "lower buffer_size")
 
     # ------------------------------------------------------------------ what a subclass builds
     def _build_networks(self) -> Networks:

@@ -156,6 +156,20 @@ class AgentConfig:
         """The normalization kind of every network the agent builds."""
         return [self.critic_norm]
 
+    def check_n_envs(self, n_envs: int) -> None:
+        """ValueError (one line) when the agent cannot train on ``n_envs`` sub-envs: its
+        replay buffer holds fewer transitions than one vector step brings."""
+        if n_envs > self.buffer_size:
+            raise ValueError(f"buffer_size ({self.buffer_size}) must be at least n_envs "
+                             f"({n_envs})")
+
+    def rounds(self, n_envs: int) -> dict[str, int]:
+        """When rounds of updates fall due with ``n_envs`` sub-envs (``training.Cadence``):
+        ``learning_starts`` env steps first, then ``gradient_steps`` updates every
+        ``train_freq`` vector steps once the data store holds ``batch_size`` transitions."""
+        return {"learning_starts": self.learning_starts, "train_freq": self.train_freq,
+                "gradient_steps": self.gradient_steps, "batch_size": self.batch_size}
+
     def _validate(self) -> None:
         """Raise ValueError with a one-line message on an impossible (resolved) setting."""
         for name in ("batch_size", "buffer_size", "train_freq", "gradient_steps"):

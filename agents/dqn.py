@@ -28,7 +28,7 @@ from bnrl.agents.update import (
     target_update,
     td_target,
 )
-from bnrl.networks import ENCODERS, Observation, pick_encoder, q_network, tf
+from bnrl.networks import ENCODERS, q_network, tf
 
 LOSSES = ("huber", "mse")
 
@@ -114,13 +114,6 @@ class DQN(Algorithm):
     config_class = DQNConfig
     head_class = GreedyHead
     image_observations = True
-
-    @classmethod
-    def observation(cls, space, config, frames: int = 1) -> Observation:
-        """Any shape, with the ``encoder`` setting checked against it (``pick_encoder``)."""
-        observation = super().observation(space, config, frames)
-        pick_encoder(observation, config.encoder)
-        return observation
 
     def _build_networks(self) -> Networks:
         c = self.config

@@ -76,7 +76,7 @@ class UpdateRunner:
         """
 
         def phase(tensors, noise):
-            op, _, update = self._build_variant(Batch(*tensors), noise, steps)
+            op, _, update = self._build_variant(self.batch.rebuilt(tensors), noise, steps)
             return after(op, (update.critic_scalars, update.actor_scalars, update.critic_inputs))
 
         fn = tf.function(phase, jit_compile=True, autograph=False)
@@ -109,9 +109,9 @@ class UpdateRunner:
         Values captured from outside (Batch Renorm's warm-up clipping) are read once per call:
         ``update_many`` splits a round at the warm-up boundary.
         """
-        stacked = Batch(*[tf.compat.v1.placeholder(p.dtype, [None] + p.shape.as_list(),
-                                                   "many_" + p.op.name)
-                          for p in self.batch.tensors()])
+        stacked = self.batch.rebuilt([
+            tf.compat.v1.placeholder(p.dtype, [None] + p.shape.as_list(), "many_" + p.op.name)
+            for p in self.batch.tensors()])
         k, rows = tf.shape(stacked.obs)[0], tf.shape(stacked.obs)[1]
         first = tf.cast(self.num_updates, tf.int32)
         noise = {}
@@ -133,7 +133,7 @@ class UpdateRunner:
             n = tf.shape(tensors[0])[0]
 
             def body(j, values):
-                batch = Batch(*[t[j] for t in tensors])
+                batch = self.batch.rebuilt([t[j] for t in tensors])
                 step_noise = {name: t[j] for name, t in noise.items()}
                 branches = [functools.partial(step, batch, step_noise, steps)
                             for steps in phases.values()]

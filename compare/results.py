@@ -171,6 +171,8 @@ def _unset_value(settings: dict, key: str):
             name, section, owner = key, given["train"], RunConfig
         if name in section:
             value = section[name]
+        elif name == "n_envs":  # resolve's default for the agent (training.config.resolve)
+            value = agent_class(agent).default_n_envs
         else:
             fields = {f.name: f for f in dataclasses.fields(owner)}
             default = fields[name]

@@ -706,7 +706,7 @@ def test_train_help_lists_every_flag_agent_and_norm(capsys):
         assert flag in text, flag
     for name in (*run.AGENTS, *run.NORMS):
         assert name in text, name
-    assert set(run.AGENTS) == {"dqn", "ddpg", "td3", "sac", "crossq"}
+    assert set(run.AGENTS) == {"dqn", "ddpg", "td3", "sac", "crossq", "pqn"}
     assert set(run.NORMS) == {"none", "batch", "batch_renorm", "layer"}
 
 

@@ -20,7 +20,8 @@ class Cadence:
       learning_starts: env steps of random actions before the first update.
       train_freq: vector steps (of ``n_envs`` env steps each) between rounds of updates.
       gradient_steps: updates per round.
-      batch_size: transitions the replay buffer must hold before an update.
+      batch_size: transitions the data store must hold before a round (a batch of the replay
+        buffer; PQN: its whole rollout).
       log_every: updates between scalar logs.
       n_envs: sub-envs of the run's vector env.
       log_due: a log fell due on an update that did not compute every loss (a critic-only
@@ -39,9 +40,7 @@ class Cadence:
     def of(cls, agent_config, log_every: int, n_envs: int = 1) -> Cadence:
         """The cadence of an agent's resolved config and the run's ``log_every`` and
         ``n_envs``."""
-        c = agent_config
-        return cls(c.learning_starts, c.train_freq, c.gradient_steps, c.batch_size, log_every,
-                   n_envs)
+        return cls(**agent_config.rounds(n_envs), log_every=log_every, n_envs=n_envs)
 
     def updates_due(self, env_steps: int, stored: int) -> int:
         """Gradient steps to take now that ``env_steps`` env steps are done and the replay

@@ -157,7 +157,7 @@ class RunConfig:
     """What the training loop needs; every field can be set in YAML under ``train:``."""
 
     agent: str = DEFAULT_AGENT
-    """Agent name: dqn, ddpg, td3, sac, crossq."""
+    """Agent name: dqn, ddpg, td3, sac, crossq, pqn."""
     env: str = DEFAULT_ENV
     """Gymnasium id, or 'module:EnvId' for a user's registered env."""
     seed: int = 0
@@ -178,11 +178,12 @@ class RunConfig:
     """Override the env's registered time limit (null: the env's own)."""
     n_envs: int = 1
     """Sub-envs stepping together (gymnasium's vector API); each vector step is n_envs env
-    steps. steps, eval_every and checkpoint_every count env steps: a run evaluates and
-    checkpoints at the first vector step that reaches each multiple, and ends at the first that
-    reaches steps (as SB3's total_timesteps). As in SB3, train_freq counts vector steps: a round
-    of gradient_steps updates every train_freq vector steps (1 update per n_envs transitions at
-    the defaults)."""
+    steps. Unless the env's preset, a config file or --n-envs sets it, a run takes the agent's
+    default (1; pqn 16). steps, eval_every and checkpoint_every count env steps: a run
+    evaluates and checkpoints at the first vector step that reaches each multiple, and ends at
+    the first that reaches steps (as SB3's total_timesteps). As in SB3, train_freq counts vector
+    steps: a round of gradient_steps updates every train_freq vector steps (1 update per n_envs
+    transitions at the defaults)."""
     vector_env: str = "sync"
     """With n_envs > 1: sync (sub-envs stepped in turn in this process) or async (one process
     each: pays off when an env step costs more than passing its observation, e.g. Atari)."""
@@ -213,15 +214,16 @@ class RunConfig:
                 raise UserError(f"{name} must be >= 1, got {value}")
         if not 0 <= self.seed <= SEED_MAX:
             raise UserError(f"--seed must be in [0, {SEED_MAX}], got {self.seed}")
-        if not 1 <= self.n_envs <= MAX_ENVS:
-            raise UserError(f"--n-envs must be in [1, {MAX_ENVS}], got {self.n_envs}")
         if self.vector_env not in VECTOR_MODES:
             raise UserError(f"vector_env must be one of {', '.join(VECTOR_MODES)}, got "
                             f"{self.vector_env!r}")
+        if not 1 <= self.n_envs <= MAX_ENVS:
+            raise UserError(f"--n-envs must be in [1, {MAX_ENVS}], got {self.n_envs}")
         self.agent_config = self._resolved_agent_config()
-        if self.agent_config.buffer_size < self.n_envs:
-            raise UserError(f"buffer_size ({self.agent_config.buffer_size}) must be at least "
-                            f"n_envs ({self.n_envs})")
+        try:
+            self.agent_config.check_n_envs(self.n_envs)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     def _resolved_agent_config(self) -> AgentConfig:
         try:
@@ -244,6 +246,10 @@ class RunConfig:
         elif agent.batch_size > self.steps:
             found.append(f"batch_size ({agent.batch_size}) > steps ({self.steps}): the replay "
                          "buffer never holds a batch, so no gradient step is taken")
+        elif agent.rounds(self.n_envs)["batch_size"] > self.steps:  # PQN's rollout
+            found.append(f"a rollout of n_envs x rollout_len = "
+                         f"{agent.rounds(self.n_envs)['batch_size']} transitions > steps "
+                         f"({self.steps}): it never fills, so no gradient step is taken")
         return found
 
     def to_dict(self) -> dict:
@@ -267,14 +273,17 @@ _RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent_config"}
 def preset(env_id: str, agent: str) -> dict:
     """The preset of ``env_id`` for ``agent`` as ``{'train': .., 'agent': ..}``: the file
     ``configs/<env_id>.yaml``, or for an id with a namespace (``MinAtar/Breakout-v1``,
-    ``ALE/Pong-v5``) the family's ``configs/<namespace>.yaml``."""
+    ``ALE/Pong-v5``) the family's ``configs/<namespace>.yaml``. Its ``train:`` settings apply
+    to every agent, then those of the agent's entry in ``agent_train:`` (PQN's budget and
+    sub-envs differ from the replay agents')."""
     namespace, slash, _ = env_id.partition("/")
     name = namespace if slash else env_id.replace(":", "_")
     path = PRESET_DIR / f"{name}.yaml"
     if "/" in name or "\\" in name or not path.exists():
         return {"train": {}, "agent": {}}
     data = read_yaml(path)
-    return {"train": dict(data.get("train") or {}),
+    return {"train": {**(data.get("train") or {}),
+                      **((data.get("agent_train") or {}).get(agent) or {})},
             "agent": dict((data.get("agents") or {}).get(agent) or {})}
 
 
@@ -326,7 +335,8 @@ def resolve(agent: str | None = None, env: str | None = None, config_file=None,
     except ValueError as exc:
         raise UserError(str(exc)) from None
     base = preset(env, agent)
-    train = {**base["train"], **given_train}
+    # An agent that trains on many sub-envs (PQN) has its own default.
+    train = {"n_envs": agent_class(agent).default_n_envs, **base["train"], **given_train}
     unknown = sorted(str(key) for key in set(train) - _RUN_KEYS)
     if unknown:
         raise UserError(f"unknown train setting(s) {', '.join(unknown)}: accepted are "

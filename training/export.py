@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import bnrl
+from bnrl.agents import AGENTS
 from bnrl.common.errors import NonFiniteValue, UserError, error_line, one_line
 from bnrl.common.files import (
     atomic_directory,
@@ -261,8 +262,10 @@ class ExportedPolicy:
 
     def _checked_run_config(self, source: Path) -> RunConfig:
         m = self.metadata
+        # The evaluation env is one env; n_envs only has to be one the agent's defaults take.
         config = RunConfig(agent=m["agent"], env=m["env"], seed=m["seed"],
-                           max_episode_steps=m["max_episode_steps"])
+                           max_episode_steps=m["max_episode_steps"],
+                           n_envs=getattr(AGENTS.get(m["agent"]), "default_n_envs", 1))
         try:
             config.validate()
         except UserError as exc:

@@ -13,9 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from bnrl.agents import ACTION_SPACES, ReplayBuffer, agent_class, make_agent
+from bnrl.agents import ACTION_SPACES, agent_class, make_agent
 from bnrl.common.errors import UserError, error_line
 from bnrl.common.seeding import derive_seed
 from bnrl.envs import EnvBoundary, EnvError, frame_stack, make_env, training_env, vector_env
@@ -74,28 +72,18 @@ def check_run(config: RunConfig) -> None:
     the OOM killer hours later). One-line UserErrors."""
     env = make_run_env(config, config.seed)
     try:
-        capacity = config.agent_config.buffer_size
-        observation = agent_class(config.agent).observation(
-            env.observation_space, config.agent_config, frame_stack(config.env))
-        needed = capacity * _transition_bytes(observation, env.action_space)
+        algorithm = agent_class(config.agent)
+        observation = algorithm.observation(env.observation_space, config.agent_config,
+                                            frame_stack(config.env))
+        needed, what, kind, remedy = algorithm.store_memory(
+            config.agent_config, observation, env.action_space, config.n_envs)
     finally:
         env.close()
     memory = _memory_bytes()
     if memory is not None and needed > memory:
-        raise UserError(f"buffer_size {capacity} needs {needed / 2**30:.1f} GiB of replay memory "
-                        f"on {config.env}, more than the {memory / 2**30:.1f} GiB of this "
-                        "machine: lower buffer_size")
-
-
-def _transition_bytes(observation, action_space) -> int:
-    """Replay ring bytes of one transition (``ReplayBuffer.transition_bytes``: one observation,
-    or one frame of a frame stack, in the agent's storage dtype; int64 discrete or float32
-    continuous actions, as the policy heads store them)."""
-    discrete = action_space.shape == ()
-    return ReplayBuffer.transition_bytes(observation.shape, observation.dtype,
-                                         tuple(action_space.shape),
-                                         np.int64 if discrete else np.float32,
-                                         observation.frames)
+        raise UserError(f"{what} needs {needed / 2**30:.1f} GiB of {kind} memory on "
+                        f"{config.env}, more than the {memory / 2**30:.1f} GiB of this machine: "
+                        f"{remedy}")
 
 
 def _memory_bytes() -> int | None:
