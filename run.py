@@ -44,7 +44,7 @@ from bnrl.common.quiet import quiet_tensorflow  # noqa: E402 - after _use_checko
 
 quiet_tensorflow()
 
-from bnrl import agents  # noqa: E402 - after quiet_tensorflow
+from bnrl import __version__, agents  # noqa: E402 - after quiet_tensorflow
 from bnrl.common.errors import RunFailed, StorageError, UserError, one_line  # noqa: E402
 from bnrl.compare.cli import COMMANDS, add_benchmark_commands  # noqa: E402
 from bnrl.envs import VECTOR_MODES  # noqa: E402
@@ -167,6 +167,7 @@ print(p.signatures['serving_default'](observation=tf.zeros([1, 3])))"
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bnrl", description="Off-policy RL with Batch Normalization that "
                      "actually updates: train, evaluate, benchmark BN vs no-BN critics.")
+    parser.add_argument("--version", action="version", version=f"bnrl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train one agent on one environment",

@@ -692,6 +692,15 @@ def test_nan_loss_exits_1_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------------- 7./8. help, script
+def test_version_names_the_installed_package(capsys):
+    import bnrl
+
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"bnrl {bnrl.__version__}\n"
+
+
 def test_train_help_lists_every_flag_agent_and_norm(capsys):
     with pytest.raises(SystemExit) as exc:
         run.main(["train", "--help"])
