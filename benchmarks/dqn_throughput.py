@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # noqa: E402
     _fmt,
     _spread,
+    exit_unless_known,
     exit_unless_positive,
     exit_without_peers,
     in_own_process,
@@ -293,12 +294,8 @@ def parse_args(argv):
     parser.add_argument("--json", default="dqn_throughput.json", help="output file")
     args = parser.parse_args(argv)
     args.networks, args.norms = args.networks.split(","), args.norms.split(",")
-    for name in args.networks:
-        if name not in NETWORKS:
-            parser.exit(2, f"unknown network '{name}': use {', '.join(NETWORKS)}\n")
-    for norm in args.norms:
-        if norm not in NORMS:
-            parser.exit(2, f"unknown norm '{norm}': use {', '.join(NORMS)}\n")
+    exit_unless_known(parser, "network", args.networks, NETWORKS)
+    exit_unless_known(parser, "norm", args.norms, NORMS)
     exit_unless_positive(parser, args, ("updates", "many", "loop_steps", "n_envs", "fill",
                                         "repeats", "threads"))
     exit_without_peers(parser, args, {"sb3": ("stable_baselines3",), "sbx": ("sbx",)})

@@ -338,16 +338,19 @@ def parse_args(argv):
     quiet_tensorflow()  # after parsing, so that --help stays instant
     from bnrl.networks import NORM_KINDS
 
-    for name in args.agents:
-        if name not in AGENT_NAMES:
-            parser.exit(2, f"unknown agent '{name}': use {', '.join(AGENT_NAMES)}\n")
-    for norm in args.norms:
-        if norm not in NORM_KINDS:
-            parser.exit(2, f"unknown norm '{norm}': use {', '.join(NORM_KINDS)}\n")
+    exit_unless_known(parser, "agent", args.agents, AGENT_NAMES)
+    exit_unless_known(parser, "norm", args.norms, NORM_KINDS)
     exit_unless_positive(parser, args, ("updates", "many", "loop_steps", "repeats", "threads"))
     exit_without_peers(parser, args, {"sb3": ("stable_baselines3", "sb3_contrib"),
                                       "sbx": ("sbx",)})
     return args
+
+
+def exit_unless_known(parser, what: str, names, accepted) -> None:
+    """Exit 2 with one line when one of ``names`` (of a comma-list flag) is not ``accepted``."""
+    for name in names:
+        if name not in accepted:
+            parser.exit(2, f"unknown {what} '{name}': use {', '.join(accepted)}\n")
 
 
 def exit_unless_positive(parser, args, flags) -> None:
