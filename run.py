@@ -270,10 +270,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    mean, std, video = evaluate_run(args.run, args.episodes, args.render_video, args.seed)
-    print(f"mean return {mean:.2f} +- {std:.2f} over {args.episodes} episodes")
-    if video is not None:
-        print(f"video: {video}")
+    result = evaluate_run(args.run, args.episodes, args.render_video, args.seed)
+    print(f"mean return {result.mean:.2f} +- {result.std:.2f} over {result.episodes} episodes "
+          f"of {result.checkpoint}")
+    if result.video is not None:
+        print(f"video: {result.video}")
     return 0
 
 

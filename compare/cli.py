@@ -13,10 +13,12 @@ from pathlib import Path
 
 from bnrl.agents import AGENTS
 from bnrl.common.errors import StorageError, UserError, error_line
+from bnrl.common.extras import install_hint
 from bnrl.common.files import lock_directory
 from bnrl.compare import variants as vs
 from bnrl.compare.collect import collect, merge, usable
 from bnrl.compare.grid import QUICK, check_distinct, plan
+from bnrl.compare.progress import GridProgress
 from bnrl.compare.report import write_report
 from bnrl.compare.results import RunSpec, deciding_settings, resolve_spec, settings_hash
 from bnrl.compare.suites import load_suites, suite
@@ -190,8 +192,8 @@ def _cells(args, quick: bool) -> tuple[dict, list[str], dict, str | None]:
 
 def _check_extra(chosen) -> None:
     if importlib.util.find_spec(chosen.extra) is None:
-        raise UserError(f"suite {chosen.name} needs {chosen.extra}: pip install "
-                        f"'bnrl[{chosen.extra}]'")
+        raise UserError(f"suite {chosen.name} needs {chosen.extra}: "
+                        f"{install_hint(chosen.extra)}")
 
 
 def cmd_benchmark(args) -> int:
@@ -243,18 +245,23 @@ def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
     specs = plan(out, agents, envs, variants, seeds, steps, args.config, args.extend, workers,
                  args.eval_every, baseline, args.n_envs)
     started = time.time()
+    progress = None if args.quiet else GridProgress(len(specs), workers)
 
     def on_result(record, done, total):
-        if args.quiet:
+        if progress is None:
             return
+        progress.clear()
+        progress.finished(record.get("steps") or 0, record.get("wall_time_s"))
         what = (f"final {record['final_return']:.1f} in {record['wall_time_s']:.0f}s"
                 if record["status"] == "ok" else f"FAILED: {record['error']}")
         print(f"[{done}/{total}] {record['agent']} {record['env']} {record['variant']} "
               f"seed {record['seed']}: {what} ({time.time() - started:.0f}s elapsed)", flush=True)
 
-    if not args.quiet:
+    if progress is not None:
         print(f"benchmark: {len(specs)} runs in {out} with {workers} workers", flush=True)
-    runs = run_grid(specs, out, workers, args.backend, args.address, on_result)
+    runs = run_grid(specs, out, workers, args.backend, args.address, on_result, progress)
+    if progress is not None:
+        progress.clear()
     report = report_directory(out)
     failed = sum(not usable(r) for r in runs)
     print(f"report: {report}" + (f" ({failed} failed runs; rerun to retry them)" if failed else ""))

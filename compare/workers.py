@@ -26,8 +26,10 @@ from pathlib import Path
 
 import bnrl
 from bnrl.common.errors import UserError, one_line
+from bnrl.common.extras import install_hint
 from bnrl.common.files import atomic_write
 from bnrl.common.quiet import quiet_tensorflow
+from bnrl.compare.progress import Running
 from bnrl.compare.records import result_problem
 from bnrl.compare.results import (
     RunSpec,
@@ -43,9 +45,10 @@ from bnrl.training import train
 
 
 def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "local",
-             address: str | None = None, on_result=None) -> list[dict]:
+             address: str | None = None, on_result=None, progress=None) -> list[dict]:
     """Run every unfinished spec; write its result file and ``results.json`` after each; return
-    all records. Refuses (UserError) before running anything if a result file does not match."""
+    all records. Refuses (UserError) before running anything if a result file does not match.
+    ``progress`` (a ``progress.GridProgress``) is kept up to date with the local workers."""
     records: dict[str, dict] = {}
     todo = []
     for spec in specs:
@@ -61,6 +64,8 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
     for spec in specs:
         cells.setdefault((spec.agent, spec.env), len(cells))
     todo.sort(key=lambda spec: (cells[spec.agent, spec.env], spec.seed))
+    if progress is not None:
+        progress.done = len(records)
 
     def write_results() -> None:
         atomic_write(out / "results.json", json.dumps(
@@ -79,12 +84,15 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
     elif backend == "ray":
         _run_ray(todo, address, publish)
     else:
-        _run_local(todo, workers, publish)
+        several_cells = len(cells) > 1
+        _run_local(todo, workers, publish, progress, lambda spec: (
+            f"{spec.agent} {spec.env} " if several_cells else "") + f"{spec.variant} s{spec.seed}")
     return [records[k] for k in order]
 
 
-def run_one(spec: RunSpec) -> dict:
-    """Train one grid run (in a worker process) and return its result record; never raises."""
+def run_one(spec: RunSpec, progress: str = "none") -> dict:
+    """Train one grid run (in a worker process) and return its result record; never raises.
+    ``progress``: ``train``'s (a local worker logs plain lines, which the grid's line reads)."""
     record = base_record(spec)
     try:
         quiet_tensorflow()  # a Ray task's process imported TensorFlow unquieted
@@ -96,7 +104,7 @@ def run_one(spec: RunSpec) -> dict:
             # An earlier attempt failed before the run started (e.g. making its env): its
             # error.txt alone would make train() refuse the existing directory.
             stale.unlink()
-        summary = train(config, spec.run_dir, resume=resume, progress="none",
+        summary = train(config, spec.run_dir, resume=resume, progress=progress,
                         threads=spec.threads)
         record.update(record_from_summary(summary), status="ok", run_agent=config.agent,
                       steps=config.steps, bnrl_version=bnrl.__version__,
@@ -120,23 +128,31 @@ def run_one(spec: RunSpec) -> dict:
     return record
 
 
-def _run_local(todo: list[RunSpec], workers: int, publish) -> None:
+def _run_local(todo: list[RunSpec], workers: int, publish, progress=None, label=None) -> None:
     """Run each spec in a fresh Python process of its own, ``workers`` at a time.
 
     One process per run, not a process pool: a pool breaks when one worker dies (SIGKILL, a
     segfault, the OOM killer) and fails every run queued behind it (issue 11). Each run's
     memory also goes back to the system when it ends. Stopping (Ctrl-C) stops the workers.
     """
-    queue, running = list(todo), {}
+    queue, running, status = list(todo), {}, {}
     try:
         while queue or running:
             while queue and len(running) < workers:
                 spec = queue.pop(0)
-                running[_start_worker(spec)] = spec
+                proc = _start_worker(spec)
+                running[proc] = spec
+                status[proc] = Running(label(spec) if label else spec.key, spec.steps,
+                                       time.time())
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 spec = running.pop(proc)
+                status.pop(proc)
                 publish(_worker_record(spec, proc.returncode), spec)
+            if progress is not None and progress.due() and (queue or running):
+                for proc, spec in running.items():
+                    status[proc].read_log(_log_tail_text(_log_file(spec)))
+                progress.show(list(status.values()), sum(s.steps for s in queue), len(queue))
     finally:
         _stop(list(running))
 
@@ -174,7 +190,7 @@ def _start_worker(spec: RunSpec) -> subprocess.Popen:
 def worker_main(payload: dict) -> None:
     """A local worker process: train one run and leave its record for the benchmark."""
     _die_with_parent(payload["parent"])
-    record = run_one(RunSpec(**payload["spec"]))
+    record = run_one(RunSpec(**payload["spec"]), progress="plain")
     atomic_write(payload["result"], json.dumps(record))
 
 
@@ -213,13 +229,18 @@ def _worker_record(spec: RunSpec, returncode: int) -> dict:
                        + f" (log: {_log_file(spec)})")
 
 
-def _log_tail(log: Path, lines: int = 3) -> str:
+def _log_tail_text(log: Path, size: int = 4096) -> str:
+    """The last ``size`` bytes of a worker's log ("" when it cannot be read)."""
     try:
         with open(log, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            text = f.read().decode("utf-8", errors="replace")
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    text = _log_tail_text(log)
     last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(one_line(line, 150) for line in last)
 
@@ -239,9 +260,9 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def _run_ray(todo: list[RunSpec], address: str | None, publish) -> None:
     try:
-        import ray  # optional: pip install 'bnrl[ray]'
+        import ray  # optional: the ray extra
     except ImportError:
-        raise UserError("--backend ray needs Ray: pip install 'bnrl[ray]'") from None
+        raise UserError(f"--backend ray needs Ray: {install_hint('ray')}") from None
     if not ray.is_initialized():
         try:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)

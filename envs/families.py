@@ -40,6 +40,8 @@ from gymnasium.wrappers import (
     TransformObservation,
 )
 
+from bnrl.common.extras import install_hint
+
 ATARI_PREFIX, MINATAR_PREFIX = "ALE/", "MinAtar/"
 FRAME_STACK = 4
 FRAME_SKIP = 4
@@ -70,7 +72,7 @@ def frame_stack(env_id: str) -> int:
 
 def _missing(env_id: str, extra: str, what: str) -> MissingExtra:
     return MissingExtra(f"environment {env_id!r} needs {what}, which is not installed: "
-                        f"pip install '.[{extra}]' (or pip install 'bnrl[{extra}]')")
+                        f"{install_hint(extra)}")
 
 
 def register(env_id: str) -> None:

@@ -31,6 +31,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import RescaleAction, TransformAction, TransformObservation
 
 from bnrl.common.errors import EnvFailed, NonFiniteValue, error_line, first_nonfinite, one_line
+from bnrl.common.extras import install_hint
 from bnrl.envs.families import MissingExtra, family, make_atari, register
 
 __all__ = ["EnvBoundary", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]
@@ -159,7 +160,7 @@ def _missing_dependency(env_id: str, exc: Exception) -> EnvError:
         if extra in text.lower():
             return EnvError(
                 f"environment {env_id!r} needs {label}, which is not installed: "
-                f"pip install 'bnrl[{extra}]'"
+                f"{install_hint(extra)}"
             )
     return EnvError(f"environment {env_id!r} needs a package that is not installed: {text}")
 

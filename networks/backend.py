@@ -1,10 +1,12 @@
 """The one place that guarantees bnrl runs on Keras 2 (``tf-keras``) in TensorFlow graph mode.
 
 Keras 3 layers cannot run in a ``tf.compat.v1.Session`` and have no ``get_updates_for``, so every
-bnrl module imports ``keras`` from here instead of using ``tf.keras``. Importing this module has a
-single side effect: it sets ``TF_USE_LEGACY_KERAS=1`` if the user has not chosen, so that *their*
-``tf.keras`` also resolves to Keras 2 when they touch it after importing bnrl (TensorFlow resolves
-``tf.keras`` lazily, on first attribute access, so this works even after ``import tensorflow``).
+bnrl module imports ``keras`` from here instead of using ``tf.keras``. Importing this module has
+two side effects, both only where the user has not chosen: it sets ``TF_USE_LEGACY_KERAS=1``, so
+that *their* ``tf.keras`` also resolves to Keras 2 when they touch it after importing bnrl
+(TensorFlow resolves ``tf.keras`` lazily, on first attribute access, so this works even after
+``import tensorflow``), and, when it is the first to import TensorFlow, it keeps TensorFlow's
+start-up log lines out of the terminal (``common.quiet.import_tensorflow``).
 
 Graph mode is not switched on globally (that would be a side effect on the user's program): every
 bnrl graph is built inside an explicit ``tf.Graph().as_default()``, where tf-keras uses its v1
@@ -17,7 +19,9 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import tensorflow as tf  # noqa: E402
+from bnrl.common.quiet import import_tensorflow  # noqa: E402
+
+tf = import_tensorflow()  # its CUDA-probing start-up lines kept out of the user's terminal
 
 try:
     import tf_keras as keras  # noqa: E402

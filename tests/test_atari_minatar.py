@@ -14,6 +14,7 @@ import pytest
 from gymnasium.wrappers import AtariPreprocessing, ClipReward, FrameStackObservation
 
 from bnrl.common.errors import UserError
+from bnrl.common.extras import install_hint
 from bnrl.envs import EnvError, make_env
 from bnrl.envs.families import EpisodicLife
 from bnrl.training import runs
@@ -45,7 +46,7 @@ def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch, capsys, env
     code = main(["train", "--agent", "dqn", "--env", env_id, "--steps", "10", "--quiet"])
     line = one_line(capsys.readouterr().err)
     assert code == 2
-    assert line.startswith("bnrl: error: ") and f"pip install '.[{extra}]'" in line
+    assert line.startswith("bnrl: error: ") and install_hint(extra) in line
 
 
 # -------------------------------------------------------------------------------- MinAtar

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bnrl.agents import ACTION_SPACES
+from bnrl.common.extras import install_hint
 from bnrl.envs import EnvError, check_agent_env, make_env
 
 
@@ -228,7 +229,7 @@ def test_check_agent_env_on_made_env() -> None:
 def test_missing_dependency_suggests_extra(env_id: str, module: str, extra: str) -> None:
     if importlib.util.find_spec(module) is not None:
         pytest.skip(f"{module} is installed")
-    assert f"pip install 'bnrl[{extra}]'" in _one_line_error(env_id)
+    assert install_hint(extra) in _one_line_error(env_id)
 
 
 # --- user environments --------------------------------------------------------------------

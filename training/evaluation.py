@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from gymnasium import error as gym_error
 from gymnasium.wrappers import RecordEpisodeStatistics, RecordVideo
 
 from bnrl.common.errors import NonFiniteValue, RunFailed, UserError, error_line
+from bnrl.common.extras import install_hint
 from bnrl.common.files import fsync_dir, fsync_file, temporary_directory
 from bnrl.training import checkpoint
 from bnrl.training.export import ExportedPolicy, is_export
@@ -41,7 +43,19 @@ def evaluate(agent, env, episodes: int) -> tuple[float, float]:
     return float(np.mean(returns)), float(np.std(returns))
 
 
-def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int | None = None):
+class RunEvaluation(NamedTuple):
+    """What ``evaluate_run`` measured, and on what."""
+
+    mean: float
+    std: float
+    episodes: int
+    checkpoint: str
+    """The checkpoint evaluated: its path and env step (an export's: the one it was made from)."""
+    video: Path | None
+
+
+def evaluate_run(run_dir, episodes: int, render_video: bool = False,
+                 seed: int | None = None) -> RunEvaluation:
     """Evaluate the latest checkpoint of a run, or a policy written by ``bnrl export``.
 
     Args:
@@ -51,7 +65,7 @@ def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int |
       seed: env seed; default the run's seed + 20000.
 
     Returns:
-      ``(mean, std, video_path or None)``.
+      mean and std of the returns, and which checkpoint they are of.
 
     Raises:
       UserError: bad input, a malformed run or export, or a video that cannot be written there,
@@ -74,6 +88,12 @@ def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int |
         if export:
             policy = ExportedPolicy(run_dir)
             config = policy.run_config()
+            made_from = policy.metadata.get("checkpoint", "an unnamed checkpoint")
+            steps = policy.metadata.get("env_steps")
+            source = f"export {run_dir} of {made_from}" + (
+                f" (env step {steps})" if steps is not None else "")
+        else:
+            source = f"{ckpt} (env step {checkpoint.step_of(ckpt)})"
         eval_seed = config.seed + 20_000 if seed is None else seed
         if render_video:
             # rgb_array frames only: no window, no sound (SDL would print errors on a headless
@@ -99,7 +119,7 @@ def evaluate_run(run_dir, episodes: int, render_video: bool = False, seed: int |
         finally:
             env.close()
             policy.close()
-    return mean, std, video
+    return RunEvaluation(mean, std, episodes, source, video)
 
 
 def _video_workspace(stack: contextlib.ExitStack, video: Path, export: bool) -> Path:
@@ -120,7 +140,7 @@ def _require_moviepy() -> None:
         import moviepy  # noqa: F401 - gymnasium's RecordVideo writes MP4 with it
     except ImportError:
         raise UserError("--render-video needs moviepy, which is not installed: "
-                        "pip install 'bnrl[video]'") from None
+                        f"{install_hint('video')}") from None
 
 
 def _evaluate_recording(policy, env, episodes: int, video: Path,
