@@ -631,7 +631,11 @@ def test_evaluate_prints_mean_and_std(resumed_run, capsys):
     run_dir = resumed_run[0]
     assert _main(["evaluate", "--run", str(run_dir), "--episodes", "2"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^mean return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes$", out, re.M), out
+    # It names the checkpoint it evaluated (issue 28 item 7): the run's latest.
+    latest = sorted((run_dir / "checkpoints").iterdir())[-1]
+    step = int(latest.name.split("-")[-1])
+    assert re.search(r"^mean return -?\d+\.\d+ \+- \d+\.\d+ over 2 episodes of "
+                     + re.escape(f"{latest} (env step {step})") + "$", out, re.M), out
 
 
 def test_evaluate_render_video_writes_mp4(sac_bn_run, tmp_path, capfd):
@@ -647,7 +651,7 @@ def test_evaluate_render_video_writes_mp4(sac_bn_run, tmp_path, capfd):
     code = _main(["evaluate", "--run", str(run_dir), "--episodes", "2", "--render-video"])
     out, err = capfd.readouterr()
     assert code == 0, err
-    assert re.search(r"^mean return .* over 2 episodes$", out, re.M), out
+    assert re.search(r"^mean return .* over 2 episodes of .*$", out, re.M), out
     video = run_dir / "eval.mp4"
     assert video.is_file() and f"video: {video}" in out
     assert video.read_bytes()[4:8] == b"ftyp"  # an MP4 container
@@ -699,6 +703,46 @@ def test_version_names_the_installed_package(capsys):
         run.main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out == f"bnrl {bnrl.__version__}\n"
+
+
+@pytest.mark.parametrize("origin, expected", [
+    # pip's direct_url.json (PEP 610) of `pip install -e CLONE` and of `pip install CLONE`
+    ({"url": "file://{clone}", "dir_info": {"editable": True}}, "pip install -e '{clone}[video]'"),
+    ({"url": "file://{clone}", "dir_info": {}}, "pip install '{clone}[video]'"),
+    (None, "pip install 'bnrl[video]'"),  # from an index: no direct_url.json
+])
+def test_install_hints_work_where_bnrl_came_from(origin, expected, tmp_path, monkeypatch):
+    """Issue 28: 'bnrl[video]' does not install from a clone; the hint names the clone."""
+    from importlib import metadata
+
+    from bnrl.common import extras
+
+    clone = tmp_path / "my clone"
+    clone.mkdir()
+    (clone / "pyproject.toml").write_text("[project]\nname = 'bnrl'\n")
+    text = None if origin is None else json.dumps(origin).replace("{clone}", str(clone))
+
+    class Distribution:
+        def read_text(self, name):
+            return text if name == "direct_url.json" else None
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: Distribution())
+    monkeypatch.setattr(extras, "_CHECKOUT", tmp_path / "site-packages" / "bnrl")
+    assert extras.install_hint("video") == expected.replace("{clone}", str(clone))
+
+
+def test_install_hint_of_a_checkout_never_installed(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    from bnrl.common import extras
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    (tmp_path / "pyproject.toml").write_text("")
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    monkeypatch.setattr(extras, "_CHECKOUT", tmp_path)
+    assert extras.install_hint("ray") == f"pip install -e '{tmp_path}[ray]'"
 
 
 def test_train_help_lists_every_flag_agent_and_norm(capsys):

@@ -28,6 +28,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
+from bnrl.common.extras import install_hint  # noqa: E402
+from bnrl.training.config import RESUMABLE  # noqa: E402
+
 from _cli import main as _main  # noqa: E402
 from _cli import one_line as _one_line  # noqa: E402
 from _cli import train_quiet as _train  # noqa: E402
@@ -42,10 +45,10 @@ CHECKED_VAR = "BNRL_CHECKED_ENVS"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Under one logdir: SAC (BN critic, 50-step episodes, 400 steps) and TD3 (100 steps,
-    resumed to 150)."""
+    """Under one logdir: SAC (BN critic, 50-step episodes, 400 steps), TD3 (100 steps,
+    resumed to 150) and TD3 again with the same settings (100 steps)."""
     root = tmp_path_factory.mktemp("gym_tools") / "logdir"
-    sac, td3 = root / "sac", root / "td3"
+    sac, td3, again = root / "sac", root / "td3", root / "td3-again"
     _train(["--agent", "sac", "--env", "Pendulum-v1", "--critic-norm", "batch", "--steps", "400",
             "--max-episode-steps", "50", "--eval-every", "200", "--eval-episodes", "2",
             "--logdir", str(sac), *TINY_AC])
@@ -53,7 +56,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                 "--eval-episodes", "1", "--logdir", str(td3), *TINY_AC]
     _train([*td3_args, "--steps", "100"])
     _train([*td3_args, "--steps", "150", "--resume"])
-    return {"root": root, "sac": sac, "td3": td3}
+    _train([*td3_args[:-1], str(again), "--steps", "100"])
+    return {"root": root, "sac": sac, "td3": td3, "td3-again": again}
 
 
 def _events(run_dir: Path):
@@ -107,26 +111,29 @@ def test_run_writes_its_settings_and_final_metrics_for_hparams(runs):
     hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in
                start.session_start_info.hparams.items()}
     config = _flat(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    assert set(hparams) == set(config)
+    # What a resume may change is not an hparam: TensorBoard would show its first value.
+    config = {k: v for k, v in config.items() if k not in RESUMABLE}
+    assert set(hparams) == set(config) and "steps" not in hparams
     for name, value in config.items():
         if value is None or isinstance(value, list):
             assert hparams[name] == str(value), name  # lists and None as strings
         else:
             assert hparams[name] == value, name
     assert hparams["agent"] == "sac" and hparams["agent_config.critic_norm"] == "batch"
-    assert hparams["agent_config.hidden"] == "[32, 32]" and hparams["steps"] == 400
-    assert start_step == 0
+    assert hparams["agent_config.hidden"] == "[32, 32]"
+    assert start_step == 0 and start.session_start_info.group_name == str(run_dir)
 
     (end_step, end), = _plugin_values(run_dir, "_hparams_/session_end_info")
     assert end.session_end_info.status == api_pb2.STATUS_SUCCESS and end_step == 400
     summary = json.loads((run_dir / "summary.json").read_text())
     final = {tag: _scalars(run_dir, tag) for tag in
-             ("final/eval_mean_return", "final/updates", "final/updates_per_second",
-              "final/wall_time_s")}
+             ("final/eval_mean_return", "final/env_steps", "final/updates",
+              "final/updates_per_second", "final/wall_time_s")}
     assert all(len(v) == 1 and v[0][0] == 400 for v in final.values()), final
     assert final["final/eval_mean_return"][0][1] == pytest.approx(summary["final_return"],
                                                                   rel=1e-6)
     assert final["final/updates"][0][1] == summary["updates"]
+    assert final["final/env_steps"][0][1] == 400
     assert final["final/updates_per_second"][0][1] == pytest.approx(
         summary["updates_per_second"], rel=1e-6)
 
@@ -163,16 +170,45 @@ def test_tensorboard_hparams_table_compares_the_runs(runs):
     groups = list_session_groups.Handler(request, context, "", api_pb2.ListSessionGroupsRequest(
         start_index=0, slice_size=10, allowed_statuses=statuses,
         aggregation_type=api_pb2.AGGREGATION_AVG)).run().session_groups
-    by_agent = {g.hparams["agent"].string_value: g for g in groups}
-    assert sorted(by_agent) == ["sac", "td3"] and len(groups) == 2
-    for agent, group in by_agent.items():
+    # One row per run, named after its directory: the two TD3 runs with the same settings are
+    # two rows, not one showing a value that is neither's (issue 28).
+    by_run = {g.name: g for g in groups}
+    assert sorted(by_run) == sorted(str(runs[name]) for name in ("sac", "td3", "td3-again"))
+    for name in ("sac", "td3", "td3-again"):
+        group = by_run[str(runs[name])]
         assert len(group.sessions) == 1  # the resumed TD3 run is still one session
         assert group.sessions[0].status == api_pb2.STATUS_SUCCESS
-        summary = json.loads((runs[agent] / "summary.json").read_text())
+        summary = json.loads((runs[name] / "summary.json").read_text())
         values = {m.name.tag: m.value for m in group.metric_values}
         assert values["final/eval_mean_return"] == pytest.approx(summary["final_return"],
                                                                  rel=1e-6)
-    assert by_agent["td3"].hparams["steps"].number_value == 100  # the first session's start
+        # After --resume --steps 150 the row shows 150, the run's steps: a metric, not the
+        # first session's hparam.
+        assert values["final/env_steps"] == {"td3": 150}.get(name, summary["steps"])
+
+
+def test_custom_scalars_layout_puts_the_bn_diagnostics_on_one_page(runs):
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    def layout(run_dir):
+        (layout,) = [layout_pb2.Layout.FromString(v.tensor.string_val[0])
+                     for e in _events(run_dir) if e.HasField("summary")
+                     for v in e.summary.value if v.tag == metadata.CONFIG_SUMMARY_TAG]
+        return {c.title: [list(chart.multiline.tag) for chart in c.chart]
+                for c in layout.category}
+
+    sac = layout(runs["sac"])  # BN critic: its diagnostics under their exact tag names
+    assert sac["BN of the critic / Q-network (bn_Q_*)"] == [
+        ["^bn_Q_train_eval_gap$"], ["^bn_Q_moving_mean$", "^bn_Q_moving_variance$"],
+        ["^bn_Q_gamma$", "^bn_Q_beta$"]]
+    assert ["^eval/mean_return$"] in sac["training"]
+    # Every tag of the layout is one the run wrote.
+    written = {v.tag for e in _events(runs["sac"]) if e.HasField("summary")
+               for v in e.summary.value}
+    for charts in sac.values():
+        for chart in charts:
+            assert any(re.match(tag, w) for tag in chart for w in written), chart
+    assert list(layout(runs["td3"])) == ["training"]  # no BN, no BN page
 
 
 # ------------------------------------------------------------------------------------- video
@@ -181,7 +217,7 @@ def test_render_video_without_moviepy_exits_2(runs, monkeypatch, capsys):
     code = _main(["evaluate", "--run", str(runs["sac"]), "--episodes", "1", "--render-video"])
     line = _one_line(capsys.readouterr().err)
     assert code == 2
-    assert "moviepy" in line and "pip install 'bnrl[video]'" in line
+    assert "moviepy" in line and install_hint("video") in line
     assert not (runs["sac"] / "eval.mp4").exists()
 
 

@@ -21,10 +21,25 @@ def test_bring_your_own_keras_model(capsys):
     assert printed > 0.0  # the moving mean moved: the updates ran with the optimizer step
 
 
-def test_python_api_block(tmp_path, monkeypatch):
+def test_python_api_block(tmp_path, monkeypatch, capsys):
+    # Same code with fewer steps (1200 instead of 10000, learning_starts 1000 kept) to stay fast:
+    # it still reaches the update step 200 times, evaluates and exports.
+    block = _block_after("## Python API")
+    assert "steps=10000" in block  # the budget replaced below: a silent no-op otherwise
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.replace("steps=10000", "steps=1200"), "README", "exec"), {})
+    # progress_bar=True prints plain progress lines here (not a terminal); then the prints.
+    out = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[td3")]
+    assert out[0].startswith("Run('runs/td3-bn': td3 on Pendulum-v1, seed 0, 1200 steps"), out
+    assert out[1].startswith("[1200] ["), out  # one evaluation: the final one (preset: 2000)
+    assert "checkpoint='runs/td3-bn/checkpoints/step-000001200 (env step 1200)'" in out[2], out
+    assert (tmp_path / "policies" / "td3-bn" / "saved_model.pb").is_file()
+
+
+def test_python_loop_block(tmp_path, monkeypatch):
     # Same code with fewer steps (1200 instead of 5000, learning_starts 1000 kept) to stay fast:
     # it still reaches the update step 200 times and saves a checkpoint.
-    block = _block_after("## Python API")
+    block = _block_after("### The loop by hand")
     assert "range(1, 5001)" in block  # the budget replaced below: a silent no-op otherwise
     code = block.replace("range(1, 5001)", "range(1, 1201)")
     monkeypatch.chdir(tmp_path)

@@ -8,7 +8,12 @@ Each run is also a session of TensorBoard's hparams plugin: its resolved setting
 info) and, when it finishes, its final results as ``final/...`` scalars and a session end info.
 No experiment summary is written: TensorBoard then builds the HPARAMS table from the settings of
 every run under ``--logdir`` (a benchmark mixing agents gets the union of their settings) and
-offers every scalar tag as a metric.
+offers every scalar tag as a metric. Each run is its own trial, named after its directory (not
+a hash of its settings, which merged two runs with the same settings into one row).
+
+A custom-scalars layout (TensorBoard's CUSTOM SCALARS tab) puts the BN diagnostics of issue 1's
+second write-up and the train/eval gap of each network with BN on one page, under their exact
+tag names (``bn_Q_moving_mean``...), beside the evaluation return.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import csv
 import time
 from pathlib import Path
 
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -68,14 +75,24 @@ class ScalarLogger:
             summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
-    def session_start(self, hparams: dict) -> None:
-        """Record the run's settings (``flatten_settings``) for the HPARAMS dashboard.
+    def session_start(self, hparams: dict, trial: str, bn_networks: dict[str, str]) -> None:
+        """Record the run's settings (``flatten_settings``) for the HPARAMS dashboard, as trial
+        ``trial``, and the CUSTOM SCALARS layout of ``bn_networks`` (diagnostics prefix -> what
+        it is, e.g. ``{"Q": "critic"}``: the networks with BN layers).
 
         Written at every (re)start and flushed at once; TensorBoard keeps the first one a run
-        directory holds, so a resumed run stays one session.
+        directory holds, so a resumed run stays one session: ``hparams`` must not hold what a
+        resume may change (``config.RESUMABLE``), or the table would show the first value.
         """
-        summary = hparams_summary.hparams_pb(hparams)
+        summary = hparams_summary.hparams_pb(hparams, trial_id=trial)
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+        layout = _layout(bn_networks)
+        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
+                                        string_val=[layout.SerializeToString()])
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=(
+            summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+                tag=layout_metadata.CONFIG_SUMMARY_TAG, tensor=tensor,
+                metadata=layout_metadata.create_summary_metadata())]))))
         self._writer.flush()
 
     def session_end(self, metrics: dict[str, float], step: int) -> None:
@@ -121,3 +138,27 @@ class ScalarLogger:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _layout(bn_networks: dict[str, str]) -> layout_pb2.Layout:
+    """CUSTOM SCALARS: the return and losses, then per network with BN its seed-2 diagnostics and
+    its train/eval gap (an absent tag draws nothing)."""
+    def chart(title, *tags):
+        return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(
+            tag=[f"^{tag}$" for tag in tags]))
+
+    categories = [layout_pb2.Category(title="training", chart=[
+        chart("evaluation return", "eval/mean_return"),
+        chart("losses", "losses/.*"),
+        chart("speed", "charts/updates_per_second", "charts/env_steps_per_second")])]
+    for prefix, name in bn_networks.items():
+        charts = [chart(f"bn_{prefix}_moving_mean, bn_{prefix}_moving_variance",
+                        f"bn_{prefix}_moving_mean", f"bn_{prefix}_moving_variance"),
+                  chart(f"bn_{prefix}_gamma, bn_{prefix}_beta", f"bn_{prefix}_gamma",
+                        f"bn_{prefix}_beta")]
+        if prefix == "Q":
+            charts.insert(0, chart("bn_Q_train_eval_gap: |Q(batch stats) - Q(moving stats)|",
+                                   "bn_Q_train_eval_gap"))
+        categories.append(layout_pb2.Category(title=f"BN of the {name} (bn_{prefix}_*)",
+                                              chart=charts))
+    return layout_pb2.Layout(category=categories)

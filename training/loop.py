@@ -33,8 +33,10 @@ from bnrl.common.errors import (
 )
 from bnrl.common.files import atomic_write, lock_directory, make_dirs, remove_empty
 from bnrl.common.seeding import derive_seed
+from bnrl.networks import Norm
 from bnrl.training import checkpoint
 from bnrl.training.cadence import Cadence, run_round
+from bnrl.training.callbacks import Evaluation, stopping
 from bnrl.training.config import RESUMABLE, RunConfig, changed_settings, from_dict, read_yaml
 from bnrl.training.evaluation import evaluate
 from bnrl.training.logger import ScalarLogger, flatten_settings
@@ -197,7 +199,7 @@ def _check_resume(run_dir: Path, config: RunConfig) -> None:
 
 
 def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "auto",
-          threads: int | None = None, replay: bool = True, warn=None) -> dict:
+          threads: int | None = None, replay: bool = True, warn=None, callbacks=()) -> dict:
     """Train one agent on one env, as described by ``config``, in ``run_dir``.
 
     Args:
@@ -211,6 +213,8 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
         continues with an empty buffer.
       warn: called with each of ``config.warnings()`` once every check has passed, and with
         what a resume had to drop (unreadable rows of ``metrics.csv``).
+      callbacks: ``callbacks.Callback`` objects called at each evaluation and checkpoint; one
+        returning False stops the run there (checkpointed, summary written, ``stopped_by``).
 
     Returns:
       The run summary (also written to ``summary.json``).
@@ -253,6 +257,7 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
     since_log = {"time": time.time(), "step": step, "updates": agent.updates_done}
     train_time = state["train_time_s"]
     last_eval = state["eval_returns"][-1] if state["eval_returns"] else None
+    stopped_by = None
     n = config.n_envs
     cadence = Cadence.of(agent.config, config.log_every, n)
     try:
@@ -266,7 +271,7 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
             eval_env.reset(seed=config.seed + 10_000 + 1_000_003 * state["resets"])
         except RunFailed as exc:
             raise _stopped(exc, f"at the first reset (env step {step})") from exc
-        while step < config.steps:
+        while step < config.steps and stopped_by is None:
             try:
                 # act_batch() refuses a non-finite observation even with the env check off.
                 action = agent.act_batch(obs, explore=True)
@@ -296,8 +301,8 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 if logged is not None:
                     _log_update(logger, logged, step, state, since_log, agent)
                 train_time += time.perf_counter() - t0
-            done = step >= config.steps
-            if _reached(step, n, config.eval_every) or done:
+            evaluated = _reached(step, n, config.eval_every) or step >= config.steps
+            if evaluated:
                 try:
                     mean, std = evaluate(agent, eval_env, config.eval_episodes)
                 except RunFailed as exc:
@@ -306,15 +311,21 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 state["eval_steps"].append(step)
                 state["eval_returns"].append(mean)
                 last_eval = mean
-            bar.update(step, n, **({"eval": f"{last_eval:.1f}"}
-                                   if _reached(step, n, config.eval_every)
-                                   and last_eval is not None else {}))
-            if _reached(step, n, config.checkpoint_every) or done:
+                stopped_by = stopping(callbacks, "on_evaluation", Evaluation(step, mean, std),
+                                      agent)
+            bar.update(step, n, **({"eval": f"{last_eval:.1f}"} if evaluated else {}))
+            if (_reached(step, n, config.checkpoint_every) or step >= config.steps
+                    or stopped_by is not None):
                 state["wall_time_s"] = time.time() - started
                 state["train_time_s"] = train_time
                 logger.flush()  # events up to a checkpoint survive a kill -9 after it
-                checkpoint.save(run_dir, step, agent, state, config.keep_checkpoints)
-        summary = _summary(config, agent, state, time.time() - started, train_time)
+                path = checkpoint.save(run_dir, step, agent, state, config.keep_checkpoints)
+                stopped_here = stopping(callbacks, "on_checkpoint", step, path)
+                stopped_by = stopped_by or stopped_here
+        if stopped_by is not None:
+            bar.write(f"stopped by {stopped_by} at env step {step}")
+        summary = _summary(config, agent, state, time.time() - started, train_time, step,
+                           stopped_by)
         logger.session_end(_final_metrics(summary), step)
         logger.close()
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
@@ -363,7 +374,13 @@ def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: b
         if resume:  # only now: a resume that fails to start leaves the run as it was
             _write_config(run_dir, config)
         logger = ScalarLogger(run_dir, resume_step=agent.env_steps if resume else None)
-        logger.session_start(flatten_settings(config.to_dict()))
+        settings = flatten_settings(config.to_dict())
+        ac = config.agent_config
+        logger.session_start(
+            {k: v for k, v in settings.items() if k not in RESUMABLE}, trial=str(run_dir),
+            bn_networks={prefix: name for prefix, name, kind in (
+                ("Q", "critic / Q-network", ac.critic_norm),
+                ("pi", "actor", getattr(ac, "actor_norm", "none"))) if Norm(kind).is_batch})
     except BaseException:
         _close_quietly(*reversed(made))
         raise
@@ -502,11 +519,12 @@ def _log_update(logger, scalars: dict, step: int, state: dict, since_log: dict, 
             history.setdefault(name, []).append(scalars.get(name, float("nan")))
 
 
-def _summary(config: RunConfig, agent, state: dict, wall: float, train_time: float) -> dict:
+def _summary(config: RunConfig, agent, state: dict, wall: float, train_time: float, step: int,
+             stopped_by: str | None) -> dict:
     bn = state["bn_history"] if len(state["bn_history"]["steps"]) else {}
     return {
         "agent": config.agent, "env": config.env, "seed": config.seed,
-        "critic_norm": agent.config.critic_norm, "steps": config.steps,
+        "critic_norm": agent.config.critic_norm, "steps": step, "stopped_by": stopped_by,
         "eval_steps": state["eval_steps"], "eval_returns": state["eval_returns"],
         "final_return": state["eval_returns"][-1] if state["eval_returns"] else None,
         "wall_time_s": wall, "updates": agent.updates_done, "resumes": state["resets"],
@@ -518,6 +536,7 @@ def _summary(config: RunConfig, agent, state: dict, wall: float, train_time: flo
 def _final_metrics(summary: dict) -> dict[str, float]:
     """The run's end results, shown as metrics in TensorBoard's HPARAMS table."""
     metrics = {"final/eval_mean_return": summary["final_return"],
+               "final/env_steps": summary["steps"],
                "final/updates_per_second": summary["updates_per_second"],
                "final/updates": summary["updates"], "final/wall_time_s": summary["wall_time_s"]}
     return {name: value for name, value in metrics.items() if value is not None}
