@@ -37,13 +37,14 @@ from bnrl.compare.stats import (
 from bnrl.compare.suites import EnvScores, env_scores
 
 BN_KEYS = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
+BN_LABELS = {"bn_Q_moving_mean": "L2 norm of moving mean\n(mean over BN layers)",
+             "bn_Q_moving_variance": "L2 norm of moving variance\n(mean over BN layers)",
+             "bn_Q_train_eval_gap": "mean |Q(batch stats) - Q(moving stats)|"}
 # Fixed colours so a variant looks the same in every subplot and figure.
 _COLORS = {"none": "0.25", "batch": "tab:blue", "batch_renorm": "tab:orange",
            "layer": "tab:green", "crossq": "tab:red", "batch_naive": "tab:purple"}
 _EXTRA_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold")
 _DASH = "—"
-SAMPLE_POINTS = 10
-"""Points (fractions of each run's step budget) of the aggregate sample-efficiency curves."""
 
 Run = dict[str, Any]
 
@@ -199,44 +200,48 @@ def _plot_curves(
     thresholds: dict[str, float],
     path: Path,
 ) -> None:
-    """Eval return vs env steps, one subplot per agent x env (rows x columns)."""
+    """Eval return vs env steps, one subplot per agent x env, two a row."""
     agents = list(dict.fromkeys(a for a, _ in groups))
     envs = list(dict.fromkeys(e for _, e in groups))
-    fig = _new_figure(4.6 * len(envs), 3.4 * len(agents))
-    axes = fig.subplots(len(agents), len(envs), squeeze=False)
-    for i, agent in enumerate(agents):
-        for j, env in enumerate(envs):
-            ax = axes[i][j]
-            ax.set_title(f"{agent} / {env}", fontsize=10)
-            by_variant = groups.get((agent, env))
-            if not by_variant:
-                ax.text(0.5, 0.5, "no runs", ha="center", va="center",
-                        transform=ax.transAxes, color="0.5")
-                ax.set_axis_off()
+    panels = [(agent, env) for agent in agents for env in envs]
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    # Large enough to read at 100% in a browser (issue 28): about 700 x 500 pixels a panel.
+    fig = _new_figure(6.4 * columns, 4.6 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    for ax, (agent, env) in zip(axes, panels, strict=False):
+        ax.set_title(f"{agent} / {env}", fontsize=10)
+        by_variant = groups.get((agent, env))
+        if not by_variant:
+            ax.text(0.5, 0.5, "no runs", ha="center", va="center",
+                    transform=ax.transAxes, color="0.5")
+            ax.set_axis_off()
+            continue
+        drew = False
+        for variant in variants:
+            ok = [r for r in by_variant.get(variant, []) if _is_ok(r)]
+            grid, matrix = _on_common_grid([_curve(r) for r in ok])
+            if grid.size == 0:
                 continue
-            drew = False
-            for variant in variants:
-                ok = [r for r in by_variant.get(variant, []) if _is_ok(r)]
-                grid, matrix = _on_common_grid([_curve(r) for r in ok])
-                if grid.size == 0:
-                    continue
-                color = _color(variant, variants)
-                ax.plot(grid, matrix.mean(axis=0), color=color, lw=1.8,
-                        label=f"{variant} (n={matrix.shape[0]})")
-                band = _mean_band(matrix)
-                if band is not None:
-                    ax.fill_between(grid, band[0], band[1], color=color, alpha=0.2, lw=0)
-                drew = True
-            if env in thresholds:
-                ax.axhline(thresholds[env], color="0.5", ls="--", lw=0.8,
-                           label=f"threshold {thresholds[env]:g}")
-            if not drew:
-                ax.text(0.5, 0.5, "no successful runs", ha="center", va="center",
-                        transform=ax.transAxes, color="0.5")
-            ax.set_xlabel("environment steps")
-            ax.set_ylabel("eval return")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="best")
+            color = _color(variant, variants)
+            ax.plot(grid, matrix.mean(axis=0), color=color, lw=1.8, marker="o", ms=3,
+                    label=f"{variant} (n={matrix.shape[0]})")
+            band = _mean_band(matrix)
+            if band is not None:
+                ax.fill_between(grid, band[0], band[1], color=color, alpha=0.2, lw=0)
+            drew = True
+        if env in thresholds:
+            ax.axhline(thresholds[env], color="0.5", ls="--", lw=0.8,
+                       label=f"threshold {thresholds[env]:g}")
+        if not drew:
+            ax.text(0.5, 0.5, "no successful runs", ha="center", va="center",
+                    transform=ax.transAxes, color="0.5")
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("eval return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle("Evaluation return: mean over seeds, 95% bootstrap CI band", fontsize=11)
     _save_figure(fig, path)
 
@@ -294,13 +299,15 @@ def _plot_bn_stats(
                             label=f"{variant} (n={matrix.shape[0]})")
             if key == "bn_Q_train_eval_gap":
                 ax.axhline(0.0, color="0.5", lw=0.8)
-            ax.set_title(f"{agent} / {env}: {key.removeprefix('bn_Q_')}", fontsize=9)
-            ax.set_xlabel("steps")
+            ax.set_title(f"{agent} / {env}: {key}", fontsize=9)
+            ax.set_xlabel("environment steps")
+            ax.set_ylabel(BN_LABELS[key])
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8, loc="best")
-    fig.suptitle("Critic BN statistics: mean over seeds (thick), each seed (thin)",
-                 fontsize=11)
+    fig.suptitle("Critic BN statistics: mean over seeds (thick), each seed (thin). The "
+                 "train/eval gap is in return units: large when it is near the gaps between "
+                 "actions' Q values (docs/bn-critics.md)", fontsize=10)
     _save_figure(fig, path)
     return True
 
@@ -458,17 +465,27 @@ def _answer(groups: dict, variants: list[str], baseline: str, scores: dict,
 
 
 def _sample_efficiency(by_env: dict, variant: str, scores: dict, envs: list[str]):
-    """Aggregate IQM normalized score at fractions of each run's step budget."""
-    fractions = np.linspace(1.0 / SAMPLE_POINTS, 1.0, SAMPLE_POINTS)
-    points = []
-    for f in fractions:
-        groups = []
-        for e in envs:
-            curves = [_curve(r) for r in by_env[e].get(variant, []) if _is_ok(r)]
-            values = [np.interp(f * s[-1], s, v) for s, v in curves if s.size]
-            groups.append(scores[e].normalize(np.asarray(values)))
-        points.append(groups)
+    """Aggregate IQM normalized score at the fractions of the step budget where every run of
+    ``envs`` was evaluated (nothing interpolated between evaluations, or drawn before the
+    first)."""
+    curves = {e: [c for c in (_curve(r) for r in by_env[e].get(variant, []) if _is_ok(r))
+                  if c[0].size] for e in envs}
+    fraction_sets = [{round(float(x) / s[-1], 6) for x in s} for e in envs for s, _ in curves[e]]
+    fractions = np.array(sorted(set.intersection(*fraction_sets))) if fraction_sets else []
+    if not len(fractions):
+        return np.empty(0), np.empty(0), np.empty(0), np.empty(0)
+    points = [[scores[e].normalize(np.array([v[np.isclose(s / s[-1], f)][0]
+                                             for s, v in curves[e]])) for e in envs]
+              for f in fractions]
     return (fractions, *agg.sample_efficiency_curve(points))
+
+
+def _profile_taus(scores: np.ndarray) -> np.ndarray:
+    """The tau axis of a performance profile: zoomed to the scores, with a margin (a 0-1 axis
+    drew a grid whose scores all lie near 1 as lines on top of each other, issue 28)."""
+    lo, hi = float(scores.min()), float(scores.max())
+    pad = max(0.05 * (hi - lo), 0.01)
+    return np.linspace(lo - pad, hi + pad, 200)
 
 
 def _plot_aggregates(groups: dict, variants: list[str], baseline: str, scores: dict,
@@ -487,8 +504,7 @@ def _plot_aggregates(groups: dict, variants: list[str], baseline: str, scores: d
         if shown:  # one tau axis for all variants, from below every run's score
             pooled = np.concatenate([g for v in shown for g in _normalized_groups(
                 by_env, v, scores, _scored_envs(by_env, [v], scores))])
-            lo, hi = min(0.0, pooled.min()), max(1.0, pooled.max())
-            taus = np.linspace(lo - 0.02 * (hi - lo), hi, 200)
+            taus = _profile_taus(pooled)
         for k, variant in enumerate(shown):
             envs = _scored_envs(by_env, [variant], scores)
             x = _normalized_groups(by_env, variant, scores, envs)
@@ -498,7 +514,7 @@ def _plot_aggregates(groups: dict, variants: list[str], baseline: str, scores: d
                 ax.barh(k, est, xerr=[[est - low], [high - est]], color=color, alpha=0.8,
                         capsize=4)
             fractions, curve, low, high = _sample_efficiency(by_env, variant, scores, envs)
-            ax_curve.plot(fractions, curve, color=color, lw=1.8, label=variant)
+            ax_curve.plot(fractions, curve, color=color, lw=1.8, marker="o", ms=3, label=variant)
             ax_curve.fill_between(fractions, low, high, color=color, alpha=0.2, lw=0)
             profile, low, high = agg.performance_profile(x, taus)
             ax_prof.plot(taus, profile, color=color, lw=1.8, label=variant)
@@ -509,7 +525,7 @@ def _plot_aggregates(groups: dict, variants: list[str], baseline: str, scores: d
             ax.set_xlabel(f"{what} normalized final score ({CONFIDENCE:.0%} CI)")
             ax.set_title(f"{agent}: {what} over envs", fontsize=10)
             ax.grid(alpha=0.3, axis="x")
-        ax_curve.set_xlabel("fraction of the step budget")
+        ax_curve.set_xlabel("fraction of the step budget (at evaluations)")
         ax_curve.set_ylabel("IQM normalized score")
         ax_curve.set_title(f"{agent}: sample efficiency", fontsize=10)
         ax_prof.set_xlabel("normalized score tau")
@@ -717,9 +733,10 @@ def _method_note(has_bn: bool) -> list[str]:
         "the env's threshold (configs/suites.yaml); the median is over the seeds that "
         "reached it.",
         "- **aggregate.png**: IQM and mean normalized score per variant with CI bars, and "
-        "the sample-efficiency curve (IQM normalized score at each tenth of the step budget, "
-        "stratified CI band). **profiles.png**: fraction of runs (each env weighing the same) "
-        "whose normalized score exceeds tau, with CI bands.",
+        "the sample-efficiency curve (IQM normalized score at each fraction of the step "
+        "budget where every run was evaluated, stratified CI band). **profiles.png**: "
+        "fraction of runs (each env weighing the same) whose normalized score exceeds tau, "
+        "with CI bands, on a tau axis zoomed to the scores.",
         "- **curves.png**: per env, curves linearly interpolated onto the union of "
         "evaluation steps within the span every seed covers; the band is the pointwise "
         f"{pct} percentile-bootstrap CI of the mean over seeds.",

@@ -359,3 +359,42 @@ def test_holm_withdraws_a_verdict_that_one_test_alone_would_make(tmp_path: Path,
     text = write_report(runs, tmp_path).read_text()
     assert _answer_line(text, "batch").endswith("**better** (1 env, 5 vs 5 runs)")
     assert "(5 vs 5 runs): faster" in text
+
+
+def test_sample_efficiency_is_drawn_only_where_every_run_was_evaluated():
+    """Issue 28: the curve was interpolated at tenths of the budget, between and before
+    evaluations. Env A evaluates every 1000 of 6000 steps, env B every 2000: the points are
+    the fractions both have, 1/3, 2/3 and 1, and each is the IQM of the returns there."""
+    from bnrl.compare import aggregate, report
+
+    class Identity:
+        def normalize(self, x):
+            return np.asarray(x, dtype=float)
+
+    def run(steps, returns):
+        return {"status": "ok", "eval_steps": steps, "eval_returns": returns,
+                "final_return": returns[-1]}
+
+    a = [run(list(range(1000, 6001, 1000)), [1, 2, 3, 4, 5, 6]),
+         run(list(range(1000, 6001, 1000)), [2, 3, 4, 5, 6, 7])]
+    b = [run([2000, 4000, 6000], [10, 20, 30]), run([2000, 4000, 6000], [11, 21, 31])]
+    by_env = {"A": {"v": a}, "B": {"v": b}}
+    fractions, curve, low, high = report._sample_efficiency(
+        by_env, "v", {"A": Identity(), "B": Identity()}, ["A", "B"])
+    np.testing.assert_allclose(fractions, [1 / 3, 2 / 3, 1.0], rtol=1e-5)
+    expected = [aggregate.aggregate_iqm([np.array(x), np.array(y)])
+                for x, y in (([2, 3], [10, 11]), ([4, 5], [20, 21]), ([6, 7], [30, 31]))]
+    np.testing.assert_allclose(curve, expected)
+    assert np.all(low <= curve) and np.all(curve <= high)
+
+
+def test_performance_profiles_are_zoomed_to_the_scores():
+    """Issue 28: scores between 0.97 and 1.02 were drawn on a 0-1 axis."""
+    from bnrl.compare import report
+
+    taus = report._profile_taus(np.array([0.97, 1.0, 1.02]))  # a margin of at least 0.01
+    assert (taus[0], taus[-1]) == pytest.approx((0.96, 1.03))
+    taus = report._profile_taus(np.array([-0.2, 1.0]))  # else 5% of the range
+    assert (taus[0], taus[-1]) == pytest.approx((-0.26, 1.06))
+    taus = report._profile_taus(np.array([0.5, 0.5]))
+    assert (taus[0], taus[-1]) == pytest.approx((0.49, 0.51))
