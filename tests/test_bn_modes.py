@@ -329,3 +329,20 @@ def test_ma_bn_builds_wires_and_trains_every_actor_critic_agent(name):
             out = agent.update(_batch(rng))
             assert all(np.isfinite(v) for v in out.values())
         agent.close()
+
+
+@pytest.mark.parametrize("name,target", [("sac", "none"), ("td3", "polyak")])
+def test_ma_bn_steps_have_no_unordered_variable_access(name, target):
+    """Under ma_bn, with BN in the actor: every read of a variable the step writes is ordered
+    before or after that write (tests/test_agents.py's check), the training-mode next-action
+    pass included."""
+    from tests.test_agents import _unordered_accesses
+
+    agent = _build(name, dict(hidden=(8,), actor_hidden=(8,), batch_size=BATCH, learning_starts=0,
+                              critic_norm="batch", actor_norm="batch", target=target,
+                              bn_modes="ma_bn", xla=False))
+    for variant, op in agent.runner.train_ops.items():
+        fetches = [op, *agent.runner.scalars[variant].values(),
+                   *agent.runner.diagnostics[variant].values()]
+        assert _unordered_accesses(fetches) == [], variant
+    agent.close()
