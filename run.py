@@ -110,6 +110,7 @@ Agent settings (--set KEY=VALUE):
               xla_single_update
               BN remedies (docs/bn-critics.md): critic_batch (auto, separate, joint)
               target (auto, polyak, none) bootstrap_mode (auto, inference, training)
+              bn_modes (auto, ma_bn, naive: a named set of the mode settings)
               renorm_warmup renorm_rmax renorm_dmax
   dqn:    learning_rate target_update_interval exploration_steps exploration_initial_eps
           exploration_final_eps max_grad_norm double_q dueling n_steps loss (huber, mse)
@@ -118,9 +119,9 @@ Agent settings (--set KEY=VALUE):
   td3/ddpg: learning_rate actor_learning_rate actor_hidden actor_norm actor_input_norm n_critics
           policy_delay target_policy_noise target_noise_clip action_noise action_noise_std
           ou_theta action_at norm_after_action critic_l2 actor_loss_mode (auto, inference,
-          training)
+          training) next_action_mode (auto, inference, training)
   sac:    learning_rate actor_hidden actor_norm n_critics init_alpha autotune_alpha target_entropy
-          policy_delay actor_loss_mode
+          policy_delay actor_loss_mode next_action_mode
   crossq: the sac settings, with CrossQ's defaults (joint critic pass, no target network,
           Batch Renorm with warm-up, Adam beta1 0.5, policy_delay 3)
   pqn:    learning_rate lr_decay_steps optimizer (radam, adam) max_grad_norm rollout_len

@@ -1,10 +1,11 @@
 """Agent settings: one typed config per agent, validated and resolved once.
 
 Each agent's dataclass (``DQNConfig``, ``SACConfig``, ...) extends ``AgentConfig``. Settings left
-at ``auto`` (the BN settings of issue 12, and ``xla_single_update``) are turned into their values
-once, by ``resolved()``, which also validates every field: what an agent is built from, what
-``config.yaml`` holds and what ``--resume`` and the benchmark's settings hash compare is the
-resolved config, so nothing downstream guesses an ``auto``.
+at ``auto`` (the BN settings of issues 12 and 27, and ``xla_single_update``) and the ``bn_modes``
+preset (issue 27) are turned into their values once, by ``resolved()``, which also validates every
+field: what an agent is built from, what ``config.yaml`` holds and what ``--resume`` and the
+benchmark's settings hash compare is the resolved config, so nothing downstream guesses an
+``auto``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,31 @@ from bnrl.networks import Norm
 TARGET_BN_POLICIES = ("copy", "polyak", "frozen")
 MAX_THREADS = 1024
 """Upper bound of the TensorFlow thread-pool settings (far above any machine's cores)."""
-# The BN settings of issue 12 and their values; "auto" picks the agent's ``bn_defaults`` when the
-# critic has plain BN and the pre-remedy behaviour (``CLASSIC_BN``) otherwise.
+# The BN settings of issue 12 (and issue 27's next_action_mode) and their values; "auto" picks the
+# agent's ``bn_defaults`` when the critic has plain BN and the pre-remedy behaviour
+# (``CLASSIC_BN``) otherwise.
 BN_SETTINGS = {"critic_batch": ("separate", "joint"), "target": ("polyak", "none"),
                "bootstrap_mode": ("inference", "training"),
-               "actor_loss_mode": ("inference", "training")}
+               "actor_loss_mode": ("inference", "training"),
+               "next_action_mode": ("inference", "training")}
 CLASSIC_BN = {"critic_batch": "separate", "target": "polyak", "bootstrap_mode": "inference",
-         "actor_loss_mode": "inference"}
+              "actor_loss_mode": "inference", "next_action_mode": "inference"}
+# The named sets of BN modes (``bn_modes``, issue 27): preset -> the mode switch values it sets,
+# one per use of the networks that has a switch (the critic's TD estimate is always its one
+# training-mode pass, acting always inference mode). An agent takes the switches it has (DQN:
+# bootstrap_mode only). docs/bn-critics.md compares them with the study they follow.
+BN_MODES = {
+    # Each switch keeps its own value (``auto``: the agent's BN defaults with critic_norm=batch).
+    "auto": {},
+    # Mode-Aware BN (Wang et al. 2025, arXiv 2509.23750; its code's update_mode TTETT): the
+    # bootstrap critic in training mode, the critic inside the actor loss in inference mode, the
+    # actor in training mode when it samples the next actions of the TD target.
+    "ma_bn": {"bootstrap_mode": "training", "actor_loss_mode": "inference",
+              "next_action_mode": "training"},
+    # Every switchable use in inference mode (DDPG paper, SB3): the modes of plain BN.
+    "naive": {"bootstrap_mode": "inference", "actor_loss_mode": "inference",
+              "next_action_mode": "inference"},
+}
 
 
 @dataclass
@@ -82,6 +101,14 @@ class AgentConfig:
     ``critic_batch=joint``, so that bootstrap and trained Q are normalized alike), with no
     statistics update. ``auto``: the agent's ``bn_defaults`` when ``critic_norm`` is ``batch``,
     ``inference`` otherwise."""
+    bn_modes: str = "auto"
+    """A named set of BN modes, one per use of the networks, resolved once into the mode
+    switches (``bootstrap_mode``, ``actor_loss_mode``, ``next_action_mode``; those the agent
+    has). ``auto``: each switch keeps its own setting. ``ma_bn``: Mode-Aware BN (Wang et al.
+    2025, arXiv 2509.23750): bootstrap in training mode, the actor loss's critic in inference
+    mode, next actions sampled by the actor in training mode. ``naive``: all three in inference
+    mode (DDPG paper, SB3). A switch set to another value than the preset's (explicitly, or by
+    the agent's defaults: CrossQ's ``bootstrap_mode=training``) is refused."""
     renorm_warmup: int = 0
     """Updates during which Batch Renorm (critic and actor) is pinned to plain BN (r = 1,
     d = 0) before its corrections are allowed (CrossQ: 100k)."""
@@ -114,14 +141,16 @@ class AgentConfig:
     def resolved(self):
         """A validated copy with every ``auto`` setting turned into its value.
 
-        The BN settings take the agent's ``bn_defaults`` when ``critic_norm`` is ``batch`` and
+        The ``bn_modes`` preset sets the mode switches it names (``BN_MODES``); the BN settings
+        still at ``auto`` take the agent's ``bn_defaults`` when ``critic_norm`` is ``batch`` and
         the pre-remedy behaviour (``CLASSIC_BN``) otherwise; ``xla_single_update`` becomes true
         exactly when ``xla`` is on and a network has BN layers. A resolved config resolves to
         itself.
 
         Raises:
           ValueError: an impossible setting, in one line: a wrong type, a null where null means
-            nothing, a non-finite number (``coerce_setting``), or a value out of range.
+            nothing, a non-finite number (``coerce_setting``), a value out of range, or a
+            mode switch set to another value than the ``bn_modes`` preset's.
         """
         # Every field is checked against its annotation here, once, whichever way the config was
         # made (a dict from YAML and flags, or a dataclass built in Python): nothing is built from
@@ -129,15 +158,17 @@ class AgentConfig:
         values = {f.name: coerce_setting(f.name, str(f.type), getattr(self, f.name))
                   for f in dataclasses.fields(self)}
         checked = dataclasses.replace(self, **values)
-        for name, choices in BN_SETTINGS.items():
-            if not hasattr(checked, name):
-                continue
-            value = getattr(checked, name)
+        switches = {name: getattr(checked, name) for name in BN_SETTINGS
+                    if hasattr(checked, name)}
+        for name, value in switches.items():
+            if value != "auto" and value not in BN_SETTINGS[name]:
+                raise ValueError(f"unknown {name} '{value}': use auto, "
+                                 f"{', '.join(BN_SETTINGS[name])}")
+        switches.update(preset_modes(checked.bn_modes, switches))
+        for name, value in switches.items():
             if value == "auto":
                 value = (checked.bn_defaults.get(name, CLASSIC_BN[name])
                          if checked.critic_norm == "batch" else CLASSIC_BN[name])
-            elif value not in choices:
-                raise ValueError(f"unknown {name} '{value}': use auto, {', '.join(choices)}")
             values[name] = value
         if checked.xla_single_update is None:
             values["xla_single_update"] = checked.xla and any(
@@ -222,11 +253,35 @@ class ActorCriticConfig(AgentConfig):
     paper, CrossQ, SB3). ``training``: the batch statistics of ``(s, pi(s))``, with no statistics
     update, i.e. the actor climbs the Q the critic is trained as. ``auto``: the agent's
     ``bn_defaults`` when ``critic_norm`` is ``batch``, ``inference`` otherwise."""
+    next_action_mode: str = "auto"
+    """BN mode of the actor that samples the next actions of the TD target (the target actor of
+    TD3/DDPG, the online actor otherwise). ``inference``: moving statistics (DDPG paper, SB3,
+    CrossQ). ``training``: the batch statistics of ``s'``, with no statistics update (Mode-Aware
+    BN, ``bn_modes=ma_bn``). ``auto``: ``inference``."""
     actor_norm: str = "none"
     """Normalization of the actor: none, batch, batch_renorm, layer."""
 
     def norm_kinds(self) -> list[str]:
         return [self.critic_norm, self.actor_norm]
+
+
+def preset_modes(preset: str, switches: dict[str, str]) -> dict[str, str]:
+    """The mode switch values the ``bn_modes`` preset ``preset`` sets, among ``switches`` (the
+    config's mode switches and their values, ``auto`` where unset).
+
+    Raises:
+      ValueError (one line): an unknown preset, or a switch of ``switches`` set to another value
+        than the preset's.
+    """
+    if preset not in BN_MODES:
+        raise ValueError(f"unknown bn_modes '{preset}': use {', '.join(BN_MODES)}")
+    chosen = {name: value for name, value in BN_MODES[preset].items() if name in switches}
+    for name, value in chosen.items():
+        if switches[name] not in ("auto", value):
+            raise ValueError(f"bn_modes={preset} sets {name}={value}, but {name}="
+                             f"{switches[name]} is set too (explicitly or by the agent's "
+                             f"defaults): drop {name} or bn_modes")
+    return chosen
 
 
 def check_range(config, name: str, low=None, high=None, *, open_low: bool = False,

@@ -31,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 
 from bnrl.agents.algorithm import Algorithm, Networks
-from bnrl.agents.config import AgentConfig, check_range
+from bnrl.agents.config import BN_MODES, AgentConfig, check_range
 from bnrl.agents.policy import GreedyHead
 from bnrl.agents.update import OPTIMIZERS, Schedule, Update, gradient_step, make_optimizer
 from bnrl.common.files import atomic_open
@@ -295,6 +295,11 @@ class PQNConfig(AgentConfig):
             if getattr(self, name) != getattr(base, name):
                 raise ValueError(f"pqn has no replay buffer: {name} does not apply (its data is "
                                  "one rollout of n_envs x rollout_len transitions); leave it out")
+        preset = BN_MODES.get(self.bn_modes, {})
+        if preset.get("bootstrap_mode", "inference") != "inference":
+            raise ValueError(f"pqn computes its Q(lambda) targets in inference mode "
+                             f"(bootstrap_mode=inference): bn_modes={self.bn_modes} does not "
+                             "apply; leave it out")
         for name, value in self._FIXED.items():
             if getattr(self, name) != value:
                 raise ValueError(f"pqn runs with {name}={value} (no replay warm-up, no target "

@@ -1,10 +1,10 @@
 """Soft Actor-Critic (Haarnoja et al. 2018) with twin critics and automatic entropy tuning.
 
 One ``sess.run`` per gradient step, read top to bottom in ``SAC.build_update``: TD target (next
-actions sampled from the actor in inference mode) -> critic step with the BN updates of its
-training-mode pass -> every ``policy_delay``-th update: actor step (reading the new critic) ->
-temperature step -> polyak target update. Defaults follow SB3 / RL Zoo. CrossQ is this agent with
-other settings (``agents/crossq.py``).
+actions sampled from the actor in ``next_action_mode``, inference by default) -> critic step with
+the BN updates of its training-mode pass -> every ``policy_delay``-th update: actor step (reading
+the new critic) -> temperature step -> polyak target update. Defaults follow SB3 / RL Zoo. CrossQ
+is this agent with other settings (``agents/crossq.py``).
 """
 
 from __future__ import annotations
@@ -117,9 +117,11 @@ class SAC(Algorithm):
     def build_update(self, b, noise, steps) -> Update:
         c = self.config
         alpha = tf.exp(self.log_alpha)
-        # TD target: soft value of the bootstrap critic at actions sampled in inference mode.
-        next_action, next_logp, _ = squashed_gaussian(self.actor(b.next_obs, training=False),
-                                                      noise["next_action"])
+        # TD target: soft value of the bootstrap critic at actions the actor samples in the
+        # next-action mode (inference: moving statistics; training: the batch statistics of s',
+        # no statistics update).
+        next_action, next_logp, _ = squashed_gaussian(
+            call_in_mode(self.actor, b.next_obs, c.next_action_mode), noise["next_action"])
         values = critic_pass(self.critic, [b.obs, b.action], [b.next_obs, next_action],
                              self.target_critic, c)
         y = td_target(b.reward, b.done, c.gamma,

@@ -112,9 +112,10 @@ class DDPGConfig(TD3Config):
             hidden=(400, 300), actor_hidden=(400, 300), action_at=1, norm_after_action=False,
             learning_rate=1e-3, actor_learning_rate=1e-4, critic_l2=1e-2, tau=0.001,
             batch_size=64, action_noise="ou", action_noise_std=0.2,
-            # The paper's BN: one pass on (s, a), inference-mode target and actor-loss critic.
+            # The paper's BN: one pass on (s, a); target, actor-loss critic and next actions in
+            # inference mode.
             critic_batch="separate", target="polyak", bootstrap_mode="inference",
-            actor_loss_mode="inference")
+            actor_loss_mode="inference", next_action_mode="inference")
         settings.update(overrides)
         return cls(**settings)
 
@@ -159,10 +160,11 @@ class TD3(Algorithm):
 
     def build_update(self, b, noise, steps) -> Update:
         c = self.config
-        # TD target: the target actor's next action (the online actor's without targets), with
-        # target policy smoothing (TD3), valued by the bootstrap critic; clipped double Q.
+        # TD target: the target actor's next action (the online actor's without targets) in the
+        # next-action mode, with target policy smoothing (TD3), valued by the bootstrap critic;
+        # clipped double Q.
         actor = self.actor if self.target_actor is None else self.target_actor
-        next_action = actor(b.next_obs, training=False)
+        next_action = call_in_mode(actor, b.next_obs, c.next_action_mode)
         if "target_policy" in noise:
             smoothing = tf.clip_by_value(c.target_policy_noise * noise["target_policy"],
                                          -c.target_noise_clip, c.target_noise_clip)

@@ -311,6 +311,7 @@ def train_variant(agent_name: str, env_id: str, seed: int, steps: int, settings:
     resolved = {k: getattr(agent_config, k) for k in ("critic_batch", "target", "bootstrap_mode")}
     if agent.networks.actors:
         resolved["actor_loss_mode"] = agent_config.actor_loss_mode
+        resolved["next_action_mode"] = agent_config.next_action_mode
     checks: dict = {"target_copy_max_error": 0.0}
     records, evals = [], []
     obs, _ = env.reset(seed=seed)
