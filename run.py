@@ -249,8 +249,7 @@ def cmd_train(args) -> int:
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                            max_episode_steps=args.max_episode_steps, n_envs=args.n_envs,
                            vector_env=args.vector_env)
-    config = resolve(args.agent, args.env, args.config, train_overrides,
-                     _with_actor_norm(args, train_overrides, agent_overrides))
+    config = _resolve_train(args, train_overrides, agent_overrides)
     norm = config.agent_config.critic_norm
     logdir = args.logdir or os.path.join(
         "runs", f"{config.agent}-{config.env.replace(':', '_').replace('/', '_')}-{norm}"
@@ -266,18 +265,25 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _with_actor_norm(args, train_overrides: dict, agent_overrides: dict) -> dict:
-    """``agent_overrides`` with ``--actor-norm`` when it is given, refused in one line for an
-    agent without an actor. Resolved together, not one after the other: a setting that needs
-    the actor's norm (``actor_network=simba``) is checked with it."""
+def _resolve_train(args, train_overrides: dict, agent_overrides: dict):
+    """The run config of ``train``, with ``--actor-norm`` when it is given, resolved together
+    with the other settings (``actor_network=simba`` is checked with the actor's norm); for an
+    agent without an actor (known only once resolved: it may come from --config), one line."""
     if args.actor_norm is None:
-        return agent_overrides
-    # The agent may come from --config: known only once resolved.
-    config = resolve(args.agent, args.env, args.config, train_overrides,
-                     {k: v for k, v in agent_overrides.items() if k != "actor_network"})
-    if not hasattr(config.agent_config, "actor_norm"):
-        raise UserError(f"{config.agent} has no actor: use --critic-norm for its Q-network")
-    return {**agent_overrides, "actor_norm": args.actor_norm}
+        return resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
+    try:
+        return resolve(args.agent, args.env, args.config, train_overrides,
+                       {**agent_overrides, "actor_norm": args.actor_norm})
+    except UserError as exc:
+        try:
+            config = resolve(args.agent, args.env, args.config, train_overrides,
+                             {k: v for k, v in agent_overrides.items() if k != "actor_network"})
+        except UserError:
+            raise exc from None
+        if not hasattr(config.agent_config, "actor_norm"):
+            raise UserError(f"{config.agent} has no actor: use --critic-norm for its "
+                            "Q-network") from None
+        raise
 
 
 def cmd_evaluate(args) -> int:

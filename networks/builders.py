@@ -192,8 +192,9 @@ NETWORKS = ("mlp", "simba")
 ``simba`` (``simba_body``: Lee et al. 2024's residual pre-norm blocks, after ``RunningObsNorm``)."""
 
 SIMBA_EXPANSION = 4
-"""SimBa's inverted bottleneck: each block's inner Dense has 4 x its width (Lee et al. 2024,
-section 4; the authors' ``ResidualBlock``, SBX's ``SimbaResidualBlock`` ``scale_factor=4``)."""
+"""SimBa's inverted bottleneck: each block's inner Dense has 4 x its width (Lee et al. 2024: "the
+hidden dimension is expanded to 4 * hidden_dim"; the authors' ``ResidualBlock``, SBX's
+``SimbaResidualBlock(scale_factor=4)``)."""
 
 SIMBA_NORMS = ("layer", "batch", "batch_renorm")
 """The norms a SimBa body can have in its blocks and before its head: ``layer`` (the paper's),
@@ -201,7 +202,7 @@ SIMBA_NORMS = ("layer", "batch", "batch_renorm")
 
 
 class RunningObsNorm(keras.layers.Layer):
-    """SimBa's running statistics normalization (RSNorm, Lee et al. 2024, section 4.1):
+    """SimBa's running statistics normalization (RSNorm, Lee et al. 2024):
     ``(x - mean) / sqrt(var + 1e-8)`` with the mean and variance of every observation the agent
     has acted on while training (``update``), never learned by gradient.
 
@@ -262,8 +263,8 @@ class Simba:
     obs_norm: RunningObsNorm | None = None
 
     def __post_init__(self):
-        if self.width < 1 or self.blocks < 0:
-            raise ValueError(f"a SimBa body needs width >= 1 and blocks >= 0, got {self.width} "
+        if self.width < 1 or self.blocks < 1:
+            raise ValueError(f"a SimBa body needs width >= 1 and blocks >= 1, got {self.width} "
                              f"and {self.blocks}")
 
 
@@ -278,7 +279,7 @@ def _check_simba_norm(norm: Norm) -> None:
 
 def simba_body(x, arch: Simba, norm: Norm, prefix: str, training=None, extra_input=None,
                seeds: Seeds | None = None):
-    """SimBa's body (Lee et al. 2024, Figure 2; the authors' ``SACEncoder``, SBX's
+    """SimBa's body (Lee et al. 2024; the authors' ``SACEncoder``, SBX's
     ``SimbaContinuousCritic``): [input norm] -> [concat ``extra_input``] -> Dense(width) ->
     ``blocks`` x (Norm -> Dense(4 width) -> ReLU -> Dense(width) -> + skip) -> Norm.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -138,6 +139,45 @@ def test_statistics_are_checkpointed_and_restored(tmp_path):
     finally:
         agent.close()
         other.close()
+
+
+@pytest.mark.parametrize("name, critic_batch", [("dqn", "joint"), ("sac", "separate")])
+def test_bn_in_the_blocks_updates_from_exactly_the_training_pass(name, critic_batch):
+    """``critic_norm=batch`` in a SimBa body: the first block's BN moving statistics move once
+    per update, by the Keras EMA of the biased moments of its input on exactly the rows of the
+    critic's one training-mode pass (``concat([obs, next_obs])`` for DQN's joint pass, ``(obs,
+    action)`` for SAC's separate one), its input computed in numpy: the embedding of the
+    observations normalized by the running statistics of the acted-on ones."""
+    rng = np.random.default_rng(7)
+    discrete = name == "dqn"
+    settings = dict(SIMBA, critic_norm="batch", critic_batch=critic_batch, target="polyak",
+                    bootstrap_mode="training" if critic_batch == "joint" else "inference")
+    agent = make_agent(name, BOX_OBS, gym.spaces.Discrete(3) if discrete else BOX_ACT, settings)
+    try:
+        _feed(agent, _observations(rng, 7))
+        critic = agent.algorithm.q if discrete else agent.algorithm.critic
+        prefix = "q" if discrete else "q0"
+        bn = critic.get_layer(f"{prefix}_block0_bn")
+        weights = {layer.name: agent.sess.run(layer.weights) for layer in critic.layers}
+        batch = _batch(agent, rng)
+        if discrete:
+            batch["action"] = rng.integers(0, 3, len(batch["obs"]))
+        mean, var, _ = weights["obs_rsnorm"]
+        normed = [(batch[k].astype(np.float64) - mean) / np.sqrt(var + RunningObsNorm.EPSILON)
+                  for k in ("obs", "next_obs")]
+        rows = (np.concatenate(normed) if critic_batch == "joint"
+                else np.concatenate([normed[0], batch["action"]], axis=1))
+        (kernel,) = weights[f"{prefix}_embed"]  # no bias before BN
+        h = rows @ kernel
+        moving = agent.sess.run([bn.moving_mean, bn.moving_variance])
+        agent.update(batch)
+        got = agent.sess.run([bn.moving_mean, bn.moving_variance])
+        np.testing.assert_allclose(got[0], 0.99 * moving[0] + 0.01 * h.mean(0), rtol=1e-4,
+                                   atol=1e-6)
+        np.testing.assert_allclose(got[1], 0.99 * moving[1] + 0.01 * h.var(0), rtol=1e-4,
+                                   atol=1e-6)
+    finally:
+        agent.close()
 
 
 def _layer_norm(x, gamma, beta, eps):
@@ -281,8 +321,13 @@ def test_sac_with_simba_trains_on_pendulum_and_its_export_freezes_the_statistics
     try:
         checkpoint.restore_agent(agent, ckpt)
         assert agent.updates_done > 0
+        meta = json.loads((out / "bnrl_policy.json").read_text())
+        assert meta["network"] == "simba"
+        assert "running mean and variance of the 300 observations" in (
+            meta["observation_normalization"])
         mean, var, count = _stats(agent)
-        assert count == 300  # every observation the run acted on, once
+        # Every observation the run acted on, once; not the 200 of its final evaluation.
+        assert count == 300
         # Pendulum's (cos, sin, angular velocity): the statistics moved far from 0 and 1.
         assert np.abs(var - 1.0).max() > 0.5
         actor = agent.algorithm.actor
@@ -300,7 +345,9 @@ def test_sac_with_simba_trains_on_pendulum_and_its_export_freezes_the_statistics
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
             one = serve(observation=tf.constant(obs[:1]))["action"].numpy()
             np.testing.assert_allclose(one, expected[:1], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(agent.act(obs[0]), expected[0], rtol=1e-4, atol=1e-5)
+        assert agent._numpy_act is not None  # evaluation's numpy path runs RSNorm too
+        for _ in range(2):  # the graph's action, then the numpy path's
+            np.testing.assert_allclose(agent.act(obs[0]), expected[0], rtol=1e-4, atol=1e-5)
         for got, stored in zip(_stats(agent), (mean, var, count), strict=True):
             np.testing.assert_array_equal(got, stored)
     finally:
