@@ -184,7 +184,9 @@ class Agent:
 
         Args:
           obs: one observation.
-          explore: add the agent's exploration (noise, epsilon, sampling); False for evaluation.
+          explore: add the agent's exploration (noise, epsilon, sampling), and merge ``obs``
+            into SimBa's running observation statistics when a network has them; False for
+            evaluation.
 
         Raises:
           NonFiniteValue: the observation holds NaN or inf. Acted on, it gave an action on the
