@@ -112,6 +112,7 @@ Agent settings (--set KEY=VALUE):
               target (auto, polyak, none) bootstrap_mode (auto, inference, training)
               bn_modes (auto, ma_bn, naive: a named set of the mode settings)
               renorm_warmup renorm_rmax renorm_dmax
+              SimBa (docs/simba.md): network (mlp, simba) simba_width simba_blocks
   dqn:    learning_rate target_update_interval exploration_steps exploration_initial_eps
           exploration_final_eps max_grad_norm double_q dueling n_steps loss (huber, mse)
           encoder (auto, mlp, nature, minatar: auto picks nature for 84x84 image stacks,
@@ -119,9 +120,11 @@ Agent settings (--set KEY=VALUE):
   td3/ddpg: learning_rate actor_learning_rate actor_hidden actor_norm actor_input_norm n_critics
           policy_delay target_policy_noise target_noise_clip action_noise action_noise_std
           ou_theta action_at norm_after_action critic_l2 actor_loss_mode (auto, inference,
-          training) next_action_mode (auto, inference, training)
+          training) next_action_mode (auto, inference, training) actor_network (mlp, simba)
+          actor_simba_width actor_simba_blocks
   sac:    learning_rate actor_hidden actor_norm n_critics init_alpha autotune_alpha target_entropy
-          policy_delay actor_loss_mode next_action_mode
+          policy_delay actor_loss_mode next_action_mode actor_network actor_simba_width
+          actor_simba_blocks
   crossq: the sac settings, with CrossQ's defaults (joint critic pass, no target network,
           Batch Renorm with warm-up, Adam beta1 0.5, policy_delay 3)
   pqn:    learning_rate lr_decay_steps optimizer (radam, adam) max_grad_norm rollout_len
@@ -249,12 +252,7 @@ def cmd_train(args) -> int:
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                            max_episode_steps=args.max_episode_steps, n_envs=args.n_envs,
                            vector_env=args.vector_env)
-    config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
-    if args.actor_norm is not None:  # the agent may come from --config: known only now
-        if not hasattr(config.agent_config, "actor_norm"):
-            raise UserError(f"{config.agent} has no actor: use --critic-norm for its Q-network")
-        agent_overrides["actor_norm"] = args.actor_norm
-        config = resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
+    config = _resolve_train(args, train_overrides, agent_overrides)
     norm = config.agent_config.critic_norm
     logdir = args.logdir or os.path.join(
         "runs", f"{config.agent}-{config.env.replace(':', '_').replace('/', '_')}-{norm}"
@@ -268,6 +266,27 @@ def cmd_train(args) -> int:
         print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f}s, final eval return "
               f"{final}, {summary['updates_per_second']:.0f} updates/s; run dir {logdir}")
     return 0
+
+
+def _resolve_train(args, train_overrides: dict, agent_overrides: dict):
+    """The run config of ``train``, with ``--actor-norm`` when it is given, resolved together
+    with the other settings (``actor_network=simba`` is checked with the actor's norm); for an
+    agent without an actor (known only once resolved: it may come from --config), one line."""
+    if args.actor_norm is None:
+        return resolve(args.agent, args.env, args.config, train_overrides, agent_overrides)
+    try:
+        return resolve(args.agent, args.env, args.config, train_overrides,
+                       {**agent_overrides, "actor_norm": args.actor_norm})
+    except UserError as exc:
+        try:
+            config = resolve(args.agent, args.env, args.config, train_overrides,
+                             {k: v for k, v in agent_overrides.items() if k != "actor_network"})
+        except UserError:
+            raise exc from None
+        if not hasattr(config.agent_config, "actor_norm"):
+            raise UserError(f"{config.agent} has no actor: use --critic-norm for its "
+                            "Q-network") from None
+        raise
 
 
 def cmd_evaluate(args) -> int:

@@ -78,6 +78,7 @@ class Agent:
             self.networks, self.schedule = self.algorithm.networks, self.algorithm.schedule
             self.runner = UpdateRunner(self.algorithm, batch, self.name)
             self.act_output = self.networks.policy(self.obs_ph, training=False)
+            self._build_obs_stats()
             init, target_init = self._build_init()
             self.saver = tf.compat.v1.train.Saver(max_to_keep=None, save_relative_paths=True)
         self.sess = new_graph_session(self.graph, self.config.intra_op_threads,
@@ -107,6 +108,23 @@ class Agent:
         self.batch_phs = batch.tensors()
         return batch
 
+    def _build_obs_stats(self) -> None:
+        """SimBa's running observation statistics (``networks.RunningObsNorm``), when a network
+        has them: ``obs_stats_update`` merges the observations fed into them, and
+        ``act_explore_output`` is the policy's output after that update, in the same
+        ``sess.run``. Exploring acts (training) run it, the random warm-up included, as the
+        authors feed every observation the agent acts on (SBX: ``VecNormalize``, updated at
+        every env step); evaluation acts, ``act_output`` and exports never do."""
+        obs_norm = self.algorithm.obs_norm
+        self.obs_stats_update = self.act_explore_output = None
+        if obs_norm is None or not obs_norm.built:
+            return
+        self.obs_stats_update = obs_norm.update(self.obs_ph)
+        # Built inside the block, so that the policy reads the statistics after the update
+        # (the authors and VecNormalize update, then normalize).
+        with tf.control_dependencies([self.obs_stats_update]):
+            self.act_explore_output = self.networks.policy(self.obs_ph, training=False)
+
     def _build_init(self):
         """The variables' initializer, and the hard copy of online into target networks."""
         init = tf.compat.v1.global_variables_initializer()
@@ -120,8 +138,26 @@ class Agent:
         # Acting runs its few ops on the caller's thread instead of handing them to the
         # inter-op pool (RunOptions.inter_op_thread_pool = -1): benchmarks/README.md has the
         # latency before and after. Only for acting: the update gains from the pool's parallelism.
+        options = tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
         act = self.sess.make_callable(self.act_output, [self.obs_ph], accept_options=True)
-        return functools.partial(act, options=tf.compat.v1.RunOptions(inter_op_thread_pool=-1))
+        self._explore_fn = self._observe_fn = None
+        if self.obs_stats_update is not None:
+            self._explore_fn = functools.partial(self.sess.make_callable(
+                self.act_explore_output, [self.obs_ph], accept_options=True), options=options)
+            self._observe_fn = functools.partial(self.sess.make_callable(
+                self.obs_stats_update, [self.obs_ph], accept_options=True), options=options)
+        return functools.partial(act, options=options)
+
+    def _explore_output(self, x: np.ndarray, warmup: bool):
+        """The policy's output for exploring on ``x`` (None during the random warm-up); with
+        running observation statistics, their update from ``x`` runs in the same call."""
+        if self._explore_fn is None:
+            return None if warmup else self._act_fn(x)
+        self._weights_changed()  # the statistics the numpy path copied move
+        if warmup:
+            self._observe_fn(x)
+            return None
+        return self._explore_fn(x)
 
     def _values(self, obs: np.ndarray) -> np.ndarray:
         """The acting network's outputs (Q-values for DQN and PQN) for a batch of observations,
@@ -148,7 +184,9 @@ class Agent:
 
         Args:
           obs: one observation.
-          explore: add the agent's exploration (noise, epsilon, sampling); False for evaluation.
+          explore: add the agent's exploration (noise, epsilon, sampling), and merge ``obs``
+            into SimBa's running observation statistics when a network has them; False for
+            evaluation.
 
         Raises:
           NonFiniteValue: the observation holds NaN or inf. Acted on, it gave an action on the
@@ -156,8 +194,11 @@ class Agent:
             it): refusing it is the one answer both paths give.
         """
         x = self._checked(obs, 1, "act()")
-        if explore and self.env_steps < self.config.learning_starts:
-            return self.head.random()
+        if explore:
+            out = self._explore_output(x, self.env_steps < self.config.learning_starts)
+            if out is None:
+                return self.head.random()
+            return self.head.act(out[0], explore, self.env_steps)
         if not explore and self._numpy_act is not None:
             # Evaluation acts many times between weight changes: from the second deterministic
             # action after a change, the weights are copied out once and the action is computed
@@ -176,9 +217,12 @@ class Agent:
         ``sess.run`` for all; row ``i`` explores as ``act`` would in sub-env ``i`` (its own
         OU noise). With one sub-env the draws are exactly ``act``'s."""
         x = self._checked(obs, self.n_envs, "act_batch()")
-        if explore and self.env_steps < self.config.learning_starts:
-            return np.stack([self.head.random() for _ in range(self.n_envs)])
-        out = self._act_fn(x)
+        if explore:
+            out = self._explore_output(x, self.env_steps < self.config.learning_starts)
+            if out is None:
+                return np.stack([self.head.random() for _ in range(self.n_envs)])
+        else:
+            out = self._act_fn(x)
         return np.stack([self.head.act(row, explore, self.env_steps, env)
                          for env, row in enumerate(out)])
 

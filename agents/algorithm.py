@@ -23,7 +23,7 @@ from bnrl.agents.policy import PolicyHead
 from bnrl.agents.replay import ReplayBuffer
 from bnrl.agents.update import Batch, Schedule, Update
 from bnrl.common.seeding import derive_seed
-from bnrl.networks import Norm, Observation, keras, pick_encoder, tf
+from bnrl.networks import Norm, Observation, RunningObsNorm, Simba, keras, pick_encoder, tf
 
 NETWORK_SEED_STRIDE = 1000
 """Network ``k`` of an agent seeded ``s`` initializes from seed ``s * 1000 + k`` (tf-keras
@@ -85,6 +85,9 @@ class Algorithm:
         self.obs_dim = observation.dim
         self.num_updates, self.seed = num_updates, seed
         self._networks_made = 0
+        self.obs_norm: RunningObsNorm | None = None
+        """SimBa's running observation normalization, shared by every SimBa network of the
+        agent (made by the first one, for float32 observations); None without."""
         self.networks = self._build_networks()
         self.schedule = self._build_schedule()
 
@@ -183,6 +186,23 @@ class Algorithm:
         c = self.config
         return Norm(kind, c.bn_momentum, c.bn_epsilon, input_norm=input_norm, position=position,
                     renorm_clipping=self._renorm_clipping())
+
+    def critic_arch(self) -> Simba | None:
+        """The critic's / Q-network's SimBa body (``network=simba``), or None for ``mlp``."""
+        c = self.config
+        return self._simba(c.network, c.simba_width, c.simba_blocks)
+
+    def actor_arch(self) -> Simba | None:
+        """The actor's SimBa body (``actor_network=simba``), or None for ``mlp``."""
+        c = self.config
+        return self._simba(c.actor_network, c.actor_simba_width, c.actor_simba_blocks)
+
+    def _simba(self, network: str, width: int, blocks: int) -> Simba | None:
+        if network != "simba":
+            return None
+        if self.obs_norm is None and self.observation.dtype == "float32":
+            self.obs_norm = RunningObsNorm(name="obs_rsnorm")
+        return Simba(width, blocks, self.obs_norm)
 
     def critic_norm(self) -> Norm:
         """The critic's / Q-network's normalization, as the config sets it."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bnrl.common.errors import one_line
-from bnrl.networks import Norm
+from bnrl.networks import NETWORKS, SIMBA_NORMS, Norm
 
 TARGET_BN_POLICIES = ("copy", "polyak", "frozen")
 MAX_THREADS = 1024
@@ -65,7 +65,18 @@ class AgentConfig:
     gradient_steps: int = 1
     """Updates per round."""
     hidden: tuple[int, ...] = (256, 256)
-    """Hidden widths of the critic / Q-network."""
+    """Hidden widths of the critic / Q-network (``network=mlp``)."""
+    network: str = "mlp"
+    """Body of the critic / Q-network: ``mlp`` (``hidden``, ``critic_norm`` after each layer)
+    or ``simba`` (Lee et al. 2024, "SimBa: Simplicity Bias for Scaling Up Parameters in Deep
+    RL", arXiv 2410.09754): running observation normalization, an embedding Dense, residual
+    pre-norm blocks (Norm -> Dense(4 x width) -> ReLU -> Dense(width) -> + skip), a last norm
+    before the head; ``critic_norm`` is the norm of the blocks and must be ``layer`` (the
+    paper's), ``batch`` or ``batch_renorm`` (docs/simba.md). ``hidden`` is then unused."""
+    simba_width: int = 512
+    """Width of the critic's / Q-network's SimBa blocks (paper, SAC + SimBa critic: 512)."""
+    simba_blocks: int = 2
+    """Residual blocks of the critic's / Q-network's SimBa body (paper's critic: 2)."""
     critic_norm: str = "none"
     """Normalization of the critic / Q-network: none, batch, batch_renorm, layer."""
     critic_input_norm: bool = False
@@ -223,6 +234,11 @@ class AgentConfig:
         for kind in self.norm_kinds():
             Norm(kind)
         self.critic_norm_spec()
+        check_network(self, "network", "critic_norm", "simba_width", "simba_blocks")
+        if self.network == "simba" and self.critic_norm_position != "pre_activation":
+            raise ValueError("network=simba puts its norm before each residual block (pre-norm): "
+                             "critic_norm_position must be pre_activation, not "
+                             f"{self.critic_norm_position}")
         if (self.critic_batch, self.target, self.bootstrap_mode) == ("joint", "none",
                                                                     "inference"):
             raise ValueError("critic_batch=joint with target=none bootstraps from its own "
@@ -260,9 +276,36 @@ class ActorCriticConfig(AgentConfig):
     BN, ``bn_modes=ma_bn``). ``auto``: ``inference``."""
     actor_norm: str = "none"
     """Normalization of the actor: none, batch, batch_renorm, layer."""
+    actor_network: str = "mlp"
+    """Body of the actor: ``mlp`` (``actor_hidden``) or ``simba`` (as ``network``; its blocks
+    normalized by ``actor_norm``: ``layer``, the paper's, ``batch`` or ``batch_renorm``). The
+    running observation normalization is shared with a SimBa critic."""
+    actor_simba_width: int = 128
+    """Width of the actor's SimBa blocks (paper, SAC + SimBa actor: 128)."""
+    actor_simba_blocks: int = 1
+    """Residual blocks of the actor's SimBa body (paper's actor: 1)."""
 
     def norm_kinds(self) -> list[str]:
         return [self.critic_norm, self.actor_norm]
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_network(self, "actor_network", "actor_norm", "actor_simba_width",
+                      "actor_simba_blocks")
+
+
+def check_network(config, network: str, norm: str, width: str, blocks: str) -> None:
+    """ValueError (one line) unless ``config.<network>`` is one of ``NETWORKS`` and, for
+    ``simba``, its norm one of ``SIMBA_NORMS`` and its width and blocks at least 1."""
+    value = getattr(config, network)
+    if value not in NETWORKS:
+        raise ValueError(f"unknown {network} '{value}': use one of {', '.join(NETWORKS)}")
+    check_range(config, width, 1)
+    check_range(config, blocks, 1)
+    if value == "simba" and getattr(config, norm) not in SIMBA_NORMS:
+        raise ValueError(f"{network}=simba normalizes inside its residual blocks: {norm} must be "
+                         f"{', '.join(SIMBA_NORMS)} (layer is the paper's), not "
+                         f"{getattr(config, norm)}")
 
 
 def preset_modes(preset: str, switches: dict[str, str]) -> dict[str, str]:

@@ -121,7 +121,8 @@ class DQN(Algorithm):
 
         def q_net(name):
             return q_network(self.observation, self.head.n, c.hidden, self.critic_norm(),
-                             c.dueling, name=name, seed=self.network_seed(), encoder=c.encoder)
+                             c.dueling, name=name, seed=self.network_seed(), encoder=c.encoder,
+                             arch=self.critic_arch())
 
         self.q = q_net("q_network")
         self.target_q = q_net("target_q_network") if polyak else None

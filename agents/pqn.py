@@ -374,7 +374,8 @@ class PQN(Algorithm):
     def _build_networks(self) -> Networks:
         c = self.config
         self.q = q_network(self.observation, self.head.n, c.hidden, self.critic_norm(),
-                           name="q_network", seed=self.network_seed(), encoder=c.encoder)
+                           name="q_network", seed=self.network_seed(), encoder=c.encoder,
+                           arch=self.critic_arch())
         self.optimizer = make_optimizer(c.optimizer, self.learning_rate, c.adam_beta1)
         return Networks(critics=[self.q], policy=self.q)
 

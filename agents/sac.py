@@ -88,15 +88,16 @@ class SAC(Algorithm):
         c = self.config
         act_dim = self.head.action_dim
         self.critic = critic(self.obs_dim, act_dim, c.hidden, self.critic_norm(),
-                             n_critics=c.n_critics, name="critic", seed=self.network_seed())
+                             n_critics=c.n_critics, name="critic", seed=self.network_seed(),
+                             arch=self.critic_arch())
         self.actor = gaussian_actor(self.obs_dim, act_dim, c.actor_hidden,
                                     self.norm(c.actor_norm), name="actor",
-                                    seed=self.network_seed())
+                                    seed=self.network_seed(), arch=self.actor_arch())
         self.target_critic = None
         if c.target == "polyak":
             self.target_critic = critic(self.obs_dim, act_dim, c.hidden, self.critic_norm(),
                                         n_critics=c.n_critics, name="target_critic",
-                                        seed=self.network_seed())
+                                        seed=self.network_seed(), arch=self.critic_arch())
         self.log_alpha = tf.Variable(math.log(c.init_alpha), dtype=tf.float32, name="log_alpha")
         self.target_entropy = (c.target_entropy if c.target_entropy is not None
                                else -float(act_dim))

@@ -91,6 +91,10 @@ class TD3Config(ActorCriticConfig):
                      "critic_l2"):
             check_range(self, name, 0)
         check_range(self, "action_at", 0, len(self.hidden))
+        if self.network == "simba" and (self.action_at != 0 or not self.norm_after_action):
+            raise ValueError("network=simba takes the action with the state at the critic's input "
+                             "and normalizes every block: action_at must be 0 and "
+                             "norm_after_action true")
         if self.action_noise not in ("gaussian", "ou", "none"):
             raise ValueError(f"unknown action_noise '{self.action_noise}': use gaussian, ou, none")
 
@@ -132,12 +136,13 @@ class TD3(Algorithm):
 
         def critic_net(name):
             return critic(self.obs_dim, act_dim, c.hidden, self.critic_norm(), c.action_at,
-                          c.n_critics, c.norm_after_action, name=name, seed=self.network_seed())
+                          c.n_critics, c.norm_after_action, name=name, seed=self.network_seed(),
+                          arch=self.critic_arch())
 
         def actor_net(name):
             return deterministic_actor(self.obs_dim, act_dim, c.actor_hidden,
                                        self.norm(c.actor_norm, c.actor_input_norm), name=name,
-                                       seed=self.network_seed())
+                                       seed=self.network_seed(), arch=self.actor_arch())
 
         self.critic = critic_net("critic")
         self.target_critic = critic_net("target_critic") if polyak else None

@@ -323,6 +323,8 @@ def target_update_ops(online: keras.Model, target: keras.Model, tau, bn_policy: 
     ops = []
     trainable = {v.ref() for v in online.trainable_weights}
     for src, dst in zip(online.weights, target.weights, strict=True):
+        if src is dst:  # a layer both share (SimBa's running observation statistics)
+            continue
         if src.shape != dst.shape:
             raise ValueError(f"target variable {dst.name} does not match {src.name}")
         if src.ref() in trainable:

@@ -19,24 +19,29 @@ from bnrl.networks.batchnorm import (
 from bnrl.networks.builders import (
     CROSSQ_RENORM_CLIPPING,
     ENCODERS,
+    NETWORKS,
     NORM_KINDS,
+    SIMBA_NORMS,
     Norm,
     Observation,
+    RunningObsNorm,
+    Simba,
     critic,
     deterministic_actor,
     gaussian_actor,
     mlp,
     pick_encoder,
     q_network,
+    simba_body,
     squashed_gaussian,
 )
 
 __all__ = [
-    "CROSSQ_RENORM_CLIPPING", "ENCODERS", "NORM_KINDS", "KerasVersionError", "Norm",
-    "Observation", "WiringError",
+    "CROSSQ_RENORM_CLIPPING", "ENCODERS", "NETWORKS", "NORM_KINDS", "KerasVersionError",
+    "Norm", "Observation", "RunningObsNorm", "SIMBA_NORMS", "Simba", "WiringError",
     "batch_statistics_call",
     "bn_diagnostics", "bn_layers", "check_wiring", "collect_updates", "collection_updates",
     "critic", "deterministic_actor", "gaussian_actor", "keras", "minimize_with_updates", "mlp",
-    "new_graph_session", "pick_encoder", "q_network", "squashed_gaussian", "tf", "training_call",
-    "with_updates",
+    "new_graph_session", "pick_encoder", "q_network", "simba_body", "squashed_gaussian", "tf",
+    "training_call", "with_updates",
 ]

@@ -96,11 +96,16 @@ class Seeds:
     def __init__(self, seed: int | None):
         self.seed, self.count = seed, 0
 
-    def kernel(self):
+    def kernel(self, init: str = "glorot_uniform"):
+        """A kernel initializer: ``glorot_uniform`` (Keras' default, every MLP), ``he_normal``
+        or ``orthogonal`` (gain 1; SimBa's residual blocks and embedding)."""
+        kinds = {"glorot_uniform": keras.initializers.GlorotUniform,
+                 "he_normal": keras.initializers.HeNormal,
+                 "orthogonal": keras.initializers.Orthogonal}
         if self.seed is None:
-            return "glorot_uniform"
+            return init if init == "glorot_uniform" else kinds[init]()
         self.count += 1
-        return keras.initializers.GlorotUniform(seed=derive_seed(self.seed, self.count, 7919))
+        return kinds[init](seed=derive_seed(self.seed, self.count, 7919))
 
 
 def _normalize(x, norm: Norm, prefix: str, suffix: str, training):
@@ -180,6 +185,143 @@ def mlp(
     if extra_input is not None and extra_at >= len(hidden):
         x = keras.layers.Concatenate(name=f"{prefix}_join")([x, extra_input])
     return x
+
+
+NETWORKS = ("mlp", "simba")
+"""The bodies a critic, actor or Q-network can have: ``mlp`` (``mlp``: Dense -> Norm -> act) or
+``simba`` (``simba_body``: Lee et al. 2024's residual pre-norm blocks, after ``RunningObsNorm``)."""
+
+SIMBA_EXPANSION = 4
+"""SimBa's inverted bottleneck: each block's inner Dense has 4 x its width (Lee et al. 2024: "the
+hidden dimension is expanded to 4 * hidden_dim"; the authors' ``ResidualBlock``, SBX's
+``SimbaResidualBlock(scale_factor=4)``)."""
+
+SIMBA_NORMS = ("layer", "batch", "batch_renorm")
+"""The norms a SimBa body can have in its blocks and before its head: ``layer`` (the paper's),
+``batch`` or ``batch_renorm`` in its place (SBX's ``SimbaCrossQPolicy``)."""
+
+
+class RunningObsNorm(keras.layers.Layer):
+    """SimBa's running statistics normalization (RSNorm, Lee et al. 2024):
+    ``(x - mean) / sqrt(var + 1e-8)`` with the mean and variance of every observation the agent
+    has acted on while training (``update``), never learned by gradient.
+
+    The statistics are three non-trainable float64 variables (``mean``, ``var`` ``[dim]`` and
+    ``count``), saved with every checkpoint and frozen into an export like any variable the
+    policy reads. Before the first update (count 0) they are 0 and 1: the identity. ``update``
+    merges a batch of rows with Chan et al.'s parallel formula, the one of the authors'
+    ``RunningMeanStd`` (gymnasium's): ``delta = m_b - m``, ``n' = n + n_b``,
+    ``m' = m + delta n_b / n'``, ``v' = (v n + v_b n_b + delta^2 n n_b / n') / n'``, with ``v_b``
+    the batch's biased variance, so after any sequence of batches ``mean`` and ``var`` are
+    numpy's ``mean`` and ``var`` of all the rows fed (count starts at 0, not the authors' 1e-4
+    prior of mean 0 and variance 1).
+
+    One layer is shared by every network of an agent (critic, target critic, actor), as the
+    authors normalize each observation once before any network sees it: the online and the
+    target critic read the same statistics.
+    """
+
+    EPSILON = 1e-8
+    """Added to the variance before the square root (the authors' ``ObservationNormalizer``)."""
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.mean = self.add_weight("mean", (dim,), tf.float64, "zeros", trainable=False)
+        self.var = self.add_weight("var", (dim,), tf.float64, "ones", trainable=False)
+        self.count = self.add_weight("count", (), tf.float64, "zeros", trainable=False)
+        super().build(input_shape)
+
+    def call(self, x):
+        x = tf.cast(x, tf.float64)
+        return tf.cast((x - self.mean) / tf.sqrt(self.var + self.EPSILON), tf.float32)
+
+    def update(self, x) -> tf.Operation:
+        """The op that merges the rows of ``x`` (``[rows, ...]``, flattened per row) into the
+        statistics."""
+        x = tf.cast(tf.reshape(x, [tf.shape(x)[0], -1]), tf.float64)
+        mean, var, count = self.mean.read_value(), self.var.read_value(), self.count.read_value()
+        n = tf.cast(tf.shape(x)[0], tf.float64)
+        batch_mean = tf.reduce_mean(x, axis=0)
+        batch_var = tf.reduce_mean(tf.square(x - batch_mean), axis=0)
+        delta = batch_mean - mean
+        total = count + n
+        new_mean = mean + delta * n / total
+        new_var = (var * count + batch_var * n + tf.square(delta) * count * n / total) / total
+        return tf.group(self.mean.assign(new_mean, read_value=False),
+                        self.var.assign(new_var, read_value=False),
+                        self.count.assign(total, read_value=False), name="rsnorm_update")
+
+
+@dataclass(frozen=True)
+class Simba:
+    """A SimBa body (Lee et al. 2024): its width, its number of residual blocks, and the
+    ``RunningObsNorm`` shared by the agent's networks (None: observations are not normalized,
+    e.g. images, which their ``Observation.scale`` already maps to [0, 1])."""
+
+    width: int = 512
+    blocks: int = 2
+    obs_norm: RunningObsNorm | None = None
+
+    def __post_init__(self):
+        if self.width < 1 or self.blocks < 1:
+            raise ValueError(f"a SimBa body needs width >= 1 and blocks >= 1, got {self.width} "
+                             f"and {self.blocks}")
+
+
+def _check_simba_norm(norm: Norm) -> None:
+    if norm.kind not in SIMBA_NORMS:
+        raise ValueError(f"a SimBa body normalizes inside its blocks: its norm must be one of "
+                         f"{', '.join(SIMBA_NORMS)}, not {norm.kind}")
+    if norm.position != "pre_activation":
+        raise ValueError("a SimBa body normalizes before each block (pre-norm): its norm "
+                         "position must be pre_activation, not post_activation")
+
+
+def simba_body(x, arch: Simba, norm: Norm, prefix: str, training=None, extra_input=None,
+               seeds: Seeds | None = None):
+    """SimBa's body (Lee et al. 2024; the authors' ``SACEncoder``, SBX's
+    ``SimbaContinuousCritic``): [input norm] -> [concat ``extra_input``] -> Dense(width) ->
+    ``blocks`` x (Norm -> Dense(4 width) -> ReLU -> Dense(width) -> + skip) -> Norm.
+
+    ``norm.kind`` is the norm of the blocks and of the end: ``layer`` as in the paper, ``batch``
+    or ``batch_renorm`` in its place (SBX's CrossQ SimBa). Layers writing to the residual stream
+    (the embedding and each block's last Dense) have no bias with BN: every reader of the stream
+    is a BN layer, whose mean subtraction cancels it (``_bias``). Initializers are the authors':
+    orthogonal (gain 1) for the embedding, He normal in the blocks.
+
+    Layer names: ``q0_embed``, ``q0_block0_ln``, ``q0_block0_dense0``, ``q0_block0_act``,
+    ``q0_block0_dense1``, ``q0_block0_add``, ..., ``q0_ln_out`` (``bn`` for BN kinds).
+    """
+    _check_simba_norm(norm)
+    seeds = seeds or Seeds(None)
+    stream_bias = not norm.is_batch
+    if norm.input_norm:
+        x = _normalize(x, norm, prefix, "_in", training)
+    if extra_input is not None:
+        x = keras.layers.Concatenate(name=f"{prefix}_join")([x, extra_input])
+    x = keras.layers.Dense(arch.width, use_bias=stream_bias,
+                           kernel_initializer=seeds.kernel("orthogonal"),
+                           name=f"{prefix}_embed")(x)
+    for i in range(arch.blocks):
+        block = f"{prefix}_block{i}"
+        h = _normalize(x, norm, block, "", training)
+        h = keras.layers.Dense(SIMBA_EXPANSION * arch.width,
+                               kernel_initializer=seeds.kernel("he_normal"),
+                               name=f"{block}_dense0")(h)
+        h = keras.layers.Activation("relu", name=f"{block}_act")(h)
+        h = keras.layers.Dense(arch.width, use_bias=stream_bias,
+                               kernel_initializer=seeds.kernel("he_normal"),
+                               name=f"{block}_dense1")(h)
+        x = keras.layers.Add(name=f"{block}_add")([x, h])
+    return _normalize(x, norm, prefix, "_out", training)
+
+
+def _observation_input(x, arch: Simba | None):
+    """The state as a network's body takes it: through the shared ``RunningObsNorm`` for a
+    SimBa body that has one, as it is otherwise."""
+    if arch is None or arch.obs_norm is None:
+        return x
+    return arch.obs_norm(x)
 
 
 ENCODERS = ("auto", "mlp", "nature", "minatar")
@@ -283,10 +425,13 @@ def _as_float(x, obs: Observation, prefix: str):
     return keras.layers.Rescaling(obs.scale, name=f"{prefix}_obs_scale")(x)
 
 
-def conv_encoder(x, kind: str, norm: Norm, prefix: str, training=None, seeds: Seeds | None = None):
+def conv_encoder(x, kind: str, norm: Norm, prefix: str, training=None, seeds: Seeds | None = None,
+                 arch: Simba | None = None):
     """Convolutions of ``CONV_ENCODERS[kind]`` -> flatten -> dense, with ``norm`` after each
     convolution and after the dense layer, placed as ``mlp`` places it (``norm.position``; a
     convolution right before BN has no bias); ``norm.input_norm`` normalizes the input image.
+    With ``arch`` (SimBa), the flattened features go through ``simba_body`` instead of the dense
+    layer.
 
     Layer names: ``q_conv0``, ``q_bn_conv0``, ``q_conv_act0``, ..., ``q_flatten``, then the dense
     layer as ``mlp`` names it (``q_dense0``, ``q_bn0``, ``q_act0``).
@@ -302,6 +447,9 @@ def conv_encoder(x, kind: str, norm: Norm, prefix: str, training=None, seeds: Se
         x = _normalized_layer(x, conv, norm, prefix, f"_conv{i}", f"{prefix}_conv_act{i}", "relu",
                               training)
     x = keras.layers.Flatten(name=f"{prefix}_flatten")(x)
+    if arch is not None:
+        return simba_body(x, arch, dataclasses.replace(norm, input_norm=False), prefix, training,
+                          seeds=seeds)
     return mlp(x, (units,), dataclasses.replace(norm, input_norm=False), prefix, training,
                seeds=seeds)
 
@@ -325,6 +473,7 @@ def q_network(
     name: str = "q_network",
     seed: int | None = None,
     encoder: str = "auto",
+    arch: Simba | None = None,
 ) -> keras.Model:
     """obs -> one Q-value per discrete action (DQN), optionally with a dueling head.
 
@@ -339,20 +488,28 @@ def q_network(
       name: model name.
       seed: initializer seed (None: unseeded).
       encoder: one of ``ENCODERS`` (``pick_encoder``); ``mlp`` flattens an image first.
+      arch: a SimBa body (``Simba``) in place of the ``mlp`` encoder or of a convolutional
+        encoder's dense layer; None: ``hidden``. Its ``RunningObsNorm`` normalizes float32
+        observations only (uint8 ones are scaled by ``Observation.scale``).
     """
     obs = as_observation(obs)
     kind = pick_encoder(obs, encoder)
     inputs = keras.Input(obs.shape, dtype=obs.dtype, name="obs")
     seeds = Seeds(seed)
 
+    if arch is not None and obs.dtype != "float32":
+        arch = dataclasses.replace(arch, obs_norm=None)
+
     def body(x, training):
         x = _as_float(x, obs, "q")
         if kind != "mlp":
-            h = conv_encoder(x, kind, norm, "q", training, seeds=seeds)
+            h = conv_encoder(x, kind, norm, "q", training, seeds=seeds, arch=arch)
         else:
             if len(obs.shape) > 1:
                 x = keras.layers.Flatten(name="q_flatten")(x)
-            h = mlp(x, hidden, norm, "q", training, seeds=seeds)
+            x = _observation_input(x, arch)
+            h = (mlp(x, hidden, norm, "q", training, seeds=seeds) if arch is None
+                 else simba_body(x, arch, norm, "q", training, seeds=seeds))
         if not dueling:
             return keras.layers.Dense(n_actions, kernel_initializer=seeds.kernel(),
                                       name="q_out")(h)
@@ -377,6 +534,7 @@ def critic(
     norm_after_action: bool = True,
     name: str = "critic",
     seed: int | None = None,
+    arch: Simba | None = None,
 ) -> keras.Model:
     """(obs, action) -> Q-values of shape ``[batch, n_critics]`` (twin critics for TD3/SAC).
 
@@ -391,7 +549,13 @@ def critic(
       norm_after_action: False normalizes only the layers before the action joins (DDPG paper).
       name: model name.
       seed: initializer seed (None: unseeded).
+      arch: a SimBa body (``Simba``) for each head instead of ``hidden``: the state, through
+        the shared ``RunningObsNorm``, joins the action at the input (the authors' and SBX's
+        critics), so ``action_at`` must be 0 and ``norm_after_action`` true.
     """
+    if arch is not None and (action_at != 0 or not norm_after_action):
+        raise ValueError("a SimBa critic takes the action with the state at its input and "
+                         "normalizes every block: action_at must be 0 and norm_after_action true")
     if not 0 <= action_at <= len(hidden):
         raise ValueError(f"action_at must be in [0, {len(hidden)}], got {action_at}")
     obs = keras.Input((obs_dim,), name="obs")
@@ -401,10 +565,14 @@ def critic(
 
     def body(inputs, training):
         s, a = inputs
+        s = _observation_input(s, arch)
         heads = []
         for k in range(n_critics):
-            h = mlp(s, hidden, norm, f"q{k}", training, extra_input=a, extra_at=action_at,
-                    norm_layers=norm_layers, seeds=seeds)
+            if arch is not None:
+                h = simba_body(s, arch, norm, f"q{k}", training, extra_input=a, seeds=seeds)
+            else:
+                h = mlp(s, hidden, norm, f"q{k}", training, extra_input=a, extra_at=action_at,
+                        norm_layers=norm_layers, seeds=seeds)
             heads.append(keras.layers.Dense(1, kernel_initializer=seeds.kernel(),
                                             name=f"q{k}_out")(h))
         return heads[0] if n_critics == 1 else keras.layers.Concatenate(name="q_all")(heads)
@@ -412,16 +580,25 @@ def critic(
     return _model([obs, act], body, name)
 
 
+def _actor_body(x, hidden, norm: Norm, training, seeds: Seeds, arch: Simba | None):
+    """An actor's body: ``mlp`` of ``hidden``, or ``simba_body`` after the shared
+    ``RunningObsNorm``."""
+    if arch is None:
+        return mlp(x, hidden, norm, "pi", training, seeds=seeds)
+    return simba_body(_observation_input(x, arch), arch, norm, "pi", training, seeds=seeds)
+
+
 def deterministic_actor(
     obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), norm: Norm = Norm(),
-    name: str = "actor", seed: int | None = None,
+    name: str = "actor", seed: int | None = None, arch: Simba | None = None,
 ) -> keras.Model:
-    """obs -> action in [-1, 1] (tanh), for DDPG and TD3."""
+    """obs -> action in [-1, 1] (tanh), for DDPG and TD3; ``arch``: a SimBa body instead of
+    ``hidden``."""
     obs = keras.Input((obs_dim,), name="obs")
     seeds = Seeds(seed)
 
     def body(x, training):
-        h = mlp(x, hidden, norm, "pi", training, seeds=seeds)
+        h = _actor_body(x, hidden, norm, training, seeds, arch)
         return keras.layers.Dense(act_dim, activation="tanh", kernel_initializer=seeds.kernel(),
                                   name="pi_out")(h)
 
@@ -430,9 +607,10 @@ def deterministic_actor(
 
 def gaussian_actor(
     obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), norm: Norm = Norm(),
-    name: str = "actor", seed: int | None = None,
+    name: str = "actor", seed: int | None = None, arch: Simba | None = None,
 ) -> keras.Model:
-    """obs -> ``[mean, log_std]`` of a Gaussian to be tanh-squashed (SAC, CrossQ).
+    """obs -> ``[mean, log_std]`` of a Gaussian to be tanh-squashed (SAC, CrossQ); ``arch``: a
+    SimBa body instead of ``hidden``.
 
     ``log_std`` is bounded smoothly to [-5, 2] (CleanRL/SpinningUp) so that early, large
     pre-activations cannot make the policy degenerate.
@@ -441,7 +619,7 @@ def gaussian_actor(
     seeds = Seeds(seed)
 
     def body(x, training):
-        h = mlp(x, hidden, norm, "pi", training, seeds=seeds)
+        h = _actor_body(x, hidden, norm, training, seeds, arch)
         mean = keras.layers.Dense(act_dim, kernel_initializer=seeds.kernel(), name="pi_mean")(h)
         raw = keras.layers.Dense(act_dim, activation="tanh", kernel_initializer=seeds.kernel(),
                                  name="pi_log_std")(h)

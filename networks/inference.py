@@ -15,6 +15,7 @@ import numpy as np
 from tf_keras.src.engine.functional import get_network_config
 
 from bnrl.networks.backend import keras, require_keras2
+from bnrl.networks.builders import RunningObsNorm
 
 _ACTIVATIONS = {
     "linear": lambda x: x,
@@ -73,7 +74,18 @@ def _rescaling(layer):
     return lambda x: x.astype(np.float32) * scale + offset
 
 
+def _running_obs_norm(layer, w):
+    # SimBa's RSNorm with its stored statistics, in float64 as the graph computes it.
+    mean, var, _ = (np.asarray(v, np.float64) for v in w)
+    std = np.sqrt(var + layer.EPSILON)
+    return lambda x: ((x.astype(np.float64) - mean) / std).astype(np.float32)
+
+
 def _compile(layer, w):
+    if isinstance(layer, RunningObsNorm):
+        return _running_obs_norm(layer, w)
+    if isinstance(layer, keras.layers.Add):
+        return lambda *xs: sum(xs[1:], xs[0])
     if isinstance(layer, keras.layers.Rescaling):
         return _rescaling(layer)
     if isinstance(layer, keras.layers.Flatten):
@@ -99,7 +111,8 @@ class NumpyForward:
 
     Args:
       model: a functional Keras model of one input (Rescaling, Flatten, Dense,
-        BatchNormalization, Batch Renorm, LayerNormalization, Activation and Concatenate layers).
+        BatchNormalization, Batch Renorm, LayerNormalization, Activation, Concatenate, Add and
+        SimBa's RunningObsNorm layers).
       output: the name of the layer whose output is wanted; the model's output by default.
 
     Raises:

@@ -45,7 +45,7 @@ from bnrl.common.files import (
     remove_empty,
 )
 from bnrl.envs import env_action_bounds
-from bnrl.networks import tf
+from bnrl.networks import RunningObsNorm, tf
 from bnrl.training import checkpoint
 from bnrl.training.config import RunConfig
 from bnrl.training.runs import build_agent, make_run_env, open_run
@@ -171,6 +171,8 @@ def _metadata(config: RunConfig, agent, env_bounds, ckpt: Path) -> dict:
         "checkpoint": ckpt.name, "env_steps": agent.env_steps, "updates": agent.updates_done,
         "critic_norm": agent.config.critic_norm,
         "actor_norm": getattr(agent.config, "actor_norm", None),
+        "network": getattr(agent.config, "actor_network", agent.config.network),
+        "observation_normalization": _observation_normalization(agent),
         "observation": {"shape": list(obs.shape), "dtype": obs.dtype},
         "action": action,
         "signature": {"name": "serving_default",
@@ -179,6 +181,18 @@ def _metadata(config: RunConfig, agent, env_bounds, ckpt: Path) -> dict:
         "batch_norm": "inference mode: moving statistics are constants of the graph",
         "bnrl_version": bnrl.__version__, "tensorflow_version": tf.__version__,
     }
+
+
+def _observation_normalization(agent) -> str | None:
+    """How the policy normalizes observations before its layers: SimBa's running statistics
+    (``networks.RunningObsNorm``), frozen like every variable it reads; None when it does not."""
+    layers = [layer for layer in agent.networks.policy.layers
+              if isinstance(layer, RunningObsNorm)]
+    if not layers:
+        return None
+    count = int(agent.sess.run(layers[0].count))
+    return (f"running mean and variance of the {count} observations acted on in training "
+            "(SimBa's RSNorm): constants of the graph")
 
 
 def _save_atomically(module: PolicyModule, metadata: dict, out_dir: Path) -> None:
