@@ -197,7 +197,7 @@ def _check_resume(run_dir: Path, config: RunConfig) -> None:
 
 
 def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "auto",
-          threads: int | None = None, replay: bool = True, warn=None) -> dict:
+          threads: int | None = None, replay: bool = True, warn=None, on_eval=None) -> dict:
     """Train one agent on one env, as described by ``config``, in ``run_dir``.
 
     Args:
@@ -211,6 +211,9 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
         continues with an empty buffer.
       warn: called with each of ``config.warnings()`` once every check has passed, and with
         what a resume had to drop (unreadable rows of ``metrics.csv``).
+      on_eval: called as ``on_eval(step, mean_return)`` after each periodic evaluation (and the
+        final one), once it is logged; an exception it raises ends the run there and propagates
+        unchanged, the run keeping its last checkpoint (``bnrl tune`` prunes trials so).
 
     Returns:
       The run summary (also written to ``summary.json``).
@@ -306,6 +309,8 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
                 state["eval_steps"].append(step)
                 state["eval_returns"].append(mean)
                 last_eval = mean
+                if on_eval is not None:
+                    on_eval(step, mean)
             bar.update(step, n, **({"eval": f"{last_eval:.1f}"}
                                    if _reached(step, n, config.eval_every)
                                    and last_eval is not None else {}))
