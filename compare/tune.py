@@ -26,10 +26,12 @@ Optuna is an optional extra (``pip install '.[tune]'``), imported only by ``cmd_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -46,6 +48,7 @@ from bnrl.common.files import atomic_write
 from bnrl.compare import variants as vs
 from bnrl.compare.suites import env_scores, suite
 from bnrl.training.config import read_yaml, resolve
+from bnrl.training.runs import check_run
 
 # ------------------------------------------------------------------------------ search space
 NET_ARCH = {"tiny": [64], "small": [64, 64], "medium": [256, 256], "big": [400, 300]}
@@ -272,9 +275,9 @@ def settings_of(params: dict, base) -> dict:
     return settings
 
 
-def _corners(space: dict) -> list[dict]:
-    """Parameter sets that put each key at each of its ends (or choices), the others at their
-    first: what ``probe_settings`` resolves to catch a wrong value before any trial runs."""
+def _corners(space: dict) -> list[tuple[str, dict]]:
+    """``(what, params)`` pairs that put each key at each of its ends (or choices), the others
+    at their first: what ``_probe`` resolves to catch a wrong value before any trial runs."""
     first = {}
     for name, spec in space.items():
         if not isinstance(spec, dict):
@@ -283,12 +286,12 @@ def _corners(space: dict) -> list[dict]:
             first[name] = spec["choices"][0]
         else:
             first[name] = spec["low"]
-    probes = [first]
+    probes = [("at the first value of each key", first)]
     for name, spec in space.items():
         if not isinstance(spec, dict):
             continue
         values = spec["choices"][1:] if spec["type"] == "categorical" else [spec["high"]]
-        probes += [{**first, name: v} for v in values]
+        probes += [(f"at {name}={v}", {**first, name: v}) for v in values]
     return probes
 
 
@@ -411,10 +414,8 @@ def _probe(setup: Setup, where: str) -> None:
     fails now, naming the key, not as one pruned trial after another; refuse a derived key
     whose settings would differ between the envs (a variants file holds one set)."""
     for env in setup.envs:
-        base = setup.base(env)
-        from bnrl.training.runs import check_run
-        check_run(base)  # the env can be made (an unknown id fails here, once)
-    for params in _corners(setup.space):
+        check_run(setup.base(env))  # the env can be made (an unknown id fails here, once)
+    for what, params in _corners(setup.space):
         per_env = []
         for env in setup.envs:
             base = setup.base(env)
@@ -423,9 +424,7 @@ def _probe(setup: Setup, where: str) -> None:
             try:
                 setup.base(env, settings)
             except UserError as exc:
-                keys = ", ".join(f"{k}={v}" for k, v in params.items()
-                                 if isinstance(setup.space[k], dict) or k in settings)
-                raise UserError(f"bad search space {where}: {one_line(exc, 200)} (at {keys})"
+                raise UserError(f"bad search space {where}: {one_line(exc, 200)} ({what})"
                                 ) from None
         if any(s != per_env[0] for s in per_env):
             differ = sorted(k for k in per_env[0] if any(s[k] != per_env[0][k]
@@ -580,12 +579,23 @@ class _Fixed:
     suggest_int = suggest_float
 
 
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive ``flock`` on ``directory`` itself (waiting for it; no lock file), released
+    on exit, or by the kernel when the process dies."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_variants(path: Path, name: str, settings: dict) -> None:
     """Put ``name: settings`` into the variants file ``path`` (other entries kept), atomically
     and under a lock, so that studies of several variants can share one file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(path.parent):
         existing = vs.read_variants_file(path) if path.exists() else {}
         data = {n: dict(v.settings) for n, v in existing.items()}
         data[name] = settings
@@ -681,9 +691,12 @@ def cmd_tune(args) -> int:
         raise UserError(f"--tuned-name {tuned_name} is a built-in variant: give the tuned "
                         "settings a name of their own")
     variants_out = Path(args.variants_out or out / "variants.yaml")
-    storage = open_storage(optuna, url)
-    study = load_study(optuna, storage, name, setup, args.sampler, args.pruner,
-                       args.startup_trials, url)
+    # Processes started together on one machine open the storage in turn: two that create the
+    # same new SQLite database at once collide on its tables.
+    with _locked(out):
+        storage = open_storage(optuna, url)
+        study = load_study(optuna, storage, name, setup, args.sampler, args.pruner,
+                           args.startup_trials, url)
     objective = Objective(optuna, setup, out, args.pruner != "none")
     started = time.time()
 
