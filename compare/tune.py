@@ -625,7 +625,7 @@ def add_tune_command(sub, positive_int) -> None:
         "on each trial's evaluations, RL Zoo's per-agent search space unless --search-space. "
         "The study lives in OUT/study.db (or --storage URL): run the same command again to "
         "continue a stopped study, or in several processes or machines (one --storage) to "
-        "share it. The best trial's settings are written as variant NAME-tuned to "
+        "share it. The best trial's settings are written as variant VARIANT-tuned to "
         "OUT/variants.yaml (or --variants-out), the file `benchmark --variants-file` takes. "
         "docs/tuning.md has the search spaces and a worked example.")
     tune.add_argument("--agent", choices=AGENTS, help="algorithm (default sac; a variant's "
