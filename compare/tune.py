@@ -607,6 +607,10 @@ def write_variants(path: Path, name: str, settings: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ command line
+TUNE_SEED = 1000
+"""Trials' default seed: not one of a benchmark's (0 to seeds - 1)."""
+
+
 def _name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
 
@@ -647,8 +651,10 @@ def add_tune_command(sub, positive_int) -> None:
                       "resumed study runs only the missing ones (default 20)")
     tune.add_argument("--steps", type=positive_int,
                       help="env steps per trial (default: the env preset's or suite's)")
-    tune.add_argument("--seed", type=_seed, default=0,
-                      help="seed of every trial's run (default 0)")
+    tune.add_argument("--seed", type=_seed, default=TUNE_SEED,
+                      help=f"seed of every trial's run (default {TUNE_SEED}: none of a "
+                      "benchmark's seeds 0, 1, ..., which then measures the tuned settings on "
+                      "seeds they were not picked on)")
     tune.add_argument("--eval-every", type=positive_int, help="env steps between evaluations "
                       "(each is a pruning point)")
     tune.add_argument("--config", help="YAML with `train:` and `agent:` sections for every trial")
