@@ -5,6 +5,7 @@
     python run.py export --run runs/sac-Pendulum-v1-batch-s0 --out policies/sac-pendulum
     python run.py benchmark            # the quick BN vs no-BN benchmark (about 5 minutes)
     python run.py report bench_out/quick
+    python run.py tune --agent sac --env Pendulum-v1 --variant batch --n-trials 50
 
 Bad input exits with code 2 and one line on stderr.
 """
@@ -47,6 +48,7 @@ quiet_tensorflow()
 from bnrl import __version__, agents  # noqa: E402 - after quiet_tensorflow
 from bnrl.common.errors import RunFailed, StorageError, UserError, one_line  # noqa: E402
 from bnrl.compare.cli import COMMANDS, add_benchmark_commands  # noqa: E402
+from bnrl.compare.tune import add_tune_command, cmd_tune  # noqa: E402
 from bnrl.envs import VECTOR_MODES  # noqa: E402
 from bnrl.training import evaluate_run, resolve, train  # noqa: E402
 from bnrl.training.config import parse_setting  # noqa: E402
@@ -237,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="new directory for the SavedModel")
 
     add_benchmark_commands(sub, _positive_int)
+    add_tune_command(sub, _positive_int)
     return parser
 
 
@@ -308,7 +311,8 @@ def cmd_export(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, **COMMANDS}
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, **COMMANDS,
+                "tune": cmd_tune}
     try:
         return commands[args.command](args)
     except UserError as exc:

@@ -4,7 +4,9 @@ Stable-Baselines3's convention (``model.learn(callback=...)``): a callback retur
 stop the run; anything else (``None`` included) lets it go on. A stopped run ends as a finished
 one does, only earlier: its last checkpoint is at the step it stopped at, ``summary.json`` and
 the TensorBoard HPARAMS results are written, and ``summary["stopped_by"]`` names the callback.
-``train(..., resume=True)`` with a larger budget continues it.
+``train(..., resume=True)`` with a larger budget continues it. An exception a callback raises
+ends the run where it is and propagates unchanged (the run keeps its last checkpoint): ``bnrl
+tune`` prunes a trial so, with Optuna's ``TrialPruned``.
 """
 
 from __future__ import annotations
