@@ -334,8 +334,10 @@ def test_a_run_killed_by_sigkill_fails_alone(config_file, capsys, tmp_path):
     assert runs[2]["eval_steps"] == [100, 200] and runs[2]["final_return"] is not None
     killed = runs[1]
     log = Path(killed["run_dir"] + ".log")
-    assert killed["error"] == (f"worker process killed by SIGKILL (out of memory, or killed); "
-                               f"last log lines: {_failing_env.KILL_LINE} (log: {log})")
+    # The log's last lines end with the env's own; before it, the run's progress lines.
+    assert killed["error"].startswith("worker process killed by SIGKILL (out of memory, or "
+                                      "killed); last log lines: ")
+    assert killed["error"].endswith(f"{_failing_env.KILL_LINE} (log: {log})")
     assert _failing_env.KILL_LINE in log.read_text()
     assert "FAILED: worker process killed by SIGKILL" in stdout
     assert "Runs: 3 planned, 2 ok, 1 failed, 0 missing" in (out / "report.md").read_text()
@@ -530,7 +532,8 @@ def _planned(monkeypatch, capsys, argv) -> tuple[list, str]:
     them and leaves one result file per run, so that the report has runs)."""
     seen = {}
 
-    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
+    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
+                      progress=None):
         seen["specs"] = specs
         records = [{**results.base_record(s, "ok"), "eval_steps": [s.steps],
                     "eval_returns": [0.0], "final_return": 0.0} for s in specs]
@@ -916,7 +919,8 @@ def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     seen = {}
 
-    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
+    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
+                      progress=None):
         seen.update(specs=specs, out=out, backend=backend)
         records = [{**results.base_record(s, "ok"), "eval_steps": [6000], "eval_returns": [0.0],
                     "final_return": 0.0} for s in specs]
@@ -944,7 +948,7 @@ def test_results_json_is_rewritten_after_each_run(monkeypatch, tmp_path):
     specs = grid.plan(tmp_path, ["sac"], ["Pendulum-v1"], ["none", "batch"], 2, 300)
     seen = []
 
-    def fake_local(todo, workers, publish):
+    def fake_local(todo, workers, publish, progress=None, label=None):
         # Started seed by seed: every variant's seed 0 first (a stopped grid stays balanced).
         assert [(s.variant, s.seed) for s in todo] == [
             ("none", 0), ("batch", 0), ("none", 1), ("batch", 1)]

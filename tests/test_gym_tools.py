@@ -56,7 +56,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                 "--eval-episodes", "1", "--logdir", str(td3), *TINY_AC]
     _train([*td3_args, "--steps", "100"])
     _train([*td3_args, "--steps", "150", "--resume"])
-    _train([*td3_args[:-1], str(again), "--steps", "100"])
+    _train([*td3_args[:td3_args.index("--logdir") + 1], str(again), *TINY_AC, "--steps", "100"])
     return {"root": root, "sac": sac, "td3": td3, "td3-again": again}
 
 
@@ -191,11 +191,13 @@ def test_custom_scalars_layout_puts_the_bn_diagnostics_on_one_page(runs):
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
     def layout(run_dir):
-        (layout,) = [layout_pb2.Layout.FromString(v.tensor.string_val[0])
-                     for e in _events(run_dir) if e.HasField("summary")
-                     for v in e.summary.value if v.tag == metadata.CONFIG_SUMMARY_TAG]
+        # One per (re)start of the run, all alike (TensorBoard merges them by category title).
+        layouts = [layout_pb2.Layout.FromString(v.tensor.string_val[0])
+                   for e in _events(run_dir) if e.HasField("summary")
+                   for v in e.summary.value if v.tag == metadata.CONFIG_SUMMARY_TAG]
+        assert layouts and all(other == layouts[0] for other in layouts)
         return {c.title: [list(chart.multiline.tag) for chart in c.chart]
-                for c in layout.category}
+                for c in layouts[0].category}
 
     sac = layout(runs["sac"])  # BN critic: its diagnostics under their exact tag names
     assert sac["BN of the critic / Q-network (bn_Q_*)"] == [

@@ -284,7 +284,11 @@ def test_train_export_evaluate_with_batch_norm(tmp_path, capsys):
     code, run_line, _ = run_captured(["evaluate", "--run", run, "--episodes", "2"], capsys)
     assert code == 0
     code, export_line, _ = run_captured(["evaluate", "--run", out, "--episodes", "2"], capsys)
-    assert code == 0 and export_line == run_line, (export_line, run_line)
+    # The same returns; each line names what it evaluated (the export: the checkpoint it is of).
+    assert code == 0 and export_line.split(" of ")[0] == run_line.split(" of ")[0]
+    latest = sorted((run / "checkpoints").iterdir())[-1]
+    assert run_line.rstrip().endswith(f" of {latest} (env step 512)"), run_line
+    assert export_line.rstrip().endswith(f" of export {out} of {latest.name} (env step 512)")
 
 
 # ------------------------------------------------------------------------------ (e) learning

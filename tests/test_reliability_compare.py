@@ -353,7 +353,8 @@ def test_a_suite_env_no_agent_fits_is_refused_or_said(tmp_path, capsys, monkeypa
     # Without --env the suite's other envs are left out, and the command says so.
     seen = {}
 
-    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
+    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
+                      progress=None):
         seen["envs"] = sorted({s.env for s in specs})
         return [results.base_record(s, "ok") for s in specs[:0]]
 

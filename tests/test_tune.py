@@ -165,7 +165,8 @@ def test_the_tuned_variants_file_feeds_a_benchmark(tiny_study, files, tmp_path, 
     assert tuned["batch-tuned"].settings["critic_norm"] == "batch"
     seen = {}
 
-    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None):
+    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
+                      progress=None):
         seen["specs"] = specs
         records = [{**results.base_record(s, "ok"), "eval_steps": [s.steps],
                     "eval_returns": [0.0], "final_return": 0.0} for s in specs]
