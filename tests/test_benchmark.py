@@ -29,6 +29,8 @@ from bnrl.common import files
 from bnrl.common.errors import UserError
 from bnrl.compare import cli, grid, results, workers
 
+from _cli import record_planned_runs
+
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONFIG = """\
@@ -530,18 +532,7 @@ def test_bad_variants_and_suites_exit_2_before_any_run(extra, message, capsys, t
 def _planned(monkeypatch, capsys, argv) -> tuple[list, str]:
     """The specs ``run.py benchmark argv`` plans (run_grid replaced by a fake that records
     them and leaves one result file per run, so that the report has runs)."""
-    seen = {}
-
-    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
-                      progress=None):
-        seen["specs"] = specs
-        records = [{**results.base_record(s, "ok"), "eval_steps": [s.steps],
-                    "eval_returns": [0.0], "final_return": 0.0} for s in specs]
-        for record in records:
-            results.write_result(record, out)
-        return records
-
-    monkeypatch.setattr(cli, "run_grid", fake_run_grid)
+    seen = record_planned_runs(monkeypatch)
     rc, stdout, err = _bench(capsys, argv)
     assert rc == 0, err
     return seen["specs"], stdout

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bnrl import run  # noqa: E402
 
+from _cli import assert_export_evaluates_like_its_run, train_quiet  # noqa: E402
 from _cli import main as _main  # noqa: E402
 from _cli import one_line as _one_line  # noqa: E402
-from _cli import train_quiet  # noqa: E402
 from _rollouts import random_observations  # noqa: E402
 
 # xla=false: XLA's compiles cost more than the 250 updates (about half this module's time); what
@@ -288,14 +288,7 @@ def test_evaluate_runs_an_export_like_its_run(exported, capsys):
     for target in (run_dir, export_dir):
         assert _main(["evaluate", "--run", str(target), "--episodes", "2"]) == 0
         lines.append(capsys.readouterr().out.strip())
-    # The same returns; each names what it evaluated (issue 28): the run its latest checkpoint,
-    # the export itself and the checkpoint it was made from.
-    latest = sorted((Path(run_dir) / "checkpoints").iterdir())[-1]
-    step = f"(env step {int(latest.name.split('-')[-1])})"
-    returns = lines[0].split(" of ")[0]
-    assert returns.startswith("mean return "), lines
-    assert lines == [f"{returns} of {latest} {step}",
-                     f"{returns} of export {export_dir} of {latest.name} {step}"], lines
+    assert_export_evaluates_like_its_run(lines, run_dir, export_dir)
 
 
 def test_export_command_line_is_quiet_and_refuses_an_existing_out(exported, tmp_path):

@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _cli import main, train_quiet
+from _cli import assert_export_evaluates_like_its_run, main, train_quiet
 from _rollouts import random_observations
 
 pytest.importorskip("minatar")
@@ -93,11 +92,4 @@ def test_evaluate_runs_the_image_export_like_its_run(exported, capsys):
     for target in (run_dir, export_dir):
         assert main(["evaluate", "--run", str(target), "--episodes", "2"]) == 0
         lines.append(capsys.readouterr().out.strip())
-    # The same returns; each names what it evaluated (issue 28): the run its latest checkpoint,
-    # the export itself and the checkpoint it was made from.
-    latest = sorted((Path(run_dir) / "checkpoints").iterdir())[-1]
-    step = f"(env step {int(latest.name.split('-')[-1])})"
-    returns = lines[0].split(" of ")[0]
-    assert returns.startswith("mean return "), lines
-    assert lines == [f"{returns} of {latest} {step}",
-                     f"{returns} of export {export_dir} of {latest.name} {step}"], lines
+    assert_export_evaluates_like_its_run(lines, run_dir, export_dir)

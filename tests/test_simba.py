@@ -67,6 +67,18 @@ def _batch(agent, rng, n: int = 8) -> dict:
                 reward=np.ones(n, np.float32), next_obs=obs + 1.0, done=np.zeros(n, np.float32))
 
 
+def _fed_statistics(agent, fed):
+    """Act on ``fed`` (exploring) and check the running statistics are exactly numpy's moments
+    of its 12 rows; returns them."""
+    _feed(agent, fed)
+    mean, var, count = _stats(agent)
+    rows = fed.reshape(-1, 3).astype(np.float64)
+    assert count == 12
+    np.testing.assert_allclose(mean, rows.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(var, rows.var(0), rtol=1e-12)
+    return mean, var, count
+
+
 def test_statistics_are_numpys_moments_of_the_observations_acted_on():
     rng = np.random.default_rng(0)
     agent = make_agent("sac", BOX_OBS, BOX_ACT, SIMBA_AC)
@@ -76,12 +88,7 @@ def test_statistics_are_numpys_moments_of_the_observations_acted_on():
         np.testing.assert_array_equal(var, 1.0)
         assert count == 0
         fed = _observations(rng, 12)  # 5 random warm-up acts, then 7 from the policy
-        _feed(agent, fed)
-        mean, var, count = _stats(agent)
-        rows = fed.reshape(-1, 3).astype(np.float64)
-        assert count == 12
-        np.testing.assert_allclose(mean, rows.mean(0), rtol=1e-12)
-        np.testing.assert_allclose(var, rows.var(0), rtol=1e-12)
+        mean, var, count = _fed_statistics(agent, fed)
         # Neither evaluation acts nor training batches move them.
         for obs in _observations(rng, 3):
             agent.act(obs[0], explore=False)
@@ -99,12 +106,7 @@ def test_a_vector_step_merges_one_row_per_sub_env():
                        n_envs=3)
     try:
         fed = _observations(rng, 4, rows=3)  # 2 warm-up vector steps (6 env steps), 2 greedy
-        _feed(agent, fed)
-        mean, var, count = _stats(agent)
-        rows = fed.reshape(-1, 3).astype(np.float64)
-        assert count == 12
-        np.testing.assert_allclose(mean, rows.mean(0), rtol=1e-12)
-        np.testing.assert_allclose(var, rows.var(0), rtol=1e-12)
+        _fed_statistics(agent, fed)
     finally:
         agent.close()
 

@@ -24,10 +24,10 @@ optuna = pytest.importorskip("optuna", reason="bnrl tune needs Optuna: pip insta
 
 from bnrl import run  # noqa: E402
 from bnrl.common.errors import UserError  # noqa: E402
-from bnrl.compare import cli, results, tune  # noqa: E402
+from bnrl.compare import results, tune  # noqa: E402
 from bnrl.compare import variants as vs  # noqa: E402
 
-from _cli import one_line, run_captured  # noqa: E402 - after the skip
+from _cli import one_line, record_planned_runs, run_captured  # noqa: E402 - after the skip
 
 REPO = Path(__file__).resolve().parent.parent
 SPACE = """\
@@ -163,18 +163,7 @@ def test_the_tuned_variants_file_feeds_a_benchmark(tiny_study, files, tmp_path, 
     tuned = vs.read_variants_file(shared)
     assert list(tuned) == ["none-tuned", "batch-tuned"]
     assert tuned["batch-tuned"].settings["critic_norm"] == "batch"
-    seen = {}
-
-    def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
-                      progress=None):
-        seen["specs"] = specs
-        records = [{**results.base_record(s, "ok"), "eval_steps": [s.steps],
-                    "eval_returns": [0.0], "final_return": 0.0} for s in specs]
-        for record in records:
-            results.write_result(record, out)
-        return records
-
-    monkeypatch.setattr(cli, "run_grid", fake_run_grid)
+    seen = record_planned_runs(monkeypatch)
     code, _, err = run_captured(["benchmark", "--agent", "dqn", "--env", "CartPole-v1",
                                  "--steps", "300", "--seeds", "1", "--config", files["config"],
                                  "--variants-file", shared, "--variants",
