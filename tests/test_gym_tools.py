@@ -30,6 +30,7 @@ TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO))
 from bnrl.common.extras import install_hint  # noqa: E402
 from bnrl.training.config import RESUMABLE  # noqa: E402
+from bnrl.training.logger import SESSION_RUN  # noqa: E402
 
 from _cli import main as _main  # noqa: E402
 from _cli import one_line as _one_line  # noqa: E402
@@ -107,7 +108,8 @@ def test_run_writes_its_settings_and_final_metrics_for_hparams(runs):
     from tensorboard.plugins.hparams import api_pb2
 
     run_dir = runs["sac"]
-    (start_step, start), = _plugin_values(run_dir, "_hparams_/session_start_info")
+    session = run_dir / SESSION_RUN  # the session's own TensorBoard run
+    (start_step, start), = _plugin_values(session, "_hparams_/session_start_info")
     hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in
                start.session_start_info.hparams.items()}
     config = _flat(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -123,10 +125,10 @@ def test_run_writes_its_settings_and_final_metrics_for_hparams(runs):
     assert hparams["agent_config.hidden"] == "[32, 32]"
     assert start_step == 0 and start.session_start_info.group_name == str(run_dir)
 
-    (end_step, end), = _plugin_values(run_dir, "_hparams_/session_end_info")
+    (end_step, end), = _plugin_values(session, "_hparams_/session_end_info")
     assert end.session_end_info.status == api_pb2.STATUS_SUCCESS and end_step == 400
     summary = json.loads((run_dir / "summary.json").read_text())
-    final = {tag: _scalars(run_dir, tag) for tag in
+    final = {tag: _scalars(session, tag) for tag in
              ("final/eval_mean_return", "final/env_steps", "final/updates",
               "final/updates_per_second", "final/wall_time_s")}
     assert all(len(v) == 1 and v[0][0] == 400 for v in final.values()), final
@@ -162,8 +164,13 @@ def test_tensorboard_hparams_table_compares_the_runs(runs):
     names = {h.name for h in experiment.hparam_infos}
     # The union of both agents' settings: init_alpha is SAC's, policy_delay TD3's.
     assert {"agent", "seed", "agent_config.init_alpha", "agent_config.policy_delay"} <= names
-    metrics = {m.name.tag for m in experiment.metric_infos}
-    assert {"final/eval_mean_return", "final/updates_per_second", "eval/mean_return"} <= metrics
+    # The runs' final results, and nothing else: not the 16 per-layer BN tags, the losses or
+    # the curves of the training scalars (issue 28).
+    metrics = [(m.name.tag, m.name.group) for m in experiment.metric_infos]
+    assert metrics == [(tag, "") for tag in ("final/env_steps", "final/eval_mean_return",
+                                             "final/updates", "final/updates_per_second",
+                                             "final/wall_time_s")]
+    assert _scalars(runs["sac"], "bn/Q/q0_bn0/beta")  # which the run did write
 
     statuses = [api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE,
                 api_pb2.STATUS_RUNNING]

@@ -5,11 +5,14 @@ Events are written with TensorBoard's own ``EventFileWriter`` (no TensorFlow ops
 the events a killed run wrote after its last checkpoint, so the step axis stays continuous.
 
 Each run is also a session of TensorBoard's hparams plugin: its resolved settings (session start
-info) and, when it finishes, its final results as ``final/...`` scalars and a session end info.
-No experiment summary is written: TensorBoard then builds the HPARAMS table from the settings of
-every run under ``--logdir`` (a benchmark mixing agents gets the union of their settings) and
-offers every scalar tag as a metric. Each run is its own trial, named after its directory (not
-a hash of its settings, which merged two runs with the same settings into one row).
+info) and, when it finishes, its final results as ``final/...`` scalars and a session end info,
+written to its own TensorBoard run ``RUN_DIR/hparams``. No experiment summary is written:
+TensorBoard then builds the HPARAMS table from the settings of every run under ``--logdir`` (a
+benchmark mixing agents gets the union of their settings) and offers as metrics the scalar tags
+of the session's run and its subdirectories only: so the ``final/...`` results, not the 16
+per-layer BN tags and the losses of the training scalars beside them (issue 28). Each run is its
+own trial, named after its directory (not a hash of its settings, which merged two runs with the
+same settings into one row).
 
 A custom-scalars layout (TensorBoard's CUSTOM SCALARS tab) puts the BN diagnostics of issue 1's
 second write-up and the train/eval gap of each network with BN on one page, under their exact
@@ -47,6 +50,10 @@ def flatten_settings(settings: dict, prefix: str = "") -> dict[str, bool | int |
     return flat
 
 
+SESSION_RUN = "hparams"
+"""The subdirectory of a run directory that is its HPARAMS session (settings, final results)."""
+
+
 class ScalarLogger:
     """Scalars to TensorBoard (``run_dir``) and eval returns to ``run_dir/metrics.csv``.
 
@@ -58,6 +65,7 @@ class ScalarLogger:
     def __init__(self, run_dir, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self._writer = EventFileWriter(str(self.run_dir), flush_secs=10)
+        self._session = EventFileWriter(str(self.run_dir / SESSION_RUN), flush_secs=10)
         self._csv = self.run_dir / "metrics.csv"
         self.eval_rows: list[tuple[int, float, float]] = []
         self.unreadable_rows = 0
@@ -70,10 +78,11 @@ class ScalarLogger:
                 session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
             self.eval_rows = [r for r in self._read_csv() if r[0] <= resume_step]
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
+    def scalars(self, values: dict[str, float], step: int, writer=None) -> None:
         summary = summary_pb2.Summary(value=[
             summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        (writer or self._writer).add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                                           summary=summary))
 
     def session_start(self, hparams: dict, trial: str, bn_networks: dict[str, str]) -> None:
         """Record the run's settings (``flatten_settings``) for the HPARAMS dashboard, as trial
@@ -85,7 +94,8 @@ class ScalarLogger:
         resume may change (``config.RESUMABLE``), or the table would show the first value.
         """
         summary = hparams_summary.hparams_pb(hparams, trial_id=trial)
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+        self._session.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+        self._session.flush()
         layout = _layout(bn_networks)
         tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
                                         string_val=[layout.SerializeToString()])
@@ -97,15 +107,16 @@ class ScalarLogger:
 
     def session_end(self, metrics: dict[str, float], step: int) -> None:
         """Write the run's final results as scalars (its HPARAMS metrics) and end the session."""
-        self.scalars(metrics, step)
+        self.scalars(metrics, step, self._session)
         end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS,
                                              end_time_secs=time.time())
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
             tag=metadata.SESSION_END_INFO_TAG, tensor=metadata.NULL_TENSOR,
             metadata=metadata.create_summary_metadata(
                 plugin_data_pb2.HParamsPluginData(session_end_info=end)))])
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-        self._writer.flush()
+        self._session.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                                summary=summary))
+        self._session.flush()
 
     def eval_return(self, step: int, mean: float, std: float) -> None:
         self.scalars({"eval/mean_return": mean, "eval/std_return": std}, step)
@@ -138,6 +149,7 @@ class ScalarLogger:
 
     def close(self) -> None:
         self._writer.close()
+        self._session.close()
 
 
 def _layout(bn_networks: dict[str, str]) -> layout_pb2.Layout:
