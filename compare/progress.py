@@ -34,6 +34,8 @@ class Running:
     started: float
     step: int = 0
     last_eval: str | None = None
+    initial: int = 0
+    """The step it resumed from (its latest checkpoint's), 0 for a fresh run."""
 
     def read_log(self, text: str) -> None:
         """Take the newest step and evaluation from the tail of the run's log."""
@@ -43,8 +45,10 @@ class Running:
                 self.last_eval = match.group(3)
 
     def rate(self, now: float) -> float | None:
-        """Env steps per second since the run's process started (start-up included)."""
-        return self.step / (now - self.started) if self.step and now > self.started else None
+        """Env steps per second since the run's process started (start-up included): of the
+        steps of this sitting only, so a resumed run is not credited with those it had done."""
+        done = self.step - self.initial
+        return done / (now - self.started) if done > 0 and now > self.started else None
 
 
 def duration(seconds: float) -> str:

@@ -41,7 +41,7 @@ from bnrl.compare.results import (
     settings_hash,
     write_result,
 )
-from bnrl.training import train
+from bnrl.training import checkpoint, train
 
 
 def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "local",
@@ -142,8 +142,10 @@ def _run_local(todo: list[RunSpec], workers: int, publish, progress=None, label=
                 spec = queue.pop(0)
                 proc = _start_worker(spec)
                 running[proc] = spec
+                latest = checkpoint.latest(spec.run_dir)
                 status[proc] = Running(label(spec) if label else spec.key, spec.steps,
-                                       time.time())
+                                       time.time(), initial=checkpoint.step_of(latest)
+                                       if latest is not None else 0)
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 spec = running.pop(proc)

@@ -74,3 +74,10 @@ def test_on_a_terminal_it_is_one_line_rewritten_in_place():
 @pytest.mark.parametrize("seconds, text", [(59.4, "59s"), (61, "1m01s"), (3725, "1h02m")])
 def test_durations(seconds, text):
     assert gp.duration(seconds) == text
+
+
+def test_a_resumed_run_is_rated_on_the_steps_of_this_sitting():
+    # Resumed at 4000 of 6000, now at 4600 after 60 s: 10 steps/s, not 4600 / 60.
+    run = gp.Running("batch s1", 6000, started=100.0, step=4600, initial=4000)
+    assert run.rate(now=160.0) == pytest.approx(10.0)
+    assert gp.Running("x", 6000, 100.0, step=4000, initial=4000).rate(now=160.0) is None
