@@ -71,6 +71,10 @@ def add_benchmark_commands(sub, positive_int) -> None:
                        help="YAML mapping of variant name to settings (like configs/variants.yaml)")
     bench.add_argument("--baseline", help="the variant every other is compared with "
                        "(default the first)")
+    bench.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                       help="run every variant at each value of one setting, e.g. "
+                       "learning_rate=1e-4,3e-4,1e-3; each value's variants are compared with "
+                       "the baseline at that value, and the report adds a sensitivity section")
     bench.add_argument("--seeds", type=positive_int, help="seeds per variant (default 3)")
     bench.add_argument("--steps", type=positive_int,
                        help=f"env steps per run (default: the suite's, else {DEFAULT_STEPS})")
@@ -201,12 +205,15 @@ def cmd_benchmark(args) -> int:
         raise UserError("--address is a Ray cluster's address: it needs --backend ray (the "
                         "local backend runs on this machine)")
     quick = all(not getattr(args, k) for k in (
-        "suite", "agent", "env", "variants", "variant", "variants_file", "seeds", "steps"))
+        "suite", "agent", "env", "variants", "variant", "variants_file", "seeds", "steps",
+        "sweep"))
     agents, envs, steps, left_out = _cells(args, quick)
     defined, own = _defined_variants(args)
     names = args.variants or (["none", *[n for n in own if n != "none"]] if own
                               else QUICK["variants"])
     variants, baseline = vs.select(names, defined, args.baseline)
+    if args.sweep:
+        variants, baseline = vs.sweep_points(variants, baseline, *vs.parse_sweep(args.sweep))
     seeds = args.seeds or QUICK["seeds"]
     out = Path(args.out or ("bench_out/quick" if quick else
                             f"bench_out/{args.suite}" if args.suite else "bench_out/benchmark"))

@@ -35,6 +35,7 @@ from bnrl.compare.stats import (
     steps_to_threshold,
 )
 from bnrl.compare.suites import EnvScores, env_scores
+from bnrl.compare.variants import point_name, split_point
 
 BN_KEYS = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
 BN_LABELS = {"bn_Q_moving_mean": "L2 norm of moving mean\n(mean over BN layers)",
@@ -440,7 +441,7 @@ def _counts(runs: list[Run], missing: list[str]) -> tuple[int, int, int]:
     return ok, len(runs) - ok, len(missing)
 
 
-def _answer(groups: dict, variants: list[str], baseline: str, scores: dict,
+def _answer(groups: dict, points: list[tuple[str | None, list[str], str]], scores: dict,
             runs: list[Run], missing: list[str]) -> list[str]:
     ok, failed, n_missing = _counts(runs, missing)
     lines = ["## Answer", ""]
@@ -449,19 +450,110 @@ def _answer(groups: dict, variants: list[str], baseline: str, scores: dict,
                   f"{failed} failed.** Every number below uses only the {ok} successful runs "
                   "(each env weighs the same; an env without a successful run of a variant is "
                   "left out of that variant's comparison, and the line says so).", ""]
-    lines += [f"Baseline: `{baseline}`. Final evaluation return normalized per env (0 = "
+    baseline = against = f"`{points[0][2]}`"
+    if points[0][0] is not None:
+        variant, key, _ = split_point(points[0][2])
+        baseline, against = f"`{variant}` at each value of `{key}`", f"`{variant}` at that value"
+    lines += [f"Baseline: {baseline}. Final evaluation return normalized per env (0 = "
               "random policy, 1 = the reference score of configs/suites.yaml); IQM over all "
               f"runs of all envs with {CONFIDENCE:.0%} stratified bootstrap CIs; "
               "P(improvement) = chance that a run of the variant beats a run of "
-              f"`{baseline}` on the same env, averaged over envs; the verdict needs both its "
+              f"{against} on the same env, averaged over envs; the verdict needs both its "
               "CI and an exact permutation test, its p Holm-adjusted over all the tests of "
               "the agent's answer (see Method). The indented line under each "
               "compares learning speed the same way: the normalized score averaged over the "
               "run (area under the evaluation curve).", ""]
     for agent, by_env in _by_agent(groups).items():
         lines += [f"### {agent} on {', '.join(by_env)}", ""]
-        lines += _aggregate_lines(agent, by_env, variants, baseline, scores)
+        for label, variants, baseline in points:
+            if label is not None:
+                lines += [f"At {label}:", ""]
+            lines += _aggregate_lines(agent, by_env, variants, baseline, scores)
     return lines
+
+
+def _points(order: list[str], baseline: str) -> list[tuple[str | None, list[str], str]]:
+    """What a report compares: ``(label, variants, baseline)`` per value of a sweep (label
+    ``learning_rate=1e-4``, the baseline first), each its own family of tests; without a sweep
+    one ``(None, order, baseline)``."""
+    split = {name: split_point(name) for name in order}
+    if split.get(baseline) is None or not all(split.values()):
+        return [(None, order, baseline)]
+    base, key, _ = split[baseline]
+    variants = [base, *dict.fromkeys(v for v, _, _ in split.values() if v != base)]
+    values = dict.fromkeys(x for _, _, x in split.values())
+    return [(f"{key}={x}", [n for v in variants if (n := point_name(v, key, x)) in split],
+             point_name(base, key, x)) for x in values]
+
+
+def _sensitivity(groups: dict, points: list[tuple[str | None, list[str], str]],
+                 path: Path) -> list[str]:
+    """Each variant's final return and AUC against the swept value, per agent x env: a table
+    and ``sensitivity.png`` (issue 30: a normalization that helps at one learning rate only is
+    not a recommendation)."""
+    key = split_point(points[0][2])[1]
+    values = [label.partition("=")[2] for label, _, _ in points]
+    variants = list(dict.fromkeys(split_point(n)[0] for _, names, _ in points for n in names))
+
+    def runs_of(by_variant, variant, value):
+        return [r for r in by_variant.get(point_name(variant, key, value), []) if _is_ok(r)]
+
+    lines = [f"## Sensitivity to {key}", "",
+             f"Each variant at each value of `{key}`, per env: IQM final return [95% CI] and "
+             f"mean AUC (the mean evaluation return over the run). Each value's comparisons "
+             f"above are their own family of tests. Figure: `sensitivity.png`.", ""]
+    panels = list(groups.items())
+    fig = _new_figure(12.8, 4.4 * len(panels))
+    axes = fig.subplots(len(panels), 2, squeeze=False)
+    numbers = _as_numbers(values)
+    x = numbers if numbers is not None else np.arange(len(values), dtype=float)
+    for row, ((agent, env), by_variant) in zip(axes, panels, strict=True):
+        lines += [f"### {agent} / {env}", "", "| Variant | "
+                  + " | ".join(f"{key}={v}" for v in values) + " |",
+                  "|---|" + "---|" * len(values)]
+        for variant in variants:
+            cells, drawn = [], {"final": [], "auc": []}
+            for value in values:
+                ok = runs_of(by_variant, variant, value)
+                final, auc = _finite(_final_return(r) for r in ok), _finite(_auc(r) for r in ok)
+                cells.append(f"{_fmt(iqm(final))} {_ci_text(final, iqm)} / {_fmt(_mean(auc))}"
+                             if final.size else _DASH)
+                for name, scores, stat in (("final", final, iqm), ("auc", auc, np.mean)):
+                    drawn[name].append((stat(scores), *bootstrap_ci(scores, stat))
+                                       if scores.size else (np.nan,) * 3)
+            lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+            for ax, name in zip(row, ("final", "auc"), strict=True):
+                est, low, high = np.array(drawn[name], dtype=float).T
+                color = _color(variant, variants)
+                ax.plot(x, est, color=color, marker="o", lw=1.8, label=variant)
+                ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+        lines.append("")
+        for ax, what in zip(row, ("IQM final return", "mean AUC (mean eval return)"),
+                            strict=True):
+            ax.set_title(f"{agent} / {env}", fontsize=10)
+            ax.set_xlabel(key)
+            ax.set_ylabel(what)
+            if numbers is not None and numbers.min() > 0 and numbers.max() >= 10 * numbers.min():
+                ax.set_xscale("log")
+            ax.set_xticks(x, values)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"Sensitivity to {key}: estimate per value, 95% bootstrap CI band",
+                 fontsize=11)
+    _save_figure(fig, path)
+    return lines
+
+
+def _as_numbers(texts: list[str]) -> np.ndarray | None:
+    try:
+        return np.array([float(t) for t in texts])
+    except ValueError:
+        return None
+
+
+def _ci_text(x: np.ndarray, statistic) -> str:
+    low, high = bootstrap_ci(x, statistic)
+    return f"[{_fmt(low)}, {_fmt(high)}]" if math.isfinite(low) else "[n<2]"
 
 
 def _sample_efficiency(by_env: dict, variant: str, scores: dict, envs: list[str]):
@@ -602,8 +694,10 @@ def _cell_section(
     variants: list[str],
     baseline: str,
     scores: EnvScores | None,
+    label: str | None = None,
 ) -> list[str]:
-    """Table and probability-of-improvement lines for one agent x env."""
+    """Table and probability-of-improvement lines for one agent x env (at sweep value
+    ``label``)."""
     threshold = scores.threshold if scores is not None else None
     header = ["Variant", "ok / runs", "Mean final return", "IQM final return [95% CI]"]
     if scores is not None:
@@ -612,7 +706,7 @@ def _cell_section(
     if threshold is not None:
         header.append(f"Median steps to {threshold:g} (seeds reached)")
     header += ["Mean wall time (s)", "Mean updates/s"]
-    lines = [f"### {agent} / {env}", ""]
+    lines = [f"### {agent} / {env}" + (f", {label}" if label else ""), ""]
     if scores is not None:
         lines.append(f"Normalized: (return - {scores.random:g}) / ({scores.reference:g} - "
                      f"{scores.random:g}), reference: {scores.reference_source}. Returns "
@@ -632,12 +726,7 @@ def _cell_section(
         finals[variant] = _finite(_final_return(r) for r in ok)
         aucs[variant] = _finite(_auc(r) for r in ok)
         f = finals[variant]
-        if f.size:
-            low, high = bootstrap_ci(f, iqm)
-            ci = f" [{_fmt(low)}, {_fmt(high)}]" if math.isfinite(low) else " [n<2]"
-            iqm_cell = _fmt(iqm(f)) + ci
-        else:
-            iqm_cell = _DASH
+        iqm_cell = f"{_fmt(iqm(f))} {_ci_text(f, iqm)}" if f.size else _DASH
         row = [f"`{variant}`", f"{len(ok)} / {len(all_runs)}", _fmt(_mean(f)), iqm_cell]
         if scores is not None:
             row.append(_fmt(iqm(scores.normalize(f)), 2) if f.size else _DASH)
@@ -821,14 +910,19 @@ def _write_report(runs: list[Run], out: Path, baseline: str | None, missing: lis
         lines += ["**Not comparable, reported anyway (`--allow-incomparable`): a verdict below "
                   "may credit these differences to a variant.**", "",
                   *(f"- {problem}" for problem in incomparable), ""]
-    lines += _answer(groups, order, baseline, scores, runs, missing)
+    points = _points(order, baseline)
+    lines += _answer(groups, points, scores, runs, missing)
     lines += _grid_summary(runs, groups, order, baseline, settings, missing,
                            cells or [])
     lines += ["Figures: `aggregate.png` (aggregate scores and sample efficiency), "
               "`profiles.png` (performance profiles), `curves.png` (evaluation return per "
               "env), `bn_stats.png` (critic BN statistics).", "", "## Per environment", ""]
     for (agent, env), by_variant in groups.items():
-        lines += _cell_section(agent, env, by_variant, order, baseline, scores.get(env))
+        for label, variants, base in points:
+            lines += _cell_section(agent, env, by_variant, variants, base, scores.get(env),
+                                   label)
+    if points[0][0] is not None:
+        lines += _sensitivity(groups, points, out / "sensitivity.png")
 
     failed = [r for r in runs if not _is_ok(r)]
     lines += ["## Failed runs", ""]

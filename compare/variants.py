@@ -14,6 +14,11 @@ grid may resolve to the same settings (``grid.check_distinct``).
 
 ``--variants a,b,c`` picks the variants of a grid, ``--baseline NAME`` the one every other is
 compared with (default: the first).
+
+``--sweep KEY=V1,V2,...`` runs every variant at each value of one setting (issue 30: is a
+difference real, or a learning rate?): variant ``batch`` becomes the sweep points
+``batch@learning_rate=1e-4``, ... (``SWEEP_MARK``, which no user's variant name holds), each
+compared with the baseline at the same value.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from bnrl.training.config import parse_setting, read_yaml
 
 VARIANTS_FILE = Path(configs.__file__).resolve().parent / "variants.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+SWEEP_MARK = "@"
+"""Joins a variant's name and its sweep value: ``batch@learning_rate=1e-4``."""
+# A comma splits values, except inside brackets: hidden=[64,64] stays one value.
+_PAIRS = re.compile(r",(?![^\[]*\])")
 
 
 @dataclass(frozen=True)
@@ -99,8 +108,7 @@ def parse_variant(text: str) -> Variant:
     if not sep or not name:
         raise UserError(f"bad --variant '{text}': expected NAME:key=value,key=value")
     settings = {}
-    # A comma splits pairs, except inside brackets: hidden=[64,64] stays one value.
-    for pair in re.split(r",(?![^\[]*\])", rest):
+    for pair in _PAIRS.split(rest):
         key, eq, _ = pair.partition("=")
         if not eq or not key.strip():
             raise UserError(f"bad --variant '{text}': '{pair}' is not key=value")
@@ -142,6 +150,52 @@ def select(names: list[str], defined: dict[str, Variant], baseline: str | None):
         raise UserError(f"--baseline '{baseline}' is not one of the variants "
                         f"({', '.join(names)})")
     return chosen, baseline
+
+
+def parse_sweep(text: str) -> tuple[str, list[tuple[str, object]]]:
+    """``KEY=V1,V2,...`` as ``(key, [(value text, value), ...])``, each value read as ``--set``
+    reads one; at least two values, no value twice, not ``agent`` (variants swap agents)."""
+    key, sep, rest = text.partition("=")
+    key = key.strip()
+    texts = [t.strip() for t in _PAIRS.split(rest)] if sep else []
+    if not key or len(texts) < 2 or not all(texts):
+        raise UserError(f"bad --sweep '{text}': expected KEY=V1,V2,... with two or more values, "
+                        "e.g. learning_rate=1e-4,3e-4,1e-3")
+    if key == "agent":
+        raise UserError("--sweep cannot sweep agent: compare agents as variants "
+                        "(--variant NAME:agent=AGENT)")
+    values = [(t, parse_setting(f"{key}={t}", f"--sweep '{text}'")[1]) for t in texts]
+    seen = [v for _, v in values]
+    if any(seen.count(v) > 1 for v in seen):
+        raise UserError(f"bad --sweep '{text}': a value is given twice")
+    if any("/" in t or t.startswith(".") for t in texts):
+        raise UserError(f"bad --sweep '{text}': a value may not hold '/' or start with '.' "
+                        "(it names a directory)")
+    return key, values
+
+
+def sweep_points(variants: list[Variant], baseline: str, key: str,
+                 values: list[tuple[str, object]]) -> tuple[list[Variant], str]:
+    """Every variant at every value of ``key`` (value-major: the first value's variants first),
+    and the baseline at the first value, which is the grid's recorded baseline."""
+    setting_it = [v.name for v in variants if key in v.settings]
+    if setting_it:
+        raise UserError(f"--sweep {key}: variant '{setting_it[0]}' sets {key} itself; sweep a "
+                        "setting no variant of the grid sets")
+    points = [Variant(point_name(v.name, key, text), {**v.settings, key: value})
+              for text, value in values for v in variants]
+    return points, point_name(baseline, key, values[0][0])
+
+
+def point_name(variant: str, key: str, value_text: str) -> str:
+    return f"{variant}{SWEEP_MARK}{key}={value_text}"
+
+
+def split_point(name: str) -> tuple[str, str, str] | None:
+    """``(variant, key, value text)`` of a sweep point's name; None for an ordinary variant."""
+    variant, mark, point = name.partition(SWEEP_MARK)
+    key, eq, value = point.partition("=")
+    return (variant, key, value) if mark and eq else None
 
 
 def _describe(variant: Variant) -> str:
