@@ -13,6 +13,7 @@ the benchmark process (``PR_SET_PDEATHSIG``), so killing it leaves no orphan tra
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -29,7 +30,7 @@ from bnrl.common.errors import UserError, one_line
 from bnrl.common.extras import install_hint
 from bnrl.common.files import atomic_write
 from bnrl.common.quiet import quiet_tensorflow
-from bnrl.compare.progress import Running
+from bnrl.compare.progress import TTY_EVERY, Running
 from bnrl.compare.records import result_problem
 from bnrl.compare.results import (
     RunSpec,
@@ -48,7 +49,7 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
              address: str | None = None, on_result=None, progress=None) -> list[dict]:
     """Run every unfinished spec; write its result file and ``results.json`` after each; return
     all records. Refuses (UserError) before running anything if a result file does not match.
-    ``progress`` (a ``progress.GridProgress``) is kept up to date with the local workers."""
+    ``progress`` (a ``progress.GridProgress``) is kept up to date with the workers or Ray tasks."""
     records: dict[str, dict] = {}
     todo = []
     for spec in specs:
@@ -79,15 +80,26 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
         if on_result is not None:
             on_result(record, len(records), len(specs))
 
+    several_cells = len(cells) > 1
+
+    def label(spec: RunSpec) -> str:
+        return (f"{spec.agent} {spec.env} " if several_cells else "") + \
+            f"{spec.variant} s{spec.seed}"
+
     if not todo:
         write_results()
     elif backend == "ray":
-        _run_ray(todo, address, publish)
+        _run_ray(todo, address, publish, progress, label)
     else:
-        several_cells = len(cells) > 1
-        _run_local(todo, workers, publish, progress, lambda spec: (
-            f"{spec.agent} {spec.env} " if several_cells else "") + f"{spec.variant} s{spec.seed}")
+        _run_local(todo, workers, publish, progress, label)
     return [records[k] for k in order]
+
+
+def _running(spec: RunSpec, label, started: float) -> Running:
+    """A run just started, as the grid line shows it; a resumed one from its checkpoint's step."""
+    latest = checkpoint.latest(spec.run_dir)
+    return Running(label(spec), spec.steps, started,
+                   initial=checkpoint.step_of(latest) if latest is not None else 0)
 
 
 def run_one(spec: RunSpec, progress: str = "none") -> dict:
@@ -128,7 +140,7 @@ def run_one(spec: RunSpec, progress: str = "none") -> dict:
     return record
 
 
-def _run_local(todo: list[RunSpec], workers: int, publish, progress=None, label=None) -> None:
+def _run_local(todo: list[RunSpec], workers: int, publish, progress, label) -> None:
     """Run each spec in a fresh Python process of its own, ``workers`` at a time.
 
     One process per run, not a process pool: a pool breaks when one worker dies (SIGKILL, a
@@ -142,10 +154,7 @@ def _run_local(todo: list[RunSpec], workers: int, publish, progress=None, label=
                 spec = queue.pop(0)
                 proc = _start_worker(spec)
                 running[proc] = spec
-                latest = checkpoint.latest(spec.run_dir)
-                status[proc] = Running(label(spec) if label else spec.key, spec.steps,
-                                       time.time(), initial=checkpoint.step_of(latest)
-                                       if latest is not None else 0)
+                status[proc] = _running(spec, label, time.time())
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 spec = running.pop(proc)
@@ -260,7 +269,16 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def _run_ray(todo: list[RunSpec], address: str | None, publish) -> None:
+def _ray_task(spec: RunSpec) -> dict:
+    """A Ray task: one run, its plain progress lines in its log beside its run directory (on
+    the shared file system the Ray backend needs), where the grid's line reads them."""
+    log = _log_file(spec)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+        return run_one(spec, progress="plain")
+
+
+def _run_ray(todo: list[RunSpec], address: str | None, publish, progress, label) -> None:
     try:
         import ray  # optional: the ray extra
     except ImportError:
@@ -272,14 +290,35 @@ def _run_ray(todo: list[RunSpec], address: str | None, publish) -> None:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot connect to Ray at {address or 'a new local cluster'}: "
                             f"{first}") from None
-    remote = ray.remote(run_one)
+    remote = ray.remote(_ray_task)
+    for spec in todo:  # a log left by an earlier sitting is not this one's progress
+        _log_file(spec).unlink(missing_ok=True)
     refs = {remote.options(num_cpus=spec.threads).remote(spec): spec for spec in todo}
+    status: dict = {}
     while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
+        done, _ = ray.wait(list(refs), num_returns=1, timeout=TTY_EVERY)
+        if not done:
+            if progress is not None and progress.due():
+                _show_ray_progress(refs, status, progress, label)
+            continue
         spec = refs.pop(done[0])
+        status.pop(done[0], None)
         try:
             record = ray.get(done[0])
         except Exception as exc:  # noqa: BLE001 - the task's worker died
             record = base_record(spec, error=f"ray task failed: {type(exc).__name__}: "
                                  f"{one_line(exc, 300)}")
         publish(record, spec)
+
+
+def _show_ray_progress(refs: dict, status: dict, progress, label) -> None:
+    """The grid line of a Ray grid: Ray says which tasks ended, not which started, so a run
+    counts as running once its task has opened its log, queued until then."""
+    for ref, spec in refs.items():
+        log = _log_file(spec)
+        if ref not in status and log.exists():
+            status[ref] = _running(spec, label, time.time())
+        if ref in status:
+            status[ref].read_log(_log_tail_text(log))
+    queued = [spec for ref, spec in refs.items() if ref not in status]
+    progress.show(list(status.values()), sum(s.steps for s in queued), len(queued))

@@ -889,6 +889,9 @@ def test_ray_backend_runs_the_grid(local_ray, config_file, capsys, monkeypatch, 
     assert runs[1]["bn_stats"]["bn_Q_moving_mean"]
     assert "IQM" in (out / "report.md").read_text()
     assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+    # Each task logged its progress where the grid's line reads it.
+    for r in runs:
+        assert "step 200/200" in Path(r["run_dir"] + ".log").read_text()
 
     # The Ray backend skips finished runs like the local one (and does not submit tasks).
     monkeypatch.setattr(workers, "_run_ray", _no_workers)

@@ -81,3 +81,21 @@ def test_a_resumed_run_is_rated_on_the_steps_of_this_sitting():
     run = gp.Running("batch s1", 6000, started=100.0, step=4600, initial=4000)
     assert run.rate(now=160.0) == pytest.approx(10.0)
     assert gp.Running("x", 6000, 100.0, step=4000, initial=4000).rate(now=160.0) is None
+
+
+def test_a_ray_grid_shows_the_runs_whose_task_started(tmp_path):
+    from bnrl.compare import workers
+    from bnrl.compare.results import RunSpec
+
+    specs = [RunSpec("sac", "Pendulum-v1", v, 0, 200, None, str(tmp_path / v), 1, 100)
+             for v in ("none", "batch")]
+    workers._log_file(specs[0]).write_text("[none s0] step 100/200 eval=-5.0\n")
+    stream = io.StringIO()
+    grid = gp.GridProgress(2, workers=2, stream=stream, tty=False)
+    refs, status = {"ref-a": specs[0], "ref-b": specs[1]}, {}
+    workers._show_ray_progress(refs, status, grid, lambda s: f"{s.variant} s{s.seed}")
+    line = stream.getvalue()
+    # Started (its task opened its log): running, at its step; the other queued.
+    assert line.startswith("grid: 0/2 done, 1 running, 1 queued, ")
+    assert line.rstrip().endswith("| none s0 100/200 eval -5.0")
+    assert list(status) == ["ref-a"]
