@@ -395,7 +395,7 @@ def main(argv=None) -> int:
                     samples.setdefault(job.key, {}).setdefault(key, []).append(value)
         for job in jobs:
             print(_measurement_line(job.key, samples[job.key]), flush=True)
-    results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    results = {"machine": cpu_model(), "cpus": os.cpu_count(),
                "threads": args.threads, "python": platform.python_version(),
                "tensorflow": tf.__version__, "versions": _peer_versions(libraries),
                "load_average": os.getloadavg(), "minutes": (time.time() - started) / 60,
@@ -511,12 +511,34 @@ def _cpu(s: dict, key: str) -> str:
     return f"{statistics.median(s[key]):.0f}" if key in s else "-"
 
 
+def _busy(s: dict, rate: str, cpu_rate: str) -> str:
+    """Cores the process kept busy (CPU seconds per wall second, all its threads), median over
+    rounds: where the second core goes (issue 31)."""
+    if cpu_rate not in s:
+        return "-"
+    return f"{statistics.median(w / c for w, c in zip(s[rate], s[cpu_rate], strict=True)):.2f}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows: the tables
+    name the machine kind, since ratios differ between kinds (issue 31)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def print_tables(rows, libraries, samples, results) -> None:
     med = statistics.median
-    print("\n| library | agent | critic norm | actor norm | updates/s, 1 per call | "
-          "updates/s, many per call | updates per CPU-s, 1 / many | loop env steps/s | "
-          "act latency (us) | ops | compile (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{results['machine']}, {results['cpus']} CPUs, {results['threads']} threads")
+    print("| library | agent | critic norm | actor norm | updates/s, 1 per call | "
+          "updates/s, many per call | updates per CPU-s, 1 / many | cores busy, 1 / many | "
+          "loop env steps/s | act latency (us) | ops | compile (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key, s in samples.items():
         library, agent, critic, actor = key.split("/")
         many = _spread(s["many_per_s"]) if "many_per_s" in s else "-"
@@ -524,6 +546,8 @@ def print_tables(rows, libraries, samples, results) -> None:
         compile_s = f"{med(s['compile_s']):.1f}" if "compile_s" in s else "-"
         print(f"| {library} | {agent} | {critic} | {actor} | {_spread(s['updates_per_s'])} | "
               f"{many} | {_cpu(s, 'updates_per_cpu_s')} / {_cpu(s, 'many_per_cpu_s')} | "
+              f"{_busy(s, 'updates_per_s', 'updates_per_cpu_s')} / "
+              f"{_busy(s, 'many_per_s', 'many_per_cpu_s')} | "
               f"{_spread(s['loop_steps_per_s'])} | {med(s['act_latency_us']):.0f} | {ops} | "
               f"{compile_s} |")
     if results["ratios"]:

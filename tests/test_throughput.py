@@ -72,9 +72,15 @@ def test_the_bn_cost_table_prints_what_bn_cost_rows_computes(tp, capsys):
     row = {"updates_per_s": [100.0], "updates_per_cpu_s": [50.0], "loop_steps_per_s": [10.0],
            "act_latency_us": [12.0]}
     samples = {none.key: row, batch.key: {**row, "updates_per_s": [75.0]}}
-    results = {"ratios": [], "bn_cost": tp.bn_cost_rows([none, batch], samples)}
+    results = {"ratios": [], "bn_cost": tp.bn_cost_rows([none, batch], samples),
+               "machine": "AMD EPYC 9B14", "cpus": 2, "threads": 2}
     tp.print_tables([none, batch], [], samples, results)
-    assert "| td3/batch/none | 25% [25-25] | - | 0% [0-0] |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| td3/batch/none | 25% [25-25] | - | 0% [0-0] |" in out
+    # The machine kind, and the cores each row kept busy: 100 updates/s at 50 per CPU-second.
+    assert out.splitlines()[1] == "AMD EPYC 9B14, 2 CPUs, 2 threads"
+    assert "| 100 [100-100] | - | 50 / - | 2.00 / - |" in out
+    assert tp.cpu_model()  # this machine's, never empty
 
 
 @pytest.mark.parametrize("script,argv,message", [
