@@ -42,7 +42,8 @@ class Found:
 
 
 def _result_files(out: Path) -> list[Path]:
-    return sorted((out / "results").glob("*/*/*/seed*.json"))
+    # Any depth: a namespaced env id (MinAtar/Breakout-v1, ALE/Pong-v5) is one more directory.
+    return sorted((out / "results").rglob("seed*.json"))
 
 
 def _key(record: dict) -> str:

@@ -455,6 +455,19 @@ def test_report_regenerates_report_and_figures(small_grid, capsys, tmp_path):
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_report_reads_the_results_of_a_namespaced_env(capsys, tmp_path):
+    """MinAtar/Breakout-v1's result files are one directory deeper than Pendulum-v1's."""
+    for variant, final in (("none", 10.0), ("batch", 12.0)):
+        spec = results.RunSpec("dqn", "MinAtar/Breakout-v1", variant, 0, 200, None,
+                               str(tmp_path / "runs" / variant), 1, 100, out=str(tmp_path))
+        results.write_result({**results.base_record(spec, "ok"), "eval_steps": [100, 200],
+                              "eval_returns": [1.0, final], "final_return": final}, tmp_path)
+    assert (tmp_path / "results/dqn/MinAtar/Breakout-v1/none/seed0.json").is_file()
+    rc, _, err = _bench(capsys, ["report", str(tmp_path)])
+    assert rc == 0, err
+    assert "### dqn / MinAtar/Breakout-v1" in (tmp_path / "report.md").read_text()
+
+
 def test_report_without_results_is_one_line_error(capsys, tmp_path):
     rc, stdout, err = _bench(capsys, ["report", str(tmp_path)])
     assert rc == 2 and stdout == ""
