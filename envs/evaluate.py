@@ -9,6 +9,10 @@ from gymnasium.wrappers import RecordEpisodeStatistics
 
 from bnrl.common.errors import NonFiniteValue
 
+EVAL_SEED_OFFSET = 10_000
+"""A run's eval env is made, and first reset, with the run's seed + this (``training.loop``,
+and a peer library's run, ``peers``): evaluations see other episodes than training."""
+
 
 def evaluate(agent, env, episodes: int) -> tuple[float, float]:
     """Mean and std of the return of the deterministic policy over ``episodes`` episodes.

@@ -4,13 +4,15 @@ CrossQ (``benchmark --peer sbx``, issue 30 item 4).
 ``arguments(agent, settings)`` translates a run's resolved bnrl settings into SBX's constructor
 arguments, and lists what SBX does differently that no argument can change; a setting SBX cannot
 take at all refuses the variant (``Unmatched``). ``model`` builds SBX's model from them (the
-throughput benchmark's peers too), ``run`` trains and evaluates one run in a process of its own:
-SB3 imports torch, which crashes in a process where TensorFlow ran (benchmarks/throughput.py), so
-the worker blocks TensorFlow before anything imports it.
+throughput benchmark's peers too), ``run`` trains and evaluates one run in a process of its own
+that blocks TensorFlow: SBX imports SB3 and so torch, whose Adam crashes in a process where
+TensorFlow ran (benchmarks/throughput.py). SBX's own JAX training did run beside TensorFlow when
+tried, but a process of its own also keeps the two libraries' thread pools and memory apart.
 
 The run is evaluated as ``training.loop`` evaluates bnrl's: the deterministic policy, over
-``eval_episodes`` episodes of one eval env made with the run's seed + 10,000 and reset with that
-seed once, every ``eval_every`` env steps and at the end, by the same ``envs.evaluate``.
+``eval_episodes`` episodes of one eval env made with the run's seed + ``EVAL_SEED_OFFSET`` and
+reset with that seed once, every ``eval_every`` env steps and at the end, by the same
+``envs.evaluate``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from bnrl.common.files import atomic_write
 from bnrl.common.processes import die_with_parent
 from bnrl.envs import EnvBoundary, make_env, training_env
-from bnrl.envs.evaluate import evaluate
+from bnrl.envs.evaluate import EVAL_SEED_OFFSET, evaluate
 
 NAME = "sbx"
 MODULE = "sbx"
@@ -256,11 +258,11 @@ def run(job: dict) -> dict:
     env = training_env(env_id, agent, ACTION_SPACE, job["max_episode_steps"],
                        job["check_finite"], seed)
     # As training.runs.make_run_env and training.loop make and first reset bnrl's eval env.
-    eval_env = EnvBoundary(make_env(env_id, seed + 10_000, agent=agent,
+    eval_env = EnvBoundary(make_env(env_id, seed + EVAL_SEED_OFFSET, agent=agent,
                                     agents={agent: ACTION_SPACE},
                                     max_episode_steps=job["max_episode_steps"]),
                            env_id, check_finite=job["check_finite"])
-    eval_env.reset(seed=seed + 10_000)
+    eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
     sbx_model = model(agent, job["kwargs"], env, seed)
     steps, every = job["steps"], job["eval_every"]
     evaluations = {"eval_steps": [], "eval_returns": []}
