@@ -8,7 +8,9 @@ included) is rewritten as each run finishes.
 Local runs are isolated: a run whose process dies for any reason (SIGKILL, a segfault, the OOM
 killer) is recorded as failed with the cause and the last lines of its log
 (``runs/<agent>/<env>/<variant>/seed<k>.log``), and every other run still runs. Workers die with
-the benchmark process (``PR_SET_PDEATHSIG``), so killing it leaves no orphan training on.
+the benchmark process (``PR_SET_PDEATHSIG``), so killing it leaves no orphan training on. A
+peer library's run (``benchmark --peer``) is trained by its worker in one more process, which
+never loads TensorFlow and dies with that worker.
 """
 
 from __future__ import annotations
@@ -134,8 +136,8 @@ def run_one(spec: RunSpec, progress: str = "none") -> dict:
     return record
 
 
-# A peer library's worker: this bnrl, imported without run.py (which loads TensorFlow: torch,
-# which SBX's SB3 imports, crashes in a process where TensorFlow ran).
+# A peer library's worker: this bnrl, imported without run.py, which loads TensorFlow (SBX imports
+# SB3 and so torch, whose Adam crashes in a process where TensorFlow ran; peers.sbx).
 _PEER_WORKER = ("import importlib, importlib.util, json, sys; job = json.loads(sys.argv[1]); "
                 "sys.path[:] = job['path']; spec = importlib.util.spec_from_file_location("
                 "'bnrl', job['init'], submodule_search_locations=[job['root']]); "
