@@ -28,7 +28,9 @@ with SBX's ``batch_norm_actor=False`` (sb3-contrib has one switch for both, so n
 remaining architecture differences are small: SBX/sb3-contrib normalize the joint (state, action)
 critic input and put the actor's norm after the activation, bnrl normalizes the state input and
 puts the actor's norm before it. SAC and TD3 peers have no BN: they are matched with bnrl's
-no-BN rows, and the BN rows' cost is the third table.
+no-BN rows, and the BN rows' cost is the third table. SBX's arguments are the bnrl row's
+resolved settings as ``bnrl.peers.sbx.arguments`` translates them for ``benchmark --peer sbx``
+(so its TD3 explores with bnrl's Gaussian noise too), with learning_starts 0.
 
 Every peer runs in a process of its own (torch crashes in a process where TensorFlow ran, and
 separate processes share no thread pools), timed the same way after a warm-up that compiles
@@ -40,6 +42,7 @@ ratios are medians of the per-round ratios, [min-max] over rounds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -143,11 +146,8 @@ def bnrl_agent(row: Row, threads: int, gradient_steps: int = 1):
     from bnrl.envs import make_env
 
     env = make_env(ENV, 0, agent=row.agent, agents=ACTION_SPACES)
-    config = {"critic_norm": row.critic_norm, "actor_norm": row.actor_norm, "hidden": WIDTH,
-              "actor_hidden": WIDTH, "batch_size": BATCH, "learning_starts": 0,
-              "intra_op_threads": threads, "inter_op_threads": threads,
-              "gradient_steps": gradient_steps}
-    agent = make_agent(row.agent, env.observation_space, env.action_space, config, seed=0)
+    agent = make_agent(row.agent, env.observation_space, env.action_space,
+                       bnrl_config(row, threads, gradient_steps), seed=0)
     rng = np.random.default_rng(0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     # One stream whose next_obs is the following obs, as an env's is: the buffer stores each
@@ -230,42 +230,58 @@ def bnrl_rss(threads: int, updates: int) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- SB3 and SBX
-def peer_model(peer: Peer, threads: int):
-    """A fresh SB3 / sb3-contrib / SBX model of ``peer`` at the matched settings."""
+def bnrl_config(row: Row, threads: int, gradient_steps: int = 1) -> dict:
+    """The settings of a bnrl row, over the agent's defaults (not an env preset's)."""
+    return {"critic_norm": row.critic_norm, "actor_norm": row.actor_norm, "hidden": WIDTH,
+            "actor_hidden": WIDTH, "batch_size": BATCH, "learning_starts": 0,
+            "intra_op_threads": threads, "inter_op_threads": threads,
+            "gradient_steps": gradient_steps}
+
+
+def sbx_arguments(peer: Peer) -> dict:
+    """SBX's arguments for ``peer``: those of the bnrl row it matches, translated as the
+    benchmark's ``--peer sbx`` translates a run's (``bnrl.peers.sbx.arguments``). Computed here,
+    in the process that may load TensorFlow, and handed to the peer's own process."""
+    from bnrl.agents import agent_class, config_from_dict
+    from bnrl.peers import sbx as sbx_peer
+
+    row = Row(peer.agent, peer.critic_norm, peer.actor_norm)
+    config = config_from_dict(agent_class(peer.agent).config_class,
+                              bnrl_config(row, 1)).resolved()
+    settings = {f"agent_config.{field.name}": getattr(config, field.name)
+                for field in dataclasses.fields(config)}
+    return sbx_peer.arguments(peer.agent, settings)[0]
+
+
+def peer_model(peer: Peer, threads: int, sbx_kwargs: dict | None = None):
+    """A fresh SB3 / sb3-contrib / SBX model of ``peer`` at the matched settings (SBX:
+    ``sbx_kwargs``, from ``sbx_arguments``)."""
     # SB3 imports tensorboard, which loads TensorFlow when installed; torch then segfaults in
     # Adam's constructor on this stack. Peers run in their own process with TensorFlow blocked.
     sys.modules["tensorflow"] = None
-    if peer.library == "sbx" and threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_cpu_multi_thread_eigen=false"
-                                   " intra_op_parallelism_threads=1")
+    if peer.library == "sbx":
+        from bnrl.peers import sbx as sbx_peer
+
+        sbx_peer.jax_threads(threads)
+        return sbx_peer.model(peer.agent, {**sbx_kwargs, "learning_starts": 0}, ENV, seed=0)
+    import sb3_contrib
+    import stable_baselines3
     import torch
 
     torch.set_num_threads(threads)
-    if peer.library == "sbx":
-        import sbx
-
-        classes = {"sac": sbx.SAC, "td3": sbx.TD3, "crossq": sbx.CrossQ}
-    else:
-        import sb3_contrib
-        import stable_baselines3
-
-        classes = {"sac": stable_baselines3.SAC, "td3": stable_baselines3.TD3,
-                   "crossq": sb3_contrib.CrossQ}
-    kwargs = dict(batch_size=BATCH, learning_starts=0, train_freq=1, gradient_steps=1, seed=0,
-                  verbose=0, learning_rate=LEARNING_RATE[peer.agent])
-    if peer.library == "sb3":
-        kwargs["device"] = "cpu"
-    # SB3/SBX default to two critics and Adam; CrossQ's policies to Adam betas (0.5, 0.999).
-    policy_kwargs: dict = {"net_arch": dict(pi=WIDTH, qf=WIDTH)}
-    if peer.agent == "crossq" and peer.library == "sbx":
-        policy_kwargs["batch_norm_actor"] = peer.actor_norm == "batch_renorm"
-    return classes[peer.agent]("MlpPolicy", ENV, policy_kwargs=policy_kwargs, **kwargs)
+    classes = {"sac": stable_baselines3.SAC, "td3": stable_baselines3.TD3,
+               "crossq": sb3_contrib.CrossQ}
+    # SB3 defaults to two critics and Adam; sb3-contrib's CrossQ to Adam betas (0.5, 0.999).
+    return classes[peer.agent](
+        "MlpPolicy", ENV, policy_kwargs={"net_arch": dict(pi=WIDTH, qf=WIDTH)},
+        batch_size=BATCH, learning_starts=0, train_freq=1, gradient_steps=1, seed=0, verbose=0,
+        learning_rate=LEARNING_RATE[peer.agent], device="cpu")
 
 
-def peer_measure(peer: Peer, threads: int, updates: int, loop_steps: int, many: int) -> dict:
+def peer_measure(peer: Peer, threads: int, updates: int, loop_steps: int, many: int,
+                 sbx_kwargs: dict | None = None) -> dict:
     """All measurements of one peer configuration (run in a process of its own)."""
-    model = peer_model(peer, threads)
+    model = peer_model(peer, threads, sbx_kwargs)
     # learn() only collects (SB3 trains once num_timesteps > learning_starts): the first
     # train() below is then the one that compiles SBX's update.
     model.learning_starts = FILL
@@ -293,12 +309,12 @@ def peer_measure(peer: Peer, threads: int, updates: int, loop_steps: int, many: 
         out["updates_per_s"], out["updates_per_cpu_s"] = rate * updates, cpu_rate * updates
     obs = np.zeros(model.observation_space.shape, np.float32)
     out["act_latency_us"] = latency_us(lambda o: model.predict(o, deterministic=True), obs)
-    out["loop_steps_per_s"] = peer_loop(peer, threads, loop_steps)
+    out["loop_steps_per_s"] = peer_loop(peer, threads, loop_steps, sbx_kwargs)
     return out
 
 
-def peer_loop(peer: Peer, threads: int, steps: int) -> float:
-    model = peer_model(peer, threads)
+def peer_loop(peer: Peer, threads: int, steps: int, sbx_kwargs: dict | None = None) -> float:
+    model = peer_model(peer, threads, sbx_kwargs)
     model.learn(100)  # compiles SBX's jitted train and acting functions before the clock starts
     start = time.perf_counter()
     model.learn(steps, reset_num_timesteps=False)
@@ -390,7 +406,8 @@ def main(argv=None) -> int:
                                           args.many)
                 else:
                     result = in_own_process(peer_measure, job, args.threads, args.updates,
-                                            args.loop_steps, args.many)
+                                            args.loop_steps, args.many,
+                                            sbx_arguments(job) if job.library == "sbx" else None)
                 for key, value in result.items():
                     samples.setdefault(job.key, {}).setdefault(key, []).append(value)
         for job in jobs:

@@ -20,9 +20,16 @@ from bnrl.compare.collect import collect, merge, usable
 from bnrl.compare.grid import QUICK, check_distinct, plan
 from bnrl.compare.progress import GridProgress
 from bnrl.compare.report import write_report
-from bnrl.compare.results import RunSpec, deciding_settings, resolve_spec, settings_hash
+from bnrl.compare.results import (
+    RunSpec,
+    deciding_settings,
+    resolve_spec,
+    run_settings,
+    settings_hash,
+)
 from bnrl.compare.suites import load_suites, suite
 from bnrl.compare.workers import run_grid
+from bnrl.peers import PEERS
 from bnrl.training.runs import check_run
 
 DEFAULT_STEPS = 20_000
@@ -75,6 +82,11 @@ def add_benchmark_commands(sub, positive_int) -> None:
                        help="run every variant at each value of one setting, e.g. "
                        "learning_rate=1e-4,3e-4,1e-3; each value's variants are compared with "
                        "the baseline at that value, and the report adds a sensitivity section")
+    bench.add_argument("--peer", choices=tuple(PEERS),
+                       help="also run another library's implementation of each variant's agent "
+                       "at the variant's settings, as variant PEER-VARIANT (sbx: SBX's SAC, TD3 "
+                       "and CrossQ; needs the sbx extra); settings it cannot take are listed in "
+                       "the report, variants it cannot run are left out with a warning")
     bench.add_argument("--seeds", type=positive_int, help="seeds per variant (default 3)")
     bench.add_argument("--steps", type=positive_int,
                        help=f"env steps per run (default: the suite's, else {DEFAULT_STEPS})")
@@ -214,6 +226,10 @@ def cmd_benchmark(args) -> int:
     variants, baseline = vs.select(names, defined, args.baseline)
     if args.sweep:
         variants, baseline = vs.sweep_points(variants, baseline, *vs.parse_sweep(args.sweep))
+    without_peer = []
+    if args.peer:
+        variants, without_peer = _with_peer(args.peer, agents, variants, steps, args.config,
+                                            args.eval_every, args.n_envs)
     seeds = args.seeds or QUICK["seeds"]
     out = Path(args.out or ("bench_out/quick" if quick else
                             f"bench_out/{args.suite}" if args.suite else "bench_out/benchmark"))
@@ -224,6 +240,8 @@ def cmd_benchmark(args) -> int:
     _check_runs(agents, variants, args.config, steps, args.eval_every, args.n_envs)
     if left_out:  # said once every argument is known to be good
         print(f"bnrl: warning: {left_out}", file=sys.stderr)
+    for note in without_peer:
+        print(f"bnrl: warning: --peer {args.peer}: {note}", file=sys.stderr)
     workers = args.workers or os.cpu_count() or 1
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -275,6 +293,49 @@ def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
     return 0 if not failed else 1
 
 
+def _with_peer(name: str, agents: dict, variants: list, steps: dict, config_file, eval_every,
+               n_envs) -> tuple[list, list[str]]:
+    """The grid's variants, then ``NAME-VARIANT`` for each that peer library ``name`` can run at
+    the variant's resolved settings in every cell (``peers``), and a note per variant it cannot.
+
+    Raises:
+      UserError: the library is not installed (naming its extra), a peer's name is taken, or
+        it can run no variant of the grid (naming why, e.g. the agents it implements).
+    """
+    peer = PEERS[name]
+    if importlib.util.find_spec(peer.MODULE) is None:
+        raise UserError(f"--peer {name} needs {name}, which is not installed: "
+                        f"{install_hint(peer.EXTRA)}")
+    taken = {v.name for v in variants}
+    peers, notes = [], []
+    for variant in variants:
+        reasons = []
+        for env_id, env_agents in agents.items():
+            for agent in env_agents:
+                spec = RunSpec(agent, env_id, variant.name, 0, steps[env_id], config_file, "",
+                               1, eval_every, dict(variant.settings), n_envs=n_envs)
+                try:
+                    settings = deciding_settings(resolve_spec(spec))
+                except UserError:
+                    continue  # a bad variant: _check_runs says so, in its words
+                try:
+                    peer.arguments(spec.run_agent, settings)
+                except peer.Unmatched as exc:
+                    reasons.append(f"{spec.run_agent}/{env_id}: {exc}")
+        if reasons:
+            notes.append(f"no {name} run of variant '{variant.name}' ({reasons[0]})")
+            continue
+        twin = f"{name}-{variant.name}"
+        if twin in taken:
+            raise UserError(f"--peer {name} names its runs of variant '{variant.name}' "
+                            f"'{twin}', which is a variant of the grid: rename that variant")
+        peers.append(vs.Variant(twin, {**variant.settings, "peer": name}))
+    if not peers:
+        raise UserError(f"--peer {name} can run no variant of this grid: "
+                        + notes[0].removeprefix(f"no {name} run of "))
+    return [*variants, *peers], notes
+
+
 def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every,
                 n_envs=None) -> None:
     """Resolve every run's settings as its worker will, and make its env, so that a --config key
@@ -296,7 +357,7 @@ def _check_runs(agents: dict, variants, config_file, steps: dict, eval_every,
                     raise UserError(f"variant '{variant.name}' on {agent}/{env_id}: "
                                     f"{exc}") from None
                 specs.append(dataclasses.replace(
-                    spec, settings_hash=settings_hash(deciding_settings(config))))
+                    spec, settings_hash=settings_hash(run_settings(config, spec.peer))))
     check_distinct(specs)
 
 

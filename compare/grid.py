@@ -18,13 +18,7 @@ from pathlib import Path
 
 from bnrl.common.errors import UserError
 from bnrl.common.files import atomic_write
-from bnrl.compare.results import (
-    RunSpec,
-    deciding_settings,
-    finished,
-    resolve_spec,
-    settings_hash,
-)
+from bnrl.compare.results import RunSpec, finished, settings_hash, spec_settings
 from bnrl.compare.variants import builtin_variants
 
 QUICK = dict(agents=["sac"], envs=["Pendulum-v1"], variants=["none", "batch"], seeds=3,
@@ -217,7 +211,7 @@ def specs_of(grid: dict, out: Path, config_file=None, workers: int = 1) -> list[
             first = RunSpec(cell["agent"], cell["env"], variant["name"], 0, cell["steps"],
                             config_file, "", threads, grid["eval_every"],
                             dict(variant["settings"]), str(out), n_envs=grid["n_envs"])
-            digest = settings_hash(deciding_settings(resolve_spec(first)))
+            digest = settings_hash(spec_settings(first))
             for seed in range(grid["seeds"]):
                 run_dir = (out / "runs" / cell["agent"] / cell["env"].replace(":", "_")
                            / variant["name"] / f"seed{seed}")

@@ -8,12 +8,16 @@ Each run record (one per agent x env x variant x seed) is a dict::
      "bn_stats": {"steps", "bn_Q_moving_mean", "bn_Q_moving_variance",
                   "bn_Q_train_eval_gap"},   # {} without a BN critic
      # written by bnrl >= 0.2 (compare.results): what made the run
-     "run_agent", "steps", "bnrl_version", "settings_hash", "settings", "variant_settings"}
+     "run_agent", "steps", "bnrl_version", "settings_hash", "settings", "variant_settings",
+     # a peer library's run (``benchmark --peer``): its arguments, what it does differently
+     # from bnrl at those settings, and its packages' versions
+     "peer_settings", "peer_differences", "peer_versions"}
 
 ``agent`` is the grid's agent; a variant may train another (``run_agent``, e.g. CrossQ as a
 variant of SAC). ``settings`` are the run's deciding settings, flat (``agent_config.x`` keys),
-and ``settings_hash`` their hash (``compare.results``). A record marked ``ok`` whose result is
-not a finite number (``result_problem``) counts as a failed run everywhere.
+and ``settings_hash`` their hash (``compare.results``); a peer's run holds ``peer`` among them.
+A record marked ``ok`` whose result is not a finite number (``result_problem``) counts as a
+failed run everywhere.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ OPTIONAL_FIELDS = {"error": str, "run_dir": str, "final_return": _NUMBER, "auc":
                    "wall_time_s": _NUMBER, "updates_per_second": _NUMBER, "eval_steps": list,
                    "eval_returns": list, "bn_stats": dict, "run_agent": str, "steps": int,
                    "bnrl_version": str, "settings_hash": str, "settings": dict,
-                   "variant_settings": dict, "resumes": int}
+                   "variant_settings": dict, "resumes": int, "peer_settings": dict,
+                   "peer_differences": list, "peer_versions": dict}
 """Fields a run record may have: each is None (or absent) or of its type."""
 
 

@@ -675,6 +675,7 @@ def _grid_summary(runs: list[Run], groups: dict, variants: list[str], baseline: 
     ]
     if versions:
         lines.append(f"- bnrl version: {', '.join(versions)}")
+    lines += _peer_lines(runs, variants)
     resumed = [str(r.get("run_dir") or r.get("seed")) for r in runs if r.get("resumes")]
     if resumed:
         # training.loop starts a fresh episode with a new seed on resume.
@@ -685,6 +686,26 @@ def _grid_summary(runs: list[Run], groups: dict, variants: list[str], baseline: 
         lines.append(f"- Missing runs: {', '.join(missing[:20])}"
                      + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""))
     return [*lines, ""]
+
+
+def _peer_lines(runs: list[Run], variants: list[str]) -> list[str]:
+    """A line per variant a peer library ran (``benchmark --peer``): the library, its versions
+    and every difference from bnrl's settings it could not match (``peers``), so that a verdict
+    is read with them."""
+    lines = []
+    for variant in variants:
+        made = [r for r in runs if r.get("variant") == variant and r.get("peer_versions")]
+        if not made:
+            continue
+        peer = str((made[0].get("settings") or {}).get("peer", "a peer library"))
+        versions = ", ".join(f"{name} {version}" for name, version
+                             in made[0]["peer_versions"].items() if version)
+        differences = list(dict.fromkeys(d for r in made for d in r.get("peer_differences")
+                                         or []))
+        lines.append(f"- `{variant}`: {peer}'s implementation ({versions}) at the variant's "
+                     "resolved bnrl settings; differences from bnrl's settings: "
+                     + ("; ".join(differences) or "none"))
+    return lines
 
 
 def _cell_section(

@@ -32,6 +32,7 @@ from bnrl.common.errors import UserError
 from bnrl.common.files import atomic_write
 from bnrl.compare.records import record_problem, result_problem
 from bnrl.compare.stats import area_under_curve
+from bnrl.compare.variants import RUN_KEYS
 from bnrl.training.config import RESUMABLE, RunConfig, from_dict, preset, resolve
 
 BN_POINTS = 50
@@ -64,6 +65,11 @@ class RunSpec:
         return run_key(self.agent, self.env, self.variant, self.seed)
 
     @property
+    def peer(self) -> str | None:
+        """The peer library that trains this run (``peers``), None for bnrl."""
+        return self.settings.get("peer")
+
+    @property
     def run_agent(self) -> str:
         return self.settings.get("agent", self.agent)
 
@@ -83,7 +89,7 @@ def result_path(out, agent: str, env: str, variant: str, seed: int) -> Path:
 
 def resolve_spec(spec: RunSpec):
     """The RunConfig a grid run trains with: presets < ``--config`` < the variant's settings."""
-    settings = {k: v for k, v in spec.settings.items() if k != "agent"}
+    settings = {k: v for k, v in spec.settings.items() if k not in RUN_KEYS}
     return resolve(spec.run_agent, spec.env, spec.config_file,
                    {"steps": spec.steps, "seed": spec.seed, "eval_every": spec.eval_every,
                     "n_envs": spec.n_envs},
@@ -99,6 +105,19 @@ def deciding_settings(config) -> dict:
             if k not in RESUMABLE and k != "seed"}
 
 
+def run_settings(config, peer: str | None = None) -> dict:
+    """The deciding settings of a run: its resolved config's, and the peer library that trains
+    it at those settings (``peers``), if any, so that a peer's runs never share a settings hash
+    with bnrl's."""
+    settings = deciding_settings(config)
+    return {**settings, "peer": peer} if peer else settings
+
+
+def spec_settings(spec: RunSpec) -> dict:
+    """``run_settings`` of what ``spec`` trains."""
+    return run_settings(resolve_spec(spec), spec.peer)
+
+
 def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -109,6 +128,8 @@ def resolved_settings(settings) -> dict | None:
     do not describe a run config (an unknown key, a bad value)."""
     if not isinstance(settings, dict):
         return None
+    peer = settings.get("peer")
+    settings = {k: v for k, v in settings.items() if k != "peer"}
     prefix = "agent_config."
     train = {k: v for k, v in settings.items() if not k.startswith(prefix)}
     agent = {k.removeprefix(prefix): v for k, v in settings.items() if k.startswith(prefix)}
@@ -116,7 +137,8 @@ def resolved_settings(settings) -> dict | None:
         config = from_dict({**train, "seed": 0, "steps": 1, "agent_config": agent})
     except (UserError, TypeError, ValueError):
         return None
-    return deciding_settings(config)
+    resolved = deciding_settings(config)
+    return {**resolved, "peer": peer} if peer is not None else resolved
 
 
 _AGENT_KEY = "agent_config."
@@ -140,7 +162,7 @@ def unexplained_differences(base: dict, other: dict, base_variant: dict,
     if not all(isinstance(s, dict) for s in raw):
         return []
     settings = [resolved_settings(s) or s for s in raw]
-    named = {k if k == "agent" else _AGENT_KEY + k for k in (*base_variant, *other_variant)}
+    named = {k if k in RUN_KEYS else _AGENT_KEY + k for k in (*base_variant, *other_variant)}
     agents_differ = settings[0].get("agent") != settings[1].get("agent")
     found = []
     for key in dict.fromkeys([*settings[0], *settings[1]]):
@@ -194,7 +216,7 @@ def record_settings_hash(record: dict) -> str | None:
 def settings_difference(saved, spec: RunSpec) -> str:
     """The settings in which a result file differs from what ``spec`` resolves to (its own
     settings resolved, so that an ``auto`` kept in an older file is not listed)."""
-    wanted = deciding_settings(resolve_spec(spec))
+    wanted = spec_settings(spec)
     saved = resolved_settings(saved) or (saved if isinstance(saved, dict) else {})
     changed = [f"{k} {saved.get(k)!r} in the file, {wanted.get(k)!r} now"
                for k in dict.fromkeys([*saved, *wanted]) if saved.get(k) != wanted.get(k)]

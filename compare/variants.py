@@ -37,6 +37,9 @@ VARIANTS_FILE = Path(configs.__file__).resolve().parent / "variants.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SWEEP_MARK = "@"
 """Joins a variant's name and its sweep value: ``batch@learning_rate=1e-4``."""
+RUN_KEYS = ("agent", "peer")
+"""Keys of a variant's settings that choose what trains, not how: ``agent`` another bnrl agent,
+``peer`` another library's implementation of it (``peers``; ``benchmark --peer``)."""
 # A comma splits values, except inside brackets: hidden=[64,64] stays one value.
 _PAIRS = re.compile(r",(?![^\[]*\])")
 
@@ -51,7 +54,7 @@ class Variant:
         return self.settings.get("agent", default)
 
     def agent_settings(self) -> dict:
-        return {k: v for k, v in self.settings.items() if k != "agent"}
+        return {k: v for k, v in self.settings.items() if k not in RUN_KEYS}
 
 
 def _check_name(name: str) -> str:
@@ -67,7 +70,16 @@ def _check_settings(name: str, settings, origin: str) -> dict:
     if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
         raise UserError(f"variant '{name}' in {origin} must be a mapping of settings "
                         "(key: value)")
+    _check_no_peer(name, settings, origin)
     return dict(settings)
+
+
+def _check_no_peer(name: str, settings: dict, origin: str) -> None:
+    """A peer library's runs are made by ``--peer``, which checks that the library is installed
+    and can run the variant: a user's variant may not set ``peer`` itself."""
+    if "peer" in settings:
+        raise UserError(f"variant '{name}' in {origin} sets peer: a peer library's runs are "
+                        "added with --peer (e.g. --peer sbx), not by a variant")
 
 
 def builtin_variants() -> dict[str, Variant]:
@@ -116,6 +128,7 @@ def parse_variant(text: str) -> Variant:
         if key in settings:
             raise UserError(f"bad --variant '{text}': {key} is given twice")
         settings[key] = value
+    _check_no_peer(name, settings, "--variant")
     return Variant(_check_name(name.strip()), settings)
 
 
@@ -164,6 +177,8 @@ def parse_sweep(text: str) -> tuple[str, list[tuple[str, object]]]:
     if key == "agent":
         raise UserError("--sweep cannot sweep agent: compare agents as variants "
                         "(--variant NAME:agent=AGENT)")
+    if key == "peer":
+        raise UserError("--sweep cannot sweep peer: add a peer library's runs with --peer")
     values = [(t, parse_setting(f"{key}={t}", f"--sweep '{text}'")[1]) for t in texts]
     seen = [v for _, v in values]
     if any(seen.count(v) > 1 for v in seen):

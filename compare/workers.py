@@ -8,13 +8,14 @@ included) is rewritten as each run finishes.
 Local runs are isolated: a run whose process dies for any reason (SIGKILL, a segfault, the OOM
 killer) is recorded as failed with the cause and the last lines of its log
 (``runs/<agent>/<env>/<variant>/seed<k>.log``), and every other run still runs. Workers die with
-the benchmark process (``PR_SET_PDEATHSIG``), so killing it leaves no orphan training on.
+the benchmark process (``PR_SET_PDEATHSIG``), so killing it leaves no orphan training on. A
+peer library's run (``benchmark --peer``) is trained by its worker in one more process, which
+never loads TensorFlow and dies with that worker.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -26,9 +27,10 @@ import traceback
 from pathlib import Path
 
 import bnrl
-from bnrl.common.errors import UserError, one_line
+from bnrl.common.errors import RunFailed, UserError, one_line
 from bnrl.common.extras import install_hint
 from bnrl.common.files import atomic_write
+from bnrl.common.processes import die_with_parent
 from bnrl.common.quiet import quiet_tensorflow
 from bnrl.compare.progress import TTY_EVERY, Running
 from bnrl.compare.records import result_problem
@@ -39,9 +41,11 @@ from bnrl.compare.results import (
     finished,
     record_from_summary,
     resolve_spec,
+    run_settings,
     settings_hash,
     write_result,
 )
+from bnrl.peers import PEERS
 from bnrl.training import checkpoint, train
 
 
@@ -109,15 +113,19 @@ def run_one(spec: RunSpec, progress: str = "none") -> dict:
     try:
         quiet_tensorflow()  # a Ray task's process imported TensorFlow unquieted
         config = resolve_spec(spec)
-        settings = deciding_settings(config)
-        resume = (Path(spec.run_dir) / "config.yaml").exists()
-        stale = Path(spec.run_dir) / "error.txt"
-        if not resume and stale.exists():
-            # An earlier attempt failed before the run started (e.g. making its env): its
-            # error.txt alone would make train() refuse the existing directory.
-            stale.unlink()
-        summary = train(config, spec.run_dir, resume=resume, progress=progress,
-                        threads=spec.threads)
+        settings = run_settings(config, spec.peer)
+        if spec.peer:
+            summary, peer_fields = _train_peer(spec, config)
+            record.update(peer_fields)
+        else:
+            resume = (Path(spec.run_dir) / "config.yaml").exists()
+            stale = Path(spec.run_dir) / "error.txt"
+            if not resume and stale.exists():
+                # An earlier attempt failed before the run started (e.g. making its env): its
+                # error.txt alone would make train() refuse the existing directory.
+                stale.unlink()
+            summary = train(config, spec.run_dir, resume=resume, progress=progress,
+                            threads=spec.threads)
         record.update(record_from_summary(summary), status="ok", run_agent=config.agent,
                       steps=config.steps, bnrl_version=bnrl.__version__,
                       settings_hash=settings_hash(settings), settings=settings,
@@ -138,6 +146,46 @@ def run_one(spec: RunSpec, progress: str = "none") -> dict:
         except OSError:
             pass  # the record carries the error; the traceback is only lost with a full disk
     return record
+
+
+# A peer library's worker: this bnrl, imported without run.py, which loads TensorFlow (SBX imports
+# SB3 and so torch, whose Adam crashes in a process where TensorFlow ran; peers.sbx).
+_PEER_WORKER = ("import importlib, importlib.util, json, sys; job = json.loads(sys.argv[1]); "
+                "sys.path[:] = job['path']; spec = importlib.util.spec_from_file_location("
+                "'bnrl', job['init'], submodule_search_locations=[job['root']]); "
+                "bnrl = importlib.util.module_from_spec(spec); sys.modules['bnrl'] = bnrl; "
+                "spec.loader.exec_module(bnrl); "
+                "importlib.import_module('bnrl.peers.' + job['peer']).worker_main(job)")
+
+
+def _train_peer(spec: RunSpec, config) -> tuple[dict, dict]:
+    """Train ``spec``'s run with its peer library (``peers``) in a process of its own, which
+    dies with this one; its summary, and the record's peer fields."""
+    peer = PEERS[spec.peer]
+    kwargs, differences = peer.arguments(config.agent, deciding_settings(config))
+    result = Path(spec.run_dir).with_name(Path(spec.run_dir).name + ".peer.json")
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.unlink(missing_ok=True)
+    package = Path(bnrl.__file__).resolve()
+    job = {"peer": spec.peer, "agent": config.agent, "kwargs": kwargs, "env": config.env,
+           "seed": config.seed, "steps": config.steps, "eval_every": config.eval_every,
+           "eval_episodes": config.eval_episodes, "max_episode_steps": config.max_episode_steps,
+           "check_finite": config.check_finite, "threads": spec.threads,
+           "run_dir": spec.run_dir, "label": f"{config.agent}/{config.env}/s{config.seed}",
+           "result": str(result), "parent": os.getpid(), "path": sys.path,
+           "init": str(package), "root": str(package.parent)}
+    proc = subprocess.run([sys.executable, "-c", _PEER_WORKER, json.dumps(job)],
+                          stdin=subprocess.DEVNULL, check=False)
+    try:
+        out = json.loads(result.read_text(encoding="utf-8"))
+        result.unlink()
+    except (OSError, ValueError):
+        out = {}
+    if "summary" not in out:
+        raise RunFailed(out.get("error") or f"the {spec.peer} worker process exited with code "
+                        f"{proc.returncode} without a result")
+    return out["summary"], {"peer_settings": kwargs, "peer_differences": differences,
+                            "peer_versions": peer.versions()}
 
 
 def _run_local(todo: list[RunSpec], workers: int, publish, progress, label) -> None:
@@ -200,19 +248,9 @@ def _start_worker(spec: RunSpec) -> subprocess.Popen:
 
 def worker_main(payload: dict) -> None:
     """A local worker process: train one run and leave its record for the benchmark."""
-    _die_with_parent(payload["parent"])
+    die_with_parent(payload["parent"])
     record = run_one(RunSpec(**payload["spec"]), progress="plain")
     atomic_write(payload["result"], json.dumps(record))
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this worker when the benchmark process dies, however it dies, so
-    that no orphan keeps training into a run directory (Linux ``PR_SET_PDEATHSIG``)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the benchmark died before the line above took effect
-        os._exit(1)
 
 
 def _worker_record(spec: RunSpec, returncode: int) -> dict:

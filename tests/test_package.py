@@ -32,7 +32,7 @@ def test_wheel_holds_only_the_bnrl_package(wheel):
     assert {n.split("/")[0] for n in names} == {"bnrl", f"{wheel.name.split('-py')[0]}.dist-info"}
     for module in ("bnrl/__init__.py", "bnrl/__main__.py", "bnrl/run.py",
                    "bnrl/agents/sac.py", "bnrl/networks/batchnorm.py", "bnrl/envs/make.py",
-                   "bnrl/training/loop.py", "bnrl/compare/grid.py",
+                   "bnrl/training/loop.py", "bnrl/compare/grid.py", "bnrl/peers/sbx.py",
                    "bnrl/configs/Pendulum-v1.yaml"):
         assert module in names
     assert not [n for n in names if n.startswith(("bnrl/tests", "bnrl/benchmarks"))]

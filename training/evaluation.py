@@ -8,39 +8,16 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 from gymnasium import error as gym_error
-from gymnasium.wrappers import RecordEpisodeStatistics, RecordVideo
+from gymnasium.wrappers import RecordVideo
 
-from bnrl.common.errors import NonFiniteValue, RunFailed, UserError, error_line
+from bnrl.common.errors import RunFailed, UserError, error_line
 from bnrl.common.extras import install_hint
 from bnrl.common.files import fsync_dir, fsync_file, temporary_directory
+from bnrl.envs.evaluate import evaluate
 from bnrl.training import checkpoint
 from bnrl.training.export import ExportedPolicy, is_export
 from bnrl.training.runs import build_agent, make_run_env, open_run
-
-
-def evaluate(agent, env, episodes: int) -> tuple[float, float]:
-    """Mean and std of the return of the deterministic policy over ``episodes`` episodes.
-
-    Args:
-      agent: acts with ``explore=False`` (BN in inference mode); an ``ExportedPolicy`` too.
-      env: an env used only for evaluation (not closed here).
-      episodes: number of episodes.
-    """
-    # Returns are counted by gymnasium's own wrapper; it closes nothing and owns no resources.
-    stats = RecordEpisodeStatistics(env, buffer_length=episodes)
-    for _ in range(episodes):
-        obs, _ = stats.reset()
-        done = False
-        while not done:
-            obs, _, terminated, truncated, _ = stats.step(agent.act(obs, explore=False))
-            done = terminated or truncated
-    returns = np.array(stats.return_queue, dtype=np.float64)
-    bad = returns[~np.isfinite(returns)]
-    if bad.size:  # never a result: with the env-boundary check off, NaN rewards end up here
-        raise NonFiniteValue(f"an evaluation episode returned {bad[0]}")
-    return float(np.mean(returns)), float(np.std(returns))
 
 
 class RunEvaluation(NamedTuple):

@@ -33,6 +33,7 @@ from bnrl.common.errors import (
 )
 from bnrl.common.files import atomic_write, lock_directory, make_dirs, remove_empty
 from bnrl.common.seeding import derive_seed
+from bnrl.envs.evaluate import EVAL_SEED_OFFSET
 from bnrl.networks import Norm
 from bnrl.training import checkpoint
 from bnrl.training.cadence import Cadence, run_round
@@ -268,7 +269,7 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
             # anew. Sub-env i of n resets with derive_seed(base, i, n): base itself for one.
             base = config.seed + 1_000_003 * state["resets"]
             obs, _ = env.reset(seed=[derive_seed(base, i, n) for i in range(n)])
-            eval_env.reset(seed=config.seed + 10_000 + 1_000_003 * state["resets"])
+            eval_env.reset(seed=config.seed + EVAL_SEED_OFFSET + 1_000_003 * state["resets"])
         except RunFailed as exc:
             raise _stopped(exc, f"at the first reset (env step {step})") from exc
         while step < config.steps and stopped_by is None:
@@ -360,7 +361,7 @@ def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: b
         # Episode returns and lengths are counted per sub-env by gymnasium's own wrapper.
         env = make_train_envs(config)
         made.append(env)
-        eval_env = make_run_env(config, config.seed + 10_000)
+        eval_env = make_run_env(config, config.seed + EVAL_SEED_OFFSET)
         made.append(eval_env)
         agent = build_agent(config, env, threads)
         made.append(agent)
