@@ -262,7 +262,8 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
         threading.excepthook = hook
 
 
-def train_group(configs: Sequence[RunConfig], run_dirs: Sequence, resume: bool = False,
+def train_group(configs: Sequence[RunConfig], run_dirs: Sequence,
+                resume: bool | Sequence[bool] = False,
                 progress: str = "none", threads: int | None = None, replay: bool = True,
                 warn=None) -> list:
     """Train runs that differ only in their seed together: one graph and session for their
@@ -273,7 +274,7 @@ def train_group(configs: Sequence[RunConfig], run_dirs: Sequence, resume: bool =
     directory, ``config.yaml``, ``metrics.csv``, TensorBoard events, checkpoints (its own,
     written atomically) and ``summary.json``, with the same numbers (bit for bit with
     ``xla=false``). Runs resumed from checkpoints at different steps step the ones behind
-    first until they are level.
+    first until they are level. ``resume``: one for all runs, or one per run.
 
     Returns:
       Per run, its summary, or the exception that stopped it (worded as ``train`` raises it,
@@ -317,9 +318,10 @@ def train_group(configs: Sequence[RunConfig], run_dirs: Sequence, resume: bool =
             return None
 
     try:
+        resumes = [resume] * len(configs) if isinstance(resume, bool) else list(resume)
         for i, (config, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
-            run = guarded(i, _Run, config, run_dir, resume, progress, threads, replay, warn, (),
-                          group.members[i])
+            run = guarded(i, _Run, config, run_dir, resumes[i], progress, threads, replay, warn,
+                          (), group.members[i])
             if run is not None:
                 runs[i] = run
                 guarded(i, run.reset)
