@@ -207,3 +207,55 @@ def test_grouped_runs_write_what_single_runs_write(tmp_path):
         assert grouped == alone
         assert len(grouped["summary"]["eval_returns"]) == 2 and grouped["summary"]["updates"]
     assert results[0]["eval_returns"] != results[1]["eval_returns"]
+
+
+def test_one_seeds_env_failure_stays_its_own(tmp_path):
+    """The env of seed 1 raises at its 120th step (tests/_failing_env.py): that run ends with
+    train's one line (env, step, what it keeps), the other seeds finish."""
+    import _failing_env
+
+    from bnrl.common.errors import EnvFailed
+    from bnrl.training.config import RunConfig
+    from bnrl.training.loop import train_group
+
+    seeds = (0, _failing_env.FAILING_SEED, 2)
+    configs = []
+    for seed in seeds:
+        config = RunConfig(agent="sac", env=f"tests._failing_env:{_failing_env.ENV_ID}",
+                           seed=seed, steps=160, eval_every=80, eval_episodes=1,
+                           checkpoint_every=80,
+                           agent_config=dict(SAC_BN, learning_starts=30))
+        config.validate()
+        configs.append(config)
+    results = train_group(configs, [tmp_path / f"s{s}" for s in seeds])
+    failed = results[1]
+    assert isinstance(failed, EnvFailed)
+    line = str(failed)
+    assert "\n" not in line and _failing_env.MESSAGE in line and "env step 120" in line
+    assert "keeps its checkpoint at step 80" in line and "--resume" in line
+    for i in (0, 2):
+        assert isinstance(results[i], dict) and results[i]["steps"] == 160
+        assert (tmp_path / f"s{seeds[i]}" / "summary.json").is_file()
+    assert not (tmp_path / "s1" / "summary.json").exists()
+
+
+def test_a_group_resumes_each_seed_from_its_own_checkpoint(tmp_path):
+    """Seed 1 was checkpointed at step 40 (a group killed between its seeds' checkpoints
+    leaves them at different steps), seed 0 has nothing: the group steps seed 0 alone up to 40,
+    then both, and each ends as the same seed resumed alone."""
+    import shutil
+
+    from bnrl.training.loop import train, train_group
+
+    train(_run_config(1, steps=40), tmp_path / "group" / "s1", progress="none")
+    shutil.copytree(tmp_path / "group" / "s1", tmp_path / "single" / "s1")
+    results = train_group([_run_config(0), _run_config(1)],
+                          [tmp_path / "group" / "s0", tmp_path / "group" / "s1"],
+                          resume=[False, True])
+    assert all(isinstance(r, dict) for r in results), results
+    assert results[1]["resumes"] == 1 and results[0]["resumes"] == 0
+    train(_run_config(0), tmp_path / "single" / "s0", progress="none")
+    train(_run_config(1), tmp_path / "single" / "s1", resume=True, progress="none")
+    for seed in (0, 1):
+        grouped, alone = (_written(tmp_path / kind / f"s{seed}") for kind in ("group", "single"))
+        assert grouped == alone
