@@ -45,10 +45,14 @@ class Agent:
       n_envs: sub-envs of the vector env it trains on (``act_batch``, ``observe_batch``): the
         replay keeps their transitions as ``n_envs`` streams (each observation still stored
         once) in ``buffer_size`` rounded down to a multiple of ``n_envs`` (as SB3 does).
+      graph: build into this graph, shared with other agents, without a session: an
+        ``agents.group.AgentGroup`` sets the variables and calls ``bind``. None: the agent's own
+        graph and session.
     """
 
     def __init__(self, algorithm: type[Algorithm], observation_space, action_space,
-                 config=None, seed: int = 0, frames: int = 1, n_envs: int = 1):
+                 config=None, seed: int = 0, frames: int = 1, n_envs: int = 1, *,
+                 graph: tf.Graph | None = None):
         self.name, self.algorithm_class = algorithm.name, algorithm
         config = config if config is not None else algorithm.config_class()
         self.config = config if config.is_resolved else config.resolved()
@@ -65,20 +69,29 @@ class Agent:
         self.buffer = algorithm.data_store(self.config, self.observation, self.head, n_envs,
                                            self.seed, self._values)
         self.env_steps = 0
-        self.graph = tf.Graph()
+        self.graph = graph if graph is not None else tf.Graph()
         with self.graph.as_default():
-            tf.compat.v1.set_random_seed(self.seed)
+            first_variable = len(tf.compat.v1.global_variables())
+            if graph is None:
+                tf.compat.v1.set_random_seed(self.seed)
             batch = self._build_placeholders()
             # Counts gradient steps; saved with the weights. It also seeds the in-graph noise of
             # each step (stateless RNG), so a restored agent draws exactly what the original
-            # would have.
-            num_updates = tf.compat.v1.train.get_or_create_global_step()
+            # would have. In a shared graph (agents.group) each agent has its own.
+            num_updates = (tf.compat.v1.train.get_or_create_global_step() if graph is None
+                           else tf.Variable(0, dtype=tf.int64, trainable=False,
+                                            name="global_step"))
             self.algorithm = algorithm(self.config, self.observation, self.head, num_updates,
                                        self.seed)
             self.networks, self.schedule = self.algorithm.networks, self.algorithm.schedule
             self.runner = UpdateRunner(self.algorithm, batch, self.name)
             self.act_output = self.networks.policy(self.obs_ph, training=False)
             self._build_obs_stats()
+            self.variables = tf.compat.v1.global_variables()[first_variable:]
+            """This agent's variables in the order they were made (the same for the same
+            settings in any graph: how ``agents.group`` matches a shared graph's to its own)."""
+            if graph is not None:  # the group starts the session (AgentGroup.start)
+                return
             init, target_init = self._build_init()
             self.saver = tf.compat.v1.train.Saver(max_to_keep=None, save_relative_paths=True)
         self.sess = new_graph_session(self.graph, self.config.intra_op_threads,
@@ -86,10 +99,7 @@ class Agent:
         self.sess.run(init)
         if target_init is not None:
             self.sess.run(target_init)
-        self.runner.bind(self.sess)
-        self._act_fn = self._build_act_fn()
-        self._numpy_act = self._build_numpy_act()
-        self._weights_changed()
+        self.bind(self.sess, self.saver)
         self.graph.finalize()
 
     # ----------------------------------------------------------------------------- graph building
@@ -134,6 +144,14 @@ class Agent:
         return init, tf.group(*[op for online, target in pairs
                                 for op in target_update_ops(online, target, 1.0, "copy")])
 
+    def bind(self, sess: tf.compat.v1.Session, saver: tf.compat.v1.train.Saver) -> None:
+        """Make the callables of acting and updating in ``sess``, whose variables are set."""
+        self.sess, self.saver = sess, saver
+        self.runner.bind(sess)
+        self._act_fn = self._build_act_fn()
+        self._numpy_act = self._build_numpy_act()
+        self._weights_changed()
+
     def _build_act_fn(self):
         # Acting runs its few ops on the caller's thread instead of handing them to the
         # inter-op pool (RunOptions.inter_op_thread_pool = -1): benchmarks/README.md has the
@@ -146,18 +164,44 @@ class Agent:
                 self.act_explore_output, [self.obs_ph], accept_options=True), options=options)
             self._observe_fn = functools.partial(self.sess.make_callable(
                 self.obs_stats_update, [self.obs_ph], accept_options=True), options=options)
-        return functools.partial(act, options=options)
+        act = functools.partial(act, options=options)
+        self._acts = {self.act_output.name: act}
+        if self.obs_stats_update is not None:
+            self._acts[self.act_explore_output.name] = self._explore_fn
+            self._acts[self.obs_stats_update.name] = self._observe_fn
+        return act
+
+    def act_fetch(self, explore: bool):
+        """What acting on a batch runs in the graph (fed ``obs_ph``): the policy's output, with
+        SimBa's statistics update before it when exploring (the update alone during the random
+        warm-up), or None for a warm-up without statistics. ``act_batch`` and an
+        ``AgentGroup``'s one acting ``sess.run`` fetch it, then call ``actions``."""
+        if not explore:
+            return self.act_output
+        warmup = self._warming_up()
+        if self.obs_stats_update is None:
+            return None if warmup else self.act_output
+        self._weights_changed()  # the statistics the numpy path copied move
+        return self.obs_stats_update if warmup else self.act_explore_output
+
+    def actions(self, out, explore: bool) -> np.ndarray:
+        """The actions of the ``n_envs`` sub-envs from what ``act_fetch`` fetched: random ones
+        during the warm-up; row ``i`` explores as ``act`` would in sub-env ``i`` (its own OU
+        noise)."""
+        if explore and self._warming_up():
+            return np.stack([self.head.random() for _ in range(self.n_envs)])
+        return np.stack([self.head.act(row, explore, self.env_steps, env)
+                         for env, row in enumerate(out)])
+
+    def _warming_up(self) -> bool:
+        return self.env_steps < self.config.learning_starts
 
     def _explore_output(self, x: np.ndarray, warmup: bool):
         """The policy's output for exploring on ``x`` (None during the random warm-up); with
         running observation statistics, their update from ``x`` runs in the same call."""
-        if self._explore_fn is None:
-            return None if warmup else self._act_fn(x)
-        self._weights_changed()  # the statistics the numpy path copied move
-        if warmup:
-            self._observe_fn(x)
-            return None
-        return self._explore_fn(x)
+        fetch = self.act_fetch(explore=True)
+        out = None if fetch is None else self._acts[fetch.name](x)
+        return None if warmup else out
 
     def _values(self, obs: np.ndarray) -> np.ndarray:
         """The acting network's outputs (Q-values for DQN and PQN) for a batch of observations,
@@ -216,15 +260,14 @@ class Agent:
         """Actions for the ``n_envs`` observations of a vector env (leading axis), one
         ``sess.run`` for all; row ``i`` explores as ``act`` would in sub-env ``i`` (its own
         OU noise). With one sub-env the draws are exactly ``act``'s."""
-        x = self._checked(obs, self.n_envs, "act_batch()")
-        if explore:
-            out = self._explore_output(x, self.env_steps < self.config.learning_starts)
-            if out is None:
-                return np.stack([self.head.random() for _ in range(self.n_envs)])
-        else:
-            out = self._act_fn(x)
-        return np.stack([self.head.act(row, explore, self.env_steps, env)
-                         for env, row in enumerate(out)])
+        x = self.checked_batch(obs)
+        fetch = self.act_fetch(explore)
+        return self.actions(None if fetch is None else self._acts[fetch.name](x), explore)
+
+    def checked_batch(self, obs) -> np.ndarray:
+        """``obs`` of the ``n_envs`` sub-envs as the policy's input, refused when it holds NaN
+        or inf (``NonFiniteValue``)."""
+        return self._checked(obs, self.n_envs, "act_batch()")
 
     def _checked(self, obs, rows: int, caller: str) -> np.ndarray:
         """``obs`` as the policy's input batch of ``rows`` observations, refused when it holds

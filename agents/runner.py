@@ -197,22 +197,14 @@ class UpdateRunner:
     # ------------------------------------------------------------------------------ running
     def bind(self, sess: tf.compat.v1.Session) -> None:
         """Make the callables of every train op in ``sess`` (after its variables are set)."""
-        phs = list(self.batch.tensors())
         self._train_fns = {}
         for phase in self.train_ops:
-            names = list(self.scalars[phase])
-            fetches = [self.counts[phase]] + [self.scalars[phase][n] for n in names]
-            log_names = names + list(self.diagnostics[phase])
-            log_fetches = fetches + list(self.diagnostics[phase].values())
-            self._train_fns[phase] = (
-                (names, sess.make_callable(fetches, phs)),
-                (log_names, sess.make_callable(log_fetches, phs)),
-            )
+            for log in (False, True):
+                names, fetches, feeds = self.update_call(phase, log)
+                self._train_fns[phase, log] = names, sess.make_callable(fetches, feeds)
         self._many_fn = None
         if self.multi is not None:
-            self._many_fn = sess.make_callable(
-                [self.multi["count"], self.multi["values"]],
-                list(self.multi["placeholders"]))
+            self._many_fn = sess.make_callable(*self.many_call())
         self._read_counter = sess.make_callable(self.num_updates)
         self.sync()
 
@@ -220,14 +212,66 @@ class UpdateRunner:
         """Read the update counter from the graph (after a restore)."""
         self.updates_done = int(self._read_counter())
 
+    def update_call(self, phase: str, log: bool) -> tuple[list[str], list, list]:
+        """``(names, fetches, feeds)`` of one update of ``phase``: the counter after it, then the
+        scalars ``names`` (with ``log``, the BN diagnostics too); fed the batch's placeholders
+        (``feed``). ``agents.group`` joins several agents' into one ``sess.run``."""
+        names = list(self.scalars[phase])
+        fetches = [self.counts[phase]] + [self.scalars[phase][n] for n in names]
+        if log:
+            names += list(self.diagnostics[phase])
+            fetches += list(self.diagnostics[phase].values())
+        return names, fetches, list(self.batch.tensors())
+
+    def feed(self, batch: dict) -> list[np.ndarray]:
+        """``batch``'s arrays in the order of ``update_call``'s feeds."""
+        return [batch[key] for key in self.batch.names()]
+
+    def phase(self) -> str:
+        """The schedule's phase of the next update."""
+        return self.schedule.phase(self.updates_done)
+
+    def updated(self, names: list[str], results: Sequence) -> dict[str, float]:
+        """The scalars of an update from what its ``update_call`` fetched, by name; the counter
+        moves to the one fetched."""
+        count, *values = results
+        self.updates_done = int(count)
+        return {n: float(np.mean(v)) for n, v in zip(names, values, strict=True)}
+
     def update(self, batch: dict, log: bool = False) -> dict[str, float]:
         """One gradient step on ``batch`` (arrays ``obs, action, reward, next_obs, done``): a
         single ``sess.run`` of the phase the schedule gives this update; with ``log``, also
         the BN diagnostics and the train/eval gap read from this very step."""
-        names, fn = self._train_fns[self.schedule.phase(self.updates_done)][1 if log else 0]
-        count, *values = fn(*[batch[key] for key in self.batch.names()])
+        names, fn = self._train_fns[self.phase(), log]
+        return self.updated(names, fn(*self.feed(batch)))
+
+    def many_call(self) -> tuple[list, list]:
+        """``(fetches, feeds)`` of the multi-update loop: the counter after it and the steps'
+        scalars, fed the stacked batches (``feed_many``).
+
+        Raises:
+          RuntimeError: the agent was built with ``gradient_steps = 1`` (no loop in its graph).
+        """
+        if self.multi is None:
+            raise RuntimeError(f"{self.name}: update_many needs an agent built with "
+                               "gradient_steps > 1 (the multi-update loop is built only then)")
+        return [self.multi["count"], self.multi["values"]], list(self.multi["placeholders"])
+
+    def feed_many(self, block: Sequence[dict]) -> list[np.ndarray]:
+        """The batches of one call of the loop, stacked in the order of ``many_call``'s feeds."""
+        return [np.stack([b[key] for b in block]) for key in self.batch.names()]
+
+    def updated_many(self, results: Sequence) -> list[dict[str, float]]:
+        """Per step, the scalars of the phase that step ran, from what ``many_call`` fetched;
+        the counter moves to the one fetched."""
+        count, values = results
+        names, first = self.multi["names"], self.updates_done
+        out = []
+        for i, row in enumerate(values):
+            phase = self.schedule.phase(first + i)
+            out.append({n: float(row[names.index(n)]) for n in self.scalars[phase]})
         self.updates_done = int(count)
-        return {n: float(np.mean(v)) for n, v in zip(names, values, strict=True)}
+        return out
 
     def update_many(self, batches: Sequence[dict]) -> list[dict[str, float]]:
         """One gradient step per batch, all in one ``sess.run`` of the multi-update loop; the
@@ -239,21 +283,13 @@ class UpdateRunner:
         Raises:
           RuntimeError: the agent was built with ``gradient_steps = 1`` (no loop in its graph).
         """
-        if self.multi is None:
-            raise RuntimeError(f"{self.name}: update_many needs an agent built with "
-                               "gradient_steps > 1 (the multi-update loop is built only then)")
-        names, out = self.multi["names"], []
-        for block in self._warmup_blocks(list(batches)):
-            first = self.updates_done
-            count, values = self._many_fn(*[np.stack([b[key] for b in block])
-                                            for key in self.batch.names()])
-            for i, row in enumerate(values):
-                phase = self.schedule.phase(first + i)
-                out.append({n: float(row[names.index(n)]) for n in self.scalars[phase]})
-            self.updates_done = int(count)
+        self.many_call()  # refuses an agent without the loop
+        out = []
+        for block in self.warmup_blocks(list(batches)):
+            out += self.updated_many(self._many_fn(*self.feed_many(block)))
         return out
 
-    def _warmup_blocks(self, batches: list) -> list[list]:
+    def warmup_blocks(self, batches: list) -> list[list]:
         """``batches`` split where update ``renorm_warmup`` starts: the loop reads Batch
         Renorm's warm-up clipping once per call."""
         cut = self.config.renorm_warmup - self.updates_done

@@ -102,6 +102,10 @@ def add_benchmark_commands(sub, positive_int) -> None:
     bench.add_argument("--extend", action="store_true",
                        help="grow an existing benchmark in --out with new agents/envs/variants/"
                        "seeds or a new step budget")
+    bench.add_argument("--seeds-per-process", type=positive_int, default=1, metavar="K",
+                       help="train up to K seeds of one agent, env and variant together in one "
+                       "process, one graph and one TensorFlow call per step (results do not "
+                       "depend on K; default 1)")
     bench.add_argument("--backend", choices=("local", "ray"), default="local",
                        help="local worker processes, or tasks on a Ray cluster")
     bench.add_argument("--address", help="Ray cluster address (with --backend ray)")
@@ -284,7 +288,8 @@ def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
 
     if progress is not None:
         print(f"benchmark: {len(specs)} runs in {out} with {workers} workers", flush=True)
-    runs = run_grid(specs, out, workers, args.backend, args.address, on_result, progress)
+    runs = run_grid(specs, out, workers, args.backend, args.address, on_result, progress,
+                    args.seeds_per_process)
     if progress is not None:
         progress.clear()
     report = report_directory(out)

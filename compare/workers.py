@@ -46,14 +46,17 @@ from bnrl.compare.results import (
     write_result,
 )
 from bnrl.peers import PEERS
-from bnrl.training import checkpoint, train
+from bnrl.training import checkpoint, train, train_group
 
 
 def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "local",
-             address: str | None = None, on_result=None, progress=None) -> list[dict]:
+             address: str | None = None, on_result=None, progress=None,
+             seeds_per_process: int = 1) -> list[dict]:
     """Run every unfinished spec; write its result file and ``results.json`` after each; return
     all records. Refuses (UserError) before running anything if a result file does not match.
-    ``progress`` (a ``progress.GridProgress``) is kept up to date with the workers or Ray tasks."""
+    ``progress`` (a ``progress.GridProgress``) is kept up to date with the workers or Ray tasks.
+    ``seeds_per_process``: unfinished seeds of one cell and variant train together, this many
+    in one process (``run_unit``); the records do not depend on it."""
     records: dict[str, dict] = {}
     todo = []
     for spec in specs:
@@ -93,10 +96,25 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
     if not todo:
         write_results()
     elif backend == "ray":
-        _run_ray(todo, address, publish, progress, label)
+        _run_ray(_units(todo, seeds_per_process), address, publish, progress, label)
     else:
-        _run_local(todo, workers, publish, progress, label)
+        _run_local(_units(todo, seeds_per_process), workers, publish, progress, label)
     return [records[k] for k in order]
+
+
+def _units(todo: list[RunSpec], k: int) -> list[list[RunSpec]]:
+    """``todo`` (in its order) as the runs each process trains: up to ``k`` seeds of one cell
+    and variant together, each unit where its first run stood. A peer library's run is a unit
+    of its own (its library trains one seed a process)."""
+    units: list[list[RunSpec]] = []
+    filling: dict[tuple, list[RunSpec]] = {}
+    for spec in todo:
+        unit = filling.get((spec.agent, spec.env, spec.variant))
+        if unit is None or len(unit) == k or spec.peer:
+            unit = filling[spec.agent, spec.env, spec.variant] = []
+            units.append(unit)
+        unit.append(spec)
+    return units
 
 
 def _running(spec: RunSpec, label, started: float) -> Running:
@@ -109,43 +127,78 @@ def _running(spec: RunSpec, label, started: float) -> Running:
 def run_one(spec: RunSpec, progress: str = "none") -> dict:
     """Train one grid run (in a worker process) and return its result record; never raises.
     ``progress``: ``train``'s (a local worker logs plain lines, which the grid's line reads)."""
-    record = base_record(spec)
-    try:
-        quiet_tensorflow()  # a Ray task's process imported TensorFlow unquieted
-        config = resolve_spec(spec)
-        settings = run_settings(config, spec.peer)
-        if spec.peer:
-            summary, peer_fields = _train_peer(spec, config)
-            record.update(peer_fields)
-        else:
+    return run_unit([spec], progress)[0]
+
+
+def run_unit(specs: list[RunSpec], progress: str = "none") -> list[dict]:
+    """Train grid runs of one cell and variant in this process and return their result
+    records; never raises. One run trains alone (``train``, or its peer library's worker);
+    several, the seeds of ``--seeds-per-process``, train together (``training.train_group``:
+    one graph, one ``sess.run`` per step), each writing what it would alone, and one's failure
+    is its own."""
+    records = [base_record(spec) for spec in specs]
+    ready = {}  # index -> (config, settings, resume)
+    for i, spec in enumerate(specs):
+        try:
+            quiet_tensorflow()  # a Ray task's process imported TensorFlow unquieted
+            config = resolve_spec(spec)
             resume = (Path(spec.run_dir) / "config.yaml").exists()
             stale = Path(spec.run_dir) / "error.txt"
             if not resume and stale.exists():
                 # An earlier attempt failed before the run started (e.g. making its env): its
                 # error.txt alone would make train() refuse the existing directory.
                 stale.unlink()
-            summary = train(config, spec.run_dir, resume=resume, progress=progress,
-                            threads=spec.threads)
-        record.update(record_from_summary(summary), status="ok", run_agent=config.agent,
-                      steps=config.steps, bnrl_version=bnrl.__version__,
-                      settings_hash=settings_hash(settings), settings=settings,
-                      variant_settings=dict(spec.settings))
-        problem = result_problem(record)
-        if problem is not None:  # no result file: a rerun tries it again
-            record.update(status="failed", error=f"the run ended without a finite result "
-                          f"({problem})")
-        error_file = Path(spec.run_dir) / "error.txt"
-        if error_file.exists():
-            error_file.unlink()
+            ready[i] = (config, run_settings(config, spec.peer), resume)
+        except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the grid
+            _failed(records[i], spec, exc)
+    outcomes = {}
+    try:
+        if len(specs) == 1 and ready and specs[0].peer:
+            summary, peer_fields = _train_peer(specs[0], ready[0][0])
+            records[0].update(peer_fields)
+            outcomes[0] = summary
+        elif len(specs) == 1 and ready:
+            config, _, resume = ready[0]
+            outcomes[0] = train(config, specs[0].run_dir, resume=resume, progress=progress,
+                                threads=specs[0].threads)
+        elif ready:
+            order = list(ready)
+            outcomes.update(zip(order, train_group(
+                [ready[i][0] for i in order], [specs[i].run_dir for i in order],
+                resume=[ready[i][2] for i in order], progress=progress,
+                threads=specs[order[0]].threads), strict=True))
     except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the grid
-        lines = str(exc).strip().splitlines()
-        record["error"] = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-        try:
-            Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
-            atomic_write(Path(spec.run_dir) / "error.txt", traceback.format_exc())
-        except OSError:
-            pass  # the record carries the error; the traceback is only lost with a full disk
-    return record
+        outcomes = dict.fromkeys(ready, exc)
+    for i, outcome in outcomes.items():
+        if isinstance(outcome, BaseException):
+            _failed(records[i], specs[i], outcome)
+        else:
+            _finished(records[i], specs[i], *ready[i][:2], outcome)
+    return records
+
+
+def _finished(record: dict, spec: RunSpec, config, settings: dict, summary: dict) -> None:
+    record.update(record_from_summary(summary), status="ok", run_agent=config.agent,
+                  steps=config.steps, bnrl_version=bnrl.__version__,
+                  settings_hash=settings_hash(settings), settings=settings,
+                  variant_settings=dict(spec.settings))
+    problem = result_problem(record)
+    if problem is not None:  # no result file: a rerun tries it again
+        record.update(status="failed", error=f"the run ended without a finite result "
+                      f"({problem})")
+    error_file = Path(spec.run_dir) / "error.txt"
+    if error_file.exists():
+        error_file.unlink()
+
+
+def _failed(record: dict, spec: RunSpec, exc: BaseException) -> None:
+    lines = str(exc).strip().splitlines()
+    record["error"] = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    try:
+        Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(spec.run_dir) / "error.txt", "".join(traceback.format_exception(exc)))
+    except OSError:
+        pass  # the record carries the error; the traceback is only lost with a full disk
 
 
 # A peer library's worker: this bnrl, imported without run.py, which loads TensorFlow (SBX imports
@@ -188,30 +241,35 @@ def _train_peer(spec: RunSpec, config) -> tuple[dict, dict]:
                             "peer_versions": peer.versions()}
 
 
-def _run_local(todo: list[RunSpec], workers: int, publish, progress, label) -> None:
-    """Run each spec in a fresh Python process of its own, ``workers`` at a time.
+def _run_local(units: list[list[RunSpec]], workers: int, publish, progress, label) -> None:
+    """Run each unit (one run, or seeds trained together) in a fresh Python process of its
+    own, ``workers`` at a time.
 
-    One process per run, not a process pool: a pool breaks when one worker dies (SIGKILL, a
-    segfault, the OOM killer) and fails every run queued behind it (issue 11). Each run's
+    One process per unit, not a process pool: a pool breaks when one worker dies (SIGKILL, a
+    segfault, the OOM killer) and fails every run queued behind it (issue 11). Each unit's
     memory also goes back to the system when it ends. Stopping (Ctrl-C) stops the workers.
     """
-    queue, running, status = list(todo), {}, {}
+    queue, running, status = list(units), {}, {}
     try:
         while queue or running:
             while queue and len(running) < workers:
-                spec = queue.pop(0)
-                proc = _start_worker(spec)
-                running[proc] = spec
-                status[proc] = _running(spec, label, time.time())
+                unit = queue.pop(0)
+                proc = _start_worker(unit)
+                running[proc] = unit
+                status[proc] = [_running(spec, label, time.time()) for spec in unit]
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
-                spec = running.pop(proc)
+                unit = running.pop(proc)
                 status.pop(proc)
-                publish(_worker_record(spec, proc.returncode), spec)
+                for spec in unit:
+                    publish(_worker_record(spec, proc.returncode, _log_file(unit[0])), spec)
             if progress is not None and progress.due() and (queue or running):
-                for proc, spec in running.items():
-                    status[proc].read_log(_log_tail_text(_log_file(spec)))
-                progress.show(list(status.values()), sum(s.steps for s in queue), len(queue))
+                for proc, unit in running.items():
+                    for line in status[proc]:
+                        line.read_log(_log_tail_text(_log_file(unit[0])))
+                progress.show([line for lines in status.values() for line in lines],
+                              sum(s.steps for unit in queue for s in unit),
+                              sum(len(unit) for unit in queue))
     finally:
         _stop(list(running))
 
@@ -234,11 +292,14 @@ def _handoff_file(spec: RunSpec) -> Path:
     return Path(spec.run_dir).with_name(Path(spec.run_dir).name + ".result.json")
 
 
-def _start_worker(spec: RunSpec) -> subprocess.Popen:
-    log = _log_file(spec)
+def _start_worker(unit: list[RunSpec]) -> subprocess.Popen:
+    """A worker process for ``unit``, logging to its first run's log."""
+    log = _log_file(unit[0])
     log.parent.mkdir(parents=True, exist_ok=True)
-    _handoff_file(spec).unlink(missing_ok=True)
-    payload = {"spec": dataclasses.asdict(spec), "result": str(_handoff_file(spec)),
+    for spec in unit:
+        _handoff_file(spec).unlink(missing_ok=True)
+    payload = {"specs": [dataclasses.asdict(spec) for spec in unit],
+               "results": [str(_handoff_file(spec)) for spec in unit],
                "parent": os.getpid(), "path": sys.path}
     run_py = Path(bnrl.__file__).with_name("run.py")
     with open(log, "wb") as out:  # a log stream, not a result: no atomic write
@@ -247,14 +308,16 @@ def _start_worker(spec: RunSpec) -> subprocess.Popen:
 
 
 def worker_main(payload: dict) -> None:
-    """A local worker process: train one run and leave its record for the benchmark."""
+    """A local worker process: train its runs and leave each record for the benchmark."""
     die_with_parent(payload["parent"])
-    record = run_one(RunSpec(**payload["spec"]), progress="plain")
-    atomic_write(payload["result"], json.dumps(record))
+    records = run_unit([RunSpec(**spec) for spec in payload["specs"]], progress="plain")
+    for record, result in zip(records, payload["results"], strict=True):
+        atomic_write(result, json.dumps(record))
 
 
-def _worker_record(spec: RunSpec, returncode: int) -> dict:
-    """The record a worker left, or a failed record saying how its process ended."""
+def _worker_record(spec: RunSpec, returncode: int, log: Path) -> dict:
+    """The record a worker left, or a failed record saying how its process ended (with the
+    last lines of its ``log``)."""
     result = _handoff_file(spec)
     if returncode == 0:
         try:
@@ -272,10 +335,10 @@ def _worker_record(spec: RunSpec, returncode: int) -> dict:
             cause += " (out of memory, or killed)"
     else:
         cause = f"exited with code {returncode} without a result"
-    tail = _log_tail(_log_file(spec))
+    tail = _log_tail(log)
     return base_record(spec, error=f"worker process {cause}"
                        + (f"; last log lines: {tail}" if tail else "")
-                       + f" (log: {_log_file(spec)})")
+                       + f" (log: {log})")
 
 
 def _log_tail_text(log: Path, size: int = 4096) -> str:
@@ -307,16 +370,18 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def _ray_task(spec: RunSpec) -> dict:
-    """A Ray task: one run, its plain progress lines in its log beside its run directory (on
-    the shared file system the Ray backend needs), where the grid's line reads them."""
-    log = _log_file(spec)
+def _ray_task(unit: list[RunSpec]) -> list[dict]:
+    """A Ray task: one unit, its plain progress lines in its first run's log beside that run's
+    directory (on the shared file system the Ray backend needs), where the grid's line reads
+    them."""
+    log = _log_file(unit[0])
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
-        return run_one(spec, progress="plain")
+        return run_unit(unit, progress="plain")
 
 
-def _run_ray(todo: list[RunSpec], address: str | None, publish, progress, label) -> None:
+def _run_ray(units: list[list[RunSpec]], address: str | None, publish, progress,
+             label) -> None:
     try:
         import ray  # optional: the ray extra
     except ImportError:
@@ -329,9 +394,9 @@ def _run_ray(todo: list[RunSpec], address: str | None, publish, progress, label)
             raise UserError(f"cannot connect to Ray at {address or 'a new local cluster'}: "
                             f"{first}") from None
     remote = ray.remote(_ray_task)
-    for spec in todo:  # a log left by an earlier sitting is not this one's progress
-        _log_file(spec).unlink(missing_ok=True)
-    refs = {remote.options(num_cpus=spec.threads).remote(spec): spec for spec in todo}
+    for unit in units:  # a log left by an earlier sitting is not this one's progress
+        _log_file(unit[0]).unlink(missing_ok=True)
+    refs = {remote.options(num_cpus=unit[0].threads).remote(unit): unit for unit in units}
     status: dict = {}
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1, timeout=TTY_EVERY)
@@ -339,24 +404,26 @@ def _run_ray(todo: list[RunSpec], address: str | None, publish, progress, label)
             if progress is not None and progress.due():
                 _show_ray_progress(refs, status, progress, label)
             continue
-        spec = refs.pop(done[0])
+        unit = refs.pop(done[0])
         status.pop(done[0], None)
         try:
-            record = ray.get(done[0])
+            records = ray.get(done[0])
         except Exception as exc:  # noqa: BLE001 - the task's worker died
-            record = base_record(spec, error=f"ray task failed: {type(exc).__name__}: "
-                                 f"{one_line(exc, 300)}")
-        publish(record, spec)
+            records = [base_record(spec, error=f"ray task failed: {type(exc).__name__}: "
+                                   f"{one_line(exc, 300)}") for spec in unit]
+        for record, spec in zip(records, unit, strict=True):
+            publish(record, spec)
 
 
 def _show_ray_progress(refs: dict, status: dict, progress, label) -> None:
     """The grid line of a Ray grid: Ray says which tasks ended, not which started, so a run
     counts as running once its task has opened its log, queued until then."""
-    for ref, spec in refs.items():
-        log = _log_file(spec)
+    for ref, unit in refs.items():
+        log = _log_file(unit[0])
         if ref not in status and log.exists():
-            status[ref] = _running(spec, label, time.time())
-        if ref in status:
-            status[ref].read_log(_log_tail_text(log))
-    queued = [spec for ref, spec in refs.items() if ref not in status]
-    progress.show(list(status.values()), sum(s.steps for s in queued), len(queued))
+            status[ref] = [_running(spec, label, time.time()) for spec in unit]
+        for line in status.get(ref, []):
+            line.read_log(_log_tail_text(log))
+    queued = [spec for ref, unit in refs.items() if ref not in status for spec in unit]
+    progress.show([line for lines in status.values() for line in lines],
+                  sum(s.steps for s in queued), len(queued))

@@ -195,6 +195,23 @@ def test_small_grid_writes_results_report_figures_and_run_dirs(small_grid, capsy
         assert "mean return" in stdout
 
 
+def test_seeds_trained_together_give_the_same_records(small_grid, config_file, capsys,
+                                                     tmp_path):
+    """--seeds-per-process 2: each variant's two seeds train in one process, one graph and one
+    sess.run per step (issue 29); every record equals the one-process-per-seed grid's (xla is
+    off in CONFIG: bit for bit) but for timings and where it ran, and so does the report."""
+    out = tmp_path / "out"
+    rc, stdout, _ = _bench(capsys, [*_grid_args(out, config_file), "--seeds-per-process", "2"])
+    assert rc == 0, stdout
+
+    def results(records):
+        return [{k: v for k, v in r.items() if k not in ("wall_time_s", "updates_per_second",
+                                                            "run_dir")} for r in records]
+
+    assert results(_runs(out)) == results(json.loads(small_grid["results"])["runs"])
+    assert all(r["status"] == "ok" for r in _runs(out))
+
+
 # --------------------------------------------------------------------------- #
 # 2. Rerunning the same command skips every finished run
 # --------------------------------------------------------------------------- #
@@ -955,8 +972,10 @@ def test_results_json_is_rewritten_after_each_run(monkeypatch, tmp_path):
     specs = grid.plan(tmp_path, ["sac"], ["Pendulum-v1"], ["none", "batch"], 2, 300)
     seen = []
 
-    def fake_local(todo, workers, publish, progress=None, label=None):
+    def fake_local(units, workers, publish, progress=None, label=None):
         # Started seed by seed: every variant's seed 0 first (a stopped grid stays balanced).
+        assert all(len(unit) == 1 for unit in units)
+        todo = [unit[0] for unit in units]
         assert [(s.variant, s.seed) for s in todo] == [
             ("none", 0), ("batch", 0), ("none", 1), ("batch", 1)]
         for spec in reversed(todo):  # completion order differs from grid order

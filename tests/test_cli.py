@@ -274,6 +274,8 @@ BAD = [
         in_subprocess=False),
     Bad("steps-not-a-number", ["train", "--steps", "abc"], ["--steps", "abc", "positive"],
         in_subprocess=False),
+    Bad("seeds-per-process-zero", ["benchmark", "--seeds-per-process", "0"],
+        ["--seeds-per-process", "0", "positive"], in_subprocess=False),
     Bad("config-missing", ["train", "--config", "{d}/nope.yaml", *_QUICK],
         ["nope.yaml", "not found"], in_subprocess=False),
     Bad("config-malformed", ["train", "--config", "{d}/c.yaml", *_QUICK],

@@ -92,7 +92,7 @@ def test_a_ray_grid_shows_the_runs_whose_task_started(tmp_path):
     workers._log_file(specs[0]).write_text("[none s0] step 100/200 eval=-5.0\n")
     stream = io.StringIO()
     grid = gp.GridProgress(2, workers=2, stream=stream, tty=False)
-    refs, status = {"ref-a": specs[0], "ref-b": specs[1]}, {}
+    refs, status = {"ref-a": [specs[0]], "ref-b": [specs[1]]}, {}
     workers._show_ray_progress(refs, status, grid, lambda s: f"{s.variant} s{s.seed}")
     line = stream.getvalue()
     # Started (its task opened its log): running, at its step; the other queued.

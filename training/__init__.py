@@ -3,7 +3,7 @@
 from bnrl.common.errors import EnvFailed, NonFiniteLoss, NonFiniteValue, RunFailed, UserError
 from bnrl.training.config import RunConfig, resolve
 from bnrl.training.evaluation import evaluate, evaluate_run
-from bnrl.training.loop import train
+from bnrl.training.loop import train, train_group
 
 __all__ = ["EnvFailed", "NonFiniteLoss", "NonFiniteValue", "RunConfig", "RunFailed", "UserError",
-           "evaluate", "evaluate_run", "resolve", "train"]
+           "evaluate", "evaluate_run", "resolve", "train", "train_group"]

@@ -85,3 +85,19 @@ def run_round(agent, k: int, log: bool) -> tuple[list[dict], dict | None]:
         logged = agent.train_step(log=True)
         scalars.append(logged)
     return scalars, logged
+
+
+def run_group_round(group, members: list[int], k: int,
+                    log: bool) -> list[tuple[list[dict], dict | None]]:
+    """``run_round`` for ``members`` of an ``agents.group.AgentGroup`` in lockstep: the same
+    updates, each ``sess.run`` running all members' at once; each member's
+    ``(scalars, logged)``."""
+    unlogged = k - 1 if log else k
+    if group.config.gradient_steps > 1:
+        scalars = group.train_steps(unlogged, members)
+    else:
+        steps = [group.train_step(members=members) for _ in range(unlogged)]
+        scalars = [[step[j] for step in steps] for j in range(len(members))]
+    logged = group.train_step(log=True, members=members) if log else [None] * len(members)
+    return [(values + ([last] if last is not None else []), last)
+            for values, last in zip(scalars, logged, strict=True)]

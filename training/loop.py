@@ -16,6 +16,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,18 @@ from bnrl.common.seeding import derive_seed
 from bnrl.envs.evaluate import EVAL_SEED_OFFSET
 from bnrl.networks import Norm
 from bnrl.training import checkpoint
-from bnrl.training.cadence import Cadence, run_round
+from bnrl.training.cadence import Cadence, run_group_round, run_round
 from bnrl.training.callbacks import Evaluation, stopping
 from bnrl.training.config import RESUMABLE, RunConfig, changed_settings, from_dict, read_yaml
 from bnrl.training.evaluation import evaluate
 from bnrl.training.logger import ScalarLogger, flatten_settings
-from bnrl.training.runs import build_agent, check_run, make_run_env, make_train_envs
+from bnrl.training.runs import (
+    build_agent,
+    build_group,
+    check_run,
+    make_run_env,
+    make_train_envs,
+)
 
 # Scalars kept in summary.json for the benchmark's bn_stats.png.
 _BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
@@ -231,131 +238,322 @@ def train(config: RunConfig, run_dir, resume: bool = False, progress: str = "aut
       StorageError: a file could not be written; the run resumes from its last checkpoint.
       KeyboardInterrupt: with a message saying what was kept and how to continue.
     """
-    run_dir = Path(run_dir)
-    check_run(config)  # a bad env or a too big replay fails before anything is written
-    held = prepare_run_dir(run_dir, config, resume)
-    for message in config.warnings() if warn is not None else ():
-        warn(message)
     hook = threading.excepthook
     threading.excepthook = _quiet_event_writer_thread(hook)
     try:
-        env, eval_env, agent, state, ckpt, logger = _start(config, held, threads, replay)
-    except BaseException as exc:
-        held.discard()
-        held.release()
+        run = _Run(config, run_dir, resume, progress, threads, replay, warn, callbacks)
+        try:
+            run.reset()
+            while run.going():
+                run.step(run.agent.act_batch(run.checked_obs(), explore=True))
+                k, log = run.due()
+                if k:
+                    t0 = time.perf_counter()
+                    run.updated(*run_round(run.agent, k, log), time.perf_counter() - t0)
+                run.after_step()
+            return run.finish()
+        except BaseException as exc:
+            failure = run.failure(exc)
+            if failure is exc:
+                raise
+            raise failure  # noqa: B904 - its cause is set as the one line's (_caused)
+        finally:
+            run.close()
+    finally:
         threading.excepthook = hook
-        raise _start_failure(exc, held) from None
-    if logger.unreadable_rows and warn is not None:
-        warn(f"dropped {logger.unreadable_rows} unreadable row(s) of {run_dir / 'metrics.csv'}; "
-             "the evaluations that parse are kept")
-    step = agent.env_steps
-    bar = Progress(config.steps, step, progress, f"{config.agent}/{config.env}/s{config.seed}")
-    if ckpt is not None:
-        bar.write(f"resumed {run_dir} from step {step} ({ckpt.name})")
-    elif resume:
-        bar.write(f"no complete checkpoint in {run_dir}: starting from step 0")
-    started = time.time() - state["wall_time_s"]
-    since_log = {"time": time.time(), "step": step, "updates": agent.updates_done}
-    train_time = state["train_time_s"]
-    last_eval = state["eval_returns"][-1] if state["eval_returns"] else None
-    stopped_by = None
-    n = config.n_envs
-    cadence = Cadence.of(agent.config, config.log_every, n)
+
+
+def train_group(configs: Sequence[RunConfig], run_dirs: Sequence,
+                resume: bool | Sequence[bool] = False,
+                progress: str = "none", threads: int | None = None, replay: bool = True,
+                warn=None) -> list:
+    """Train runs that differ only in their seed together: one graph and session for their
+    agents (``agents.group.AgentGroup``), one ``sess.run`` per step for all their acts and
+    one per update (per round with ``gradient_steps > 1``). Issue 29.
+
+    Each run is what ``train(configs[i], run_dirs[i], ...)`` would make of it: the same
+    directory, ``config.yaml``, ``metrics.csv``, TensorBoard events, checkpoints (its own,
+    written atomically) and ``summary.json``, with the same numbers (bit for bit with
+    ``xla=false``). Runs resumed from checkpoints at different steps step the ones behind
+    first until they are level. ``resume``: one for all runs, or one per run.
+
+    Returns:
+      Per run, its summary, or the exception that stopped it (worded as ``train`` raises it,
+      one line for a fault of the run): one run's failure (env error, non-finite loss, a
+      directory in use) stops that run only.
+
+    Raises:
+      UserError: the runs differ in more than their seed, or their env cannot be made.
+      KeyboardInterrupt: naming what every run kept.
+    """
+    if not configs or len(configs) != len(run_dirs):
+        raise ValueError("train_group needs one run directory per config")
+    base = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
+    for config in configs[1:]:
+        if {k: v for k, v in config.to_dict().items() if k != "seed"} != base:
+            raise UserError(f"runs trained together must differ only in their seed: "
+                            f"{configs[0].agent} on {configs[0].env} seed {configs[0].seed} and "
+                            f"seed {config.seed} differ in {changed_settings(configs[0], config)}")
+    check_run(configs[0])
+    env = make_run_env(configs[0], configs[0].seed)
     try:
+        group = build_group(configs, env, threads)
+    finally:
+        env.close()
+    results: list = [None] * len(configs)
+    runs: dict[int, _Run] = {}
+    hook = threading.excepthook
+    threading.excepthook = _quiet_event_writer_thread(hook)
+
+    def guarded(i: int, step, *args):
+        """``step(*args)`` of run ``i``; a failure (but Ctrl-C) ends that run only."""
+        try:
+            return step(*args)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every run's failure is its own
+            run = runs.pop(i, None)
+            results[i] = run.failure(exc) if run is not None else exc
+            if run is not None:
+                run.close()
+            return None
+
+    try:
+        resumes = [resume] * len(configs) if isinstance(resume, bool) else list(resume)
+        for i, (config, run_dir) in enumerate(zip(configs, run_dirs, strict=True)):
+            run = guarded(i, _Run, config, run_dir, resumes[i], progress, threads, replay, warn,
+                          (), group.members[i])
+            if run is not None:
+                runs[i] = run
+                guarded(i, run.reset)
+        while True:
+            going = [i for i, run in runs.items() if run.going()]
+            if not going:
+                break
+            low = min(runs[i].env_steps for i in going)
+            behind = [i for i in going if runs[i].env_steps == low]
+            obs = {i: guarded(i, runs[i].checked_obs) for i in behind}
+            behind = [i for i in behind if i in runs]
+            actions = group.act_batch([obs[i] for i in behind], explore=True, members=behind)
+            for i, action in zip(behind, actions, strict=True):
+                guarded(i, runs[i].step, action)
+            behind = [i for i in behind if i in runs]
+            rounds: dict = {}
+            for i in behind:
+                rounds.setdefault(runs[i].due(), []).append(i)
+            for (k, log), members in rounds.items():
+                if not k:
+                    continue
+                t0 = time.perf_counter()
+                done = run_group_round(group, members, k, log)
+                seconds = (time.perf_counter() - t0) / len(members)
+                for i, (scalars, logged) in zip(members, done, strict=True):
+                    guarded(i, runs[i].updated, scalars, logged, seconds)
+            for i in [i for i in behind if i in runs]:
+                guarded(i, runs[i].after_step)
+        for i in list(runs):
+            results[i] = guarded(i, runs[i].finish)
+    except KeyboardInterrupt:
+        kept = "; ".join(str(runs[i].failure(KeyboardInterrupt())) for i in runs)
+        raise KeyboardInterrupt(kept or "interrupted") from None
+    finally:
+        for run in runs.values():
+            run.close()
+        group.close()
+        threading.excepthook = hook
+    return results
+
+
+class _Run:
+    """One run as the loop steps it: its directory, envs, agent, loop state, logger and bar.
+
+    ``train`` steps one; ``train_group`` steps the seeds of a group together, their agents
+    updated and acting in one ``sess.run`` (``agents.group``), each run writing what it would
+    alone. Made by ``__init__`` (checked, directory locked, started or restored); then
+    ``reset``, and per vector step ``checked_obs`` / ``step`` / ``due`` / ``updated`` /
+    ``after_step`` while ``going``; ``finish`` writes the summary; ``failure`` words what a
+    step raised as the run's one line; ``close`` always.
+    """
+
+    def __init__(self, config: RunConfig, run_dir, resume: bool, progress: str,
+                 threads: int | None, replay: bool, warn, callbacks, member=None):
+        self.config, self.callbacks, self.run_dir = config, callbacks, Path(run_dir)
+        self.closed, self.owns_agent = False, member is None
+        check_run(config)  # a bad env or a too big replay fails before anything is written
+        self.held = held = prepare_run_dir(self.run_dir, config, resume)
+        for message in config.warnings() if warn is not None else ():
+            warn(message)
+        try:
+            (self.env, self.eval_env, self.agent, self.state, ckpt,
+             self.logger) = _start(config, held, threads, replay, member)
+        except BaseException as exc:
+            held.discard()
+            held.release()
+            raise _start_failure(exc, held) from None
+        if self.logger.unreadable_rows and warn is not None:
+            warn(f"dropped {self.logger.unreadable_rows} unreadable row(s) of "
+                 f"{self.run_dir / 'metrics.csv'}; the evaluations that parse are kept")
+        self.env_steps = step = self.agent.env_steps
+        self.bar = Progress(config.steps, step, progress,
+                            f"{config.agent}/{config.env}/s{config.seed}")
+        if ckpt is not None:
+            self.bar.write(f"resumed {self.run_dir} from step {step} ({ckpt.name})")
+        elif resume:
+            self.bar.write(f"no complete checkpoint in {self.run_dir}: starting from step 0")
+        state = self.state
+        self.started = time.time() - state["wall_time_s"]
+        self.since_log = {"time": time.time(), "step": step, "updates": self.agent.updates_done}
+        self.train_time = state["train_time_s"]
+        self.last_eval = state["eval_returns"][-1] if state["eval_returns"] else None
+        self.stopped_by = None
+        self.n = config.n_envs
+        self.cadence = Cadence.of(self.agent.config, config.log_every, self.n)
+
+    def reset(self) -> None:
+        """A fresh episode on every (re)start; the seed moves on so a resumed run explores
+        anew. Sub-env i of n resets with derive_seed(base, i, n): base itself for one."""
+        config, n, resets = self.config, self.n, self.state["resets"]
         # Each env call is its own try block (free while nothing is raised), so that a fault
         # the env boundary reports (envs.EnvBoundary) names the step it happened at.
         try:
-            # A fresh episode on every (re)start; the seed moves on so a resumed run explores
-            # anew. Sub-env i of n resets with derive_seed(base, i, n): base itself for one.
-            base = config.seed + 1_000_003 * state["resets"]
-            obs, _ = env.reset(seed=[derive_seed(base, i, n) for i in range(n)])
-            eval_env.reset(seed=config.seed + EVAL_SEED_OFFSET + 1_000_003 * state["resets"])
+            base = config.seed + 1_000_003 * resets
+            self.obs, _ = self.env.reset(seed=[derive_seed(base, i, n) for i in range(n)])
+            self.eval_env.reset(seed=config.seed + EVAL_SEED_OFFSET + 1_000_003 * resets)
         except RunFailed as exc:
-            raise _stopped(exc, f"at the first reset (env step {step})") from exc
-        while step < config.steps and stopped_by is None:
-            try:
-                # act_batch() refuses a non-finite observation even with the env check off.
-                action = agent.act_batch(obs, explore=True)
-                next_obs, reward, terminated, truncated, info = env.step(action)
-            except RunFailed as exc:
-                raise _stopped(exc, _steps_text(step, n)) from exc
-            ended = np.flatnonzero(terminated | truncated)
-            if len(ended):  # their next_obs is the next episode's first: store the last one
-                next_obs_stored = next_obs.copy()
-                for i in ended:
-                    next_obs_stored[i] = info["final_obs"][i]
-            else:
-                next_obs_stored = next_obs
-            agent.observe_batch(obs, action, reward, next_obs_stored, terminated, truncated)
-            step += n
+            raise _stopped(exc, f"at the first reset (env step {self.env_steps})") from exc
+
+    def going(self) -> bool:
+        return self.env_steps < self.config.steps and self.stopped_by is None
+
+    def checked_obs(self) -> np.ndarray:
+        """The observations to act on, refused when not finite (even with the env check
+        off)."""
+        try:
+            return self.agent.checked_batch(self.obs)
+        except RunFailed as exc:
+            raise _stopped(exc, _steps_text(self.env_steps, self.n)) from exc
+
+    def step(self, action: np.ndarray) -> None:
+        """One vector step of the env on ``action``, observed by the agent and logged."""
+        step, n = self.env_steps, self.n
+        try:
+            next_obs, reward, terminated, truncated, info = self.env.step(action)
+        except RunFailed as exc:
+            raise _stopped(exc, _steps_text(step, n)) from exc
+        ended = np.flatnonzero(terminated | truncated)
+        if len(ended):  # their next_obs is the next episode's first: store the last one
+            next_obs_stored = next_obs.copy()
             for i in ended:
-                state["episodes"] += 1
-                _log_episode(logger, info["final_info"], i, step)
-            obs = next_obs
-            k = cadence.updates_due(step, len(agent.buffer))
-            if k:
-                t0 = time.perf_counter()
-                log = cadence.log_round(agent.updates_done, k, agent.schedule)
-                scalars, logged = run_round(agent, k, log)
-                for values in scalars:
-                    _check_finite(values, step)
-                if logged is not None:
-                    _log_update(logger, logged, step, state, since_log, agent)
-                train_time += time.perf_counter() - t0
-            evaluated = _reached(step, n, config.eval_every) or step >= config.steps
-            if evaluated:
-                try:
-                    mean, std = evaluate(agent, eval_env, config.eval_episodes)
-                except RunFailed as exc:
-                    raise _stopped(exc, f"in the evaluation at env step {step}") from exc
-                logger.eval_return(step, mean, std)
-                state["eval_steps"].append(step)
-                state["eval_returns"].append(mean)
-                last_eval = mean
-                stopped_by = stopping(callbacks, "on_evaluation", Evaluation(step, mean, std),
-                                      agent)
-            bar.update(step, n, **({"eval": f"{last_eval:.1f}"} if evaluated else {}))
-            if (_reached(step, n, config.checkpoint_every) or step >= config.steps
-                    or stopped_by is not None):
-                state["wall_time_s"] = time.time() - started
-                state["train_time_s"] = train_time
-                logger.flush()  # events up to a checkpoint survive a kill -9 after it
-                path = checkpoint.save(run_dir, step, agent, state, config.keep_checkpoints)
-                stopped_here = stopping(callbacks, "on_checkpoint", step, path)
-                stopped_by = stopped_by or stopped_here
-        if stopped_by is not None:
-            bar.write(f"stopped by {stopped_by} at env step {step}")
-        summary = _summary(config, agent, state, time.time() - started, train_time, step,
-                           stopped_by)
-        logger.session_end(_final_metrics(summary), step)
-        logger.close()
-        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted at env step {step}; {_kept(run_dir)}") from None
-    except EnvFailed as exc:  # the env may work again (a flaky simulator, a fixed bug)
-        raise EnvFailed(f"{exc}; {_kept(run_dir)}") from exc
-    except NonFiniteValue as exc:  # the same run resumed would meet the same values
-        raise NonFiniteValue(f"{exc}; {_kept(run_dir, advice=False)}") from exc
-    except Exception as exc:
-        # First: TensorFlow reports a full disk as ResourceExhaustedError too.
-        if _is_write_failure(exc, run_dir):
-            raise StorageError(f"{_write_failure(exc)}; {_kept(run_dir)}") from None
-        if _is_out_of_memory(exc):  # the first updates allocate what building did not (XLA)
-            raise RunFailed(f"training stopped at env step {step}: out of memory "
-                            f"({error_line(exc) or 'MemoryError'}): lower buffer_size or the "
-                            f"network widths; {_kept(run_dir, advice=False)}") from exc
-        raise
-    finally:
-        bar.close()
-        _close_quietly(logger, env, eval_env, agent)
-        held.release()
-        threading.excepthook = hook
-    return summary
+                next_obs_stored[i] = info["final_obs"][i]
+        else:
+            next_obs_stored = next_obs
+        self.agent.observe_batch(self.obs, action, reward, next_obs_stored, terminated,
+                                 truncated)
+        self.env_steps = step = step + n
+        for i in ended:
+            self.state["episodes"] += 1
+            _log_episode(self.logger, info["final_info"], i, step)
+        self.obs = next_obs
+
+    def due(self) -> tuple[int, bool]:
+        """Gradient steps due now, and whether the round's last one is logged."""
+        k = self.cadence.updates_due(self.env_steps, len(self.agent.buffer))
+        if not k:
+            return 0, False
+        return k, self.cadence.log_round(self.agent.updates_done, k, self.agent.schedule)
+
+    def updated(self, scalars: list[dict], logged: dict | None, seconds: float) -> None:
+        """A round's scalars (``run_round``): checked finite, the logged update logged."""
+        for values in scalars:
+            _check_finite(values, self.env_steps)
+        if logged is not None:
+            _log_update(self.logger, logged, self.env_steps, self.state, self.since_log,
+                        self.agent)
+        self.train_time += seconds
+
+    def after_step(self) -> None:
+        """Evaluation, progress and checkpoint due after the vector step."""
+        config, state, step, n = self.config, self.state, self.env_steps, self.n
+        evaluated = _reached(step, n, config.eval_every) or step >= config.steps
+        if evaluated:
+            try:
+                mean, std = evaluate(self.agent, self.eval_env, config.eval_episodes)
+            except RunFailed as exc:
+                raise _stopped(exc, f"in the evaluation at env step {step}") from exc
+            self.logger.eval_return(step, mean, std)
+            state["eval_steps"].append(step)
+            state["eval_returns"].append(mean)
+            self.last_eval = mean
+            self.stopped_by = stopping(self.callbacks, "on_evaluation",
+                                       Evaluation(step, mean, std), self.agent)
+        self.bar.update(step, n, **({"eval": f"{self.last_eval:.1f}"} if evaluated else {}))
+        if (_reached(step, n, config.checkpoint_every) or step >= config.steps
+                or self.stopped_by is not None):
+            state["wall_time_s"] = time.time() - self.started
+            state["train_time_s"] = self.train_time
+            self.logger.flush()  # events up to a checkpoint survive a kill -9 after it
+            path = checkpoint.save(self.run_dir, step, self.agent, state,
+                                   config.keep_checkpoints)
+            stopped_here = stopping(self.callbacks, "on_checkpoint", step, path)
+            self.stopped_by = self.stopped_by or stopped_here
+
+    def finish(self) -> dict:
+        """The run's summary, written to ``summary.json``."""
+        step = self.env_steps
+        if self.stopped_by is not None:
+            self.bar.write(f"stopped by {self.stopped_by} at env step {step}")
+        summary = _summary(self.config, self.agent, self.state, time.time() - self.started,
+                           self.train_time, step, self.stopped_by)
+        self.logger.session_end(_final_metrics(summary), step)
+        self.logger.close()
+        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+        return summary
+
+    def failure(self, exc: BaseException) -> BaseException:
+        """What ``exc``, raised by a step of this run, becomes: one line naming the step and
+        what the run keeps, or ``exc`` itself (a bug keeps its traceback)."""
+        run_dir, step = self.run_dir, self.env_steps
+        if isinstance(exc, KeyboardInterrupt):
+            return _caused(KeyboardInterrupt(f"interrupted at env step {step}; "
+                                             f"{_kept(run_dir)}"), None)
+        if isinstance(exc, EnvFailed):  # the env may work again (a flaky simulator, a fix)
+            return _caused(EnvFailed(f"{exc}; {_kept(run_dir)}"), exc)
+        if isinstance(exc, NonFiniteValue):  # the same run resumed would meet the same values
+            return _caused(NonFiniteValue(f"{exc}; {_kept(run_dir, advice=False)}"), exc)
+        if isinstance(exc, Exception):
+            # First: TensorFlow reports a full disk as ResourceExhaustedError too.
+            if _is_write_failure(exc, run_dir):
+                return _caused(StorageError(f"{_write_failure(exc)}; {_kept(run_dir)}"), None)
+            if _is_out_of_memory(exc):  # the first updates allocate what building did not (XLA)
+                return _caused(RunFailed(
+                    f"training stopped at env step {step}: out of memory "
+                    f"({error_line(exc) or 'MemoryError'}): lower buffer_size or the network "
+                    f"widths; {_kept(run_dir, advice=False)}"), exc)
+        return exc
+
+    def close(self) -> None:
+        """Close the bar, logger, envs and agent (a group member's session is the group's) and
+        release the directory."""
+        if self.closed:
+            return
+        self.closed = True
+        self.bar.close()
+        _close_quietly(self.logger, self.env, self.eval_env,
+                       *((self.agent,) if self.owns_agent else ()))
+        self.held.release()
 
 
-def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: bool):
+def _caused(exc: BaseException, cause: BaseException | None) -> BaseException:
+    """``exc`` as ``raise exc from cause`` raises it."""
+    exc.__cause__, exc.__suppress_context__ = cause, True
+    return exc
+
+
+def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: bool,
+           member=None):
     """Envs, agent (restored when resuming), loop state and logger of a run; whatever was made
-    is closed again when a later part fails."""
+    is closed again when a later part fails. ``member``: the run's agent, made by its group
+    (``agents.group``), instead of one of its own."""
     run_dir, resume, made = held.path, not held.new, []
     try:
         # Episode returns and lengths are counted per sub-env by gymnasium's own wrapper.
@@ -363,8 +561,9 @@ def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: b
         made.append(env)
         eval_env = make_run_env(config, config.seed + EVAL_SEED_OFFSET)
         made.append(eval_env)
-        agent = build_agent(config, env, threads)
-        made.append(agent)
+        agent = build_agent(config, env, threads) if member is None else member
+        if member is None:
+            made.append(agent)
         state = {"episodes": 0, "resets": 0, "eval_steps": [], "eval_returns": [],
                  "bn_history": {"steps": []}, "wall_time_s": 0.0, "train_time_s": 0.0}
         ckpt = checkpoint.latest(run_dir) if resume else None

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bnrl.agents import ACTION_SPACES, agent_class, make_agent
+from bnrl.agents.group import AgentGroup
 from bnrl.common.errors import UserError, error_line
 from bnrl.common.seeding import derive_seed
 from bnrl.envs import EnvBoundary, EnvError, frame_stack, make_env, training_env, vector_env
@@ -103,6 +104,21 @@ def build_agent(config: RunConfig, env, threads: int | None = None):
     """The run's agent for ``env`` (one env, or a sub-env's spaces: ``single_observation_space``
     of a vector env), for ``config.n_envs`` sub-envs; ``threads`` caps TensorFlow's intra-op pool
     (benchmarks)."""
+    observation_space, action_space, agent_config = _agent_settings(config, env, threads)
+    return make_agent(config.agent, observation_space, action_space, agent_config,
+                      config.seed, frame_stack(config.env), config.n_envs)
+
+
+def build_group(configs, env, threads: int | None = None) -> AgentGroup:
+    """The agents of runs that differ only in their seed, as one ``AgentGroup`` (member ``i``
+    is ``build_agent(configs[i], env, threads)`` as it would be alone)."""
+    observation_space, action_space, agent_config = _agent_settings(configs[0], env, threads)
+    return AgentGroup(agent_class(configs[0].agent), observation_space, action_space,
+                      agent_config, [c.seed for c in configs], frame_stack(configs[0].env),
+                      configs[0].n_envs)
+
+
+def _agent_settings(config: RunConfig, env, threads: int | None):
     agent_config = config.agent_config
     if threads is not None:
         agent_config = dataclasses.replace(
@@ -111,8 +127,7 @@ def build_agent(config: RunConfig, env, threads: int | None = None):
     # A vector env's spaces are batched; its agent acts in one sub-env's.
     observation_space = getattr(env, "single_observation_space", env.observation_space)
     action_space = getattr(env, "single_action_space", env.action_space)
-    return make_agent(config.agent, observation_space, action_space, agent_config,
-                      config.seed, frame_stack(config.env), config.n_envs)
+    return observation_space, action_space, agent_config
 
 
 def open_run(run_dir) -> tuple[RunConfig, Path]:
