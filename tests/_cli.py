@@ -50,7 +50,7 @@ def record_planned_runs(monkeypatch) -> dict:
     seen = {}
 
     def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
-                      progress=None):
+                      progress=None, seeds_per_process=1):
         seen["specs"] = specs
         records = [{**results.base_record(s, "ok"), "eval_steps": [s.steps],
                     "eval_returns": [0.0], "final_return": 0.0} for s in specs]

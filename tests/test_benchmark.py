@@ -944,7 +944,7 @@ def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
     seen = {}
 
     def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
-                      progress=None):
+                      progress=None, seeds_per_process=1):
         seen.update(specs=specs, out=out, backend=backend)
         records = [{**results.base_record(s, "ok"), "eval_steps": [6000], "eval_returns": [0.0],
                     "final_return": 0.0} for s in specs]

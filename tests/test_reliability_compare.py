@@ -354,7 +354,7 @@ def test_a_suite_env_no_agent_fits_is_refused_or_said(tmp_path, capsys, monkeypa
     seen = {}
 
     def fake_run_grid(specs, out, workers, backend="local", address=None, on_result=None,
-                      progress=None):
+                      progress=None, seeds_per_process=1):
         seen["envs"] = sorted({s.env for s in specs})
         return [results.base_record(s, "ok") for s in specs[:0]]
 

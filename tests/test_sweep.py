@@ -20,7 +20,8 @@ def _fake_run_grid(monkeypatch) -> dict:
     return better at the larger learning rate only), so the report has something to show."""
     seen = {}
 
-    def fake(specs, out, workers, backend="local", address=None, on_result=None, progress=None):
+    def fake(specs, out, workers, backend="local", address=None, on_result=None, progress=None,
+             seeds_per_process=1):
         seen["specs"] = specs
         records = []
         for s in specs:
