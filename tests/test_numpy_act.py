@@ -18,8 +18,10 @@ from bnrl.networks.inference import NumpyForward, Unsupported
 
 from test_agent_bn import OBS_SCALE, OBS_SHIFT, SMALL, _batch, _build, _shared
 
-# Two hidden layers in every network, so that the numpy pass chains layers.
-DEEP = dict(SMALL, hidden=(32, 32))
+# Two hidden layers in every network, so that the numpy pass chains layers. xla=false: the
+# updates only move the statistics the actions are compared on, and their XLA compiles would
+# cost more than everything else here (issue 24 item 6).
+DEEP = dict(SMALL, hidden=(32, 32), xla=False)
 ACTOR_DEEP = dict(actor_hidden=(32, 32))
 
 CASES = {
