@@ -410,19 +410,24 @@ def test_killing_the_benchmark_kills_its_workers_and_a_second_one_is_refused(con
         os.close(files.lock_directory(run_dir))
 
 
-def test_ctrl_c_stops_the_workers_and_says_how_to_continue(config_file, capsys, monkeypatch,
+# Grouped (issue 29): the first worker trains seeds 0 and 1 together, seed 2 would be the next.
+@pytest.mark.parametrize("seeds_per_process, seeds", [(1, 2), (2, 3)], ids=["single", "grouped"])
+def test_ctrl_c_stops_the_workers_and_says_how_to_continue(seeds_per_process, seeds,
+                                                          config_file, capsys, monkeypatch,
                                                           tmp_path):
     started = []
     real_start = workers._start_worker
 
-    def start_then_ctrl_c(spec):
+    def start_then_ctrl_c(unit):
         if started:  # Ctrl-C while the first worker runs
             raise KeyboardInterrupt
-        started.append(real_start(spec))
+        assert [spec.seed for spec in unit] == list(range(seeds_per_process))
+        started.append(real_start(unit))
         return started[-1]
 
     monkeypatch.setattr(workers, "_start_worker", start_then_ctrl_c)
-    rc, _, err = _bench(capsys, _grid_args(tmp_path / "out", config_file, variants="none"))
+    rc, _, err = _bench(capsys, _grid_args(tmp_path / "out", config_file, "--seeds-per-process",
+                                           str(seeds_per_process), variants="none", seeds=seeds))
     assert rc == 130
     assert err.splitlines() == [  # benchmark takes no --resume: it just resumes
         "bnrl: benchmark interrupted; finished runs are kept and interrupted ones continue from "
@@ -905,23 +910,31 @@ def local_ray():
 
 
 def test_ray_backend_runs_the_grid(local_ray, config_file, capsys, monkeypatch, tmp_path):
+    """Through Ray, with --seeds-per-process 2: each variant's two seeds train together in one
+    task (issue 29; a task of one run is a unit like any other, as the local workers' are)."""
     out = tmp_path / "out"
     monkeypatch.setattr(workers, "_run_local", _no_workers)  # every run must go through Ray
-    argv = _grid_args(out, config_file, "--backend", "ray", seeds=1, steps=200)
+    argv = _grid_args(out, config_file, "--backend", "ray", "--seeds-per-process", "2",
+                      steps=200)
     rc, stdout, _ = _bench(capsys, argv)
     assert rc == 0, stdout
     runs = _runs(out)
     assert [(r["variant"], r["seed"], r["status"]) for r in runs] == [
-        ("none", 0, "ok"), ("batch", 0, "ok")]
+        (v, k, "ok") for v in ("none", "batch") for k in (0, 1)]
     for r in runs:
         assert all(r.get(key) is not None for key in RUN_KEYS), r
         assert json.loads((Path(r["run_dir"]) / "summary.json").read_text())["steps"] == 200
-    assert runs[1]["bn_stats"]["bn_Q_moving_mean"]
+    assert runs[2]["bn_stats"]["bn_Q_moving_mean"]
+    assert runs[0]["eval_returns"] != runs[1]["eval_returns"]  # grouped seeds trained apart
     assert "IQM" in (out / "report.md").read_text()
     assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
-    # Each task logged its progress where the grid's line reads it.
-    for r in runs:
-        assert "step 200/200" in Path(r["run_dir"] + ".log").read_text()
+    # Each task logged its progress where the grid's line reads it: in its first run's log,
+    # both its seeds.
+    for variant in ("none", "batch"):
+        cell = out / "runs" / "sac" / "Pendulum-v1" / variant
+        text = (cell / "seed0.log").read_text()
+        assert "s0] step 200/200" in text and "s1] step 200/200" in text, text
+        assert not (cell / "seed1.log").exists()
 
     # The Ray backend skips finished runs like the local one (and does not submit tasks).
     monkeypatch.setattr(workers, "_run_ray", _no_workers)

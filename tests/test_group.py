@@ -10,6 +10,9 @@ agent's. Tiny networks (hidden 16) and batches of 8 keep each test to seconds.
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -259,3 +262,60 @@ def test_a_group_resumes_each_seed_from_its_own_checkpoint(tmp_path):
     for seed in (0, 1):
         grouped, alone = (_written(tmp_path / kind / f"s{seed}") for kind in ("group", "single"))
         assert grouped == alone
+
+
+def test_one_seeds_nan_loss_is_recorded_as_its_own_failure(tmp_path):
+    """The seed-1 run of a grouped unit (``compare.workers.run_unit``, what a benchmark worker
+    runs) gets NaN rewards after 150 steps (tests/_nan_env.py), the env-boundary check off so
+    that they reach its losses: its record fails with train's one line (the step, the loss, the
+    checkpoint kept), and seed 0, trained in the same graph, finishes as an ok record."""
+    import json
+
+    from bnrl.compare import workers
+    from bnrl.compare.results import RunSpec
+    from tests import _nan_env
+
+    config_file = tmp_path / "unchecked.yaml"
+    config_file.write_text("train: {check_finite: false, eval_episodes: 1, checkpoint_every: 100}\n"
+                           f"agent: {json.dumps(dict(TINY, actor_hidden=[16]))}\n")
+    env = f"tests._nan_env:{_nan_env.ONE_SEED_ENV_ID}"
+    specs = [RunSpec("sac", env, "none", seed, 200, str(config_file),
+                     str(tmp_path / f"seed{seed}"), 1, 100) for seed in (0, _nan_env.NAN_SEED)]
+    ok, failed = workers.run_unit(specs)
+    assert failed["status"] == "failed" and "\n" not in failed["error"], failed
+    match = re.match(r"NonFiniteValue: training stopped at env step (\d+): losses/\w+ is nan",
+                     failed["error"])
+    assert match and _nan_env.NAN_AFTER < int(match.group(1)) < 200, failed["error"]
+    assert failed["error"].endswith("keeps its checkpoint at step 100"), failed["error"]
+    assert (tmp_path / "seed1" / "error.txt").is_file()
+    assert not (tmp_path / "seed1" / "summary.json").exists()
+    assert ok["status"] == "ok" and ok["error"] is None, ok
+    assert ok["eval_steps"] == [100, 200] and all(np.isfinite(ok["eval_returns"]))
+
+
+def test_ctrl_c_in_a_group_says_what_every_run_kept(tmp_path, monkeypatch):
+    """Ctrl-C in the grouped loop (what a benchmark worker gets from a terminal's SIGINT) ends
+    it as it ends ``train``: a KeyboardInterrupt saying, for every run, the step, the checkpoint
+    it keeps and to continue with --resume, and the run directories released (resuming a group
+    from its checkpoints: test_a_group_resumes_each_seed_from_its_own_checkpoint)."""
+    from bnrl.common import files
+    from bnrl.training import loop
+
+    real_round = loop.run_group_round
+
+    def interrupted_round(group, members, k, log):
+        if min(group.members[i].env_steps for i in members) > 50:
+            raise KeyboardInterrupt
+        return real_round(group, members, k, log)
+
+    monkeypatch.setattr(loop, "run_group_round", interrupted_round)
+    dirs = [tmp_path / f"s{seed}" for seed in (0, 1)]
+    plain = dict(critic_norm="none", actor_norm="none", gradient_steps=1, policy_delay=1)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        loop.train_group([_run_config(seed, **plain) for seed in (0, 1)], dirs)
+    assert str(stopped.value) == "; ".join(
+        f"interrupted at env step 51; {d} keeps its checkpoint at step 40: continue with the "
+        "same command and --resume" for d in dirs)
+    for run_dir in dirs:
+        os.close(files.lock_directory(run_dir))  # not held any more
+        assert not (run_dir / "summary.json").exists()
