@@ -36,9 +36,8 @@ a few minutes of training per cell and mode, so that a default run (4 cells, 2 r
 benchmarks/README.md's loop rates (about 200 env steps/s for SAC, 900 for MinAtar DQN at 2
 threads), not measured; the lead's quiet measurement replaces the estimate.
 
-Note that with K equal to the seeds a cell is one process, which ``--workers`` 2 runs with
-half the cores' threads (``cores // workers``, as the grid gives every worker) while the single
-runs keep both workers busy; ``--seeds-per-process 3`` makes two groups (3 + 2) that do too.
+With K equal to the seeds a cell is one process; the grid then gives it every core's threads
+(``cores // min(workers, processes)``), as it gives each single run ``cores // workers``.
 
 It prints a markdown table (machine, cores, date and versions on top; per cell the medians
 [min-max] over repeats of runs per hour and CPU seconds per run, and the speed-up, the median

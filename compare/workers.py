@@ -98,8 +98,19 @@ def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "loca
     elif backend == "ray":
         _run_ray(_units(todo, seeds_per_process), address, publish, progress, label)
     else:
-        _run_local(_units(todo, seeds_per_process), workers, publish, progress, label)
+        _run_local(_share_cores(_units(todo, seeds_per_process), workers), workers, publish,
+                   progress, label)
     return [records[k] for k in order]
+
+
+def _share_cores(units: list[list[RunSpec]], workers: int) -> list[list[RunSpec]]:
+    """``units`` with the machine's cores split among the processes that will run at once: a
+    grid of fewer units than ``workers`` (a 5-seed cell grouped in one process, one run left to
+    resume) would otherwise train on ``cores // workers`` threads and leave cores idle."""
+    busy = min(workers, len(units))
+    threads = max(1, (os.cpu_count() or 1) // max(1, busy))
+    return [[dataclasses.replace(spec, threads=max(spec.threads, threads)) for spec in unit]
+            for unit in units]
 
 
 def _units(todo: list[RunSpec], k: int) -> list[list[RunSpec]]:

@@ -319,3 +319,24 @@ def test_ctrl_c_in_a_group_says_what_every_run_kept(tmp_path, monkeypatch):
     for run_dir in dirs:
         os.close(files.lock_directory(run_dir))  # not held any more
         assert not (run_dir / "summary.json").exists()
+
+
+def test_a_grid_of_fewer_units_than_workers_trains_on_every_core(monkeypatch):
+    """--workers 2 on 4 cores: each run of a 4-run grid gets 2 threads (cores // workers, the
+    grid's default); a cell of 5 seeds grouped into one process gets all 4, not 2 with 2 cores
+    idle; two groups (3 + 2) get 2 each."""
+    from bnrl.compare import workers
+    from bnrl.compare.results import RunSpec
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    specs = [RunSpec("sac", "Pendulum-v1", "none", seed, 100, None, f"s{seed}", 2, 50)
+             for seed in range(5)]
+
+    def threads(k: int, runs: int = 5) -> list[list[int]]:
+        units = workers._share_cores(workers._units(specs[:runs], k), 2)
+        return [[spec.threads for spec in unit] for unit in units]
+
+    assert threads(1, runs=4) == [[2], [2], [2], [2]]
+    assert threads(5) == [[4] * 5]
+    assert threads(3) == [[2, 2, 2], [2, 2]]
+    assert threads(1, runs=1) == [[4]]  # one run left to resume
