@@ -10,7 +10,9 @@ killer) is recorded as failed with the cause and the last lines of its log
 (``runs/<agent>/<env>/<variant>/seed<k>.log``), and every other run still runs. Workers die with
 the benchmark process (``PR_SET_PDEATHSIG``), so killing it leaves no orphan training on. A
 peer library's run (``benchmark --peer``) is trained by its worker in one more process, which
-never loads TensorFlow and dies with that worker.
+never loads TensorFlow and dies with that worker. Local workers share their XLA compiles
+through ``OUT/xla-cache`` (``common.xla_cache``): a cell's later seeds load the executable
+its first one compiled.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bnrl.common.extras import install_hint
 from bnrl.common.files import atomic_write
 from bnrl.common.processes import die_with_parent
 from bnrl.common.quiet import quiet_tensorflow
+from bnrl.common.xla_cache import with_xla_cache
 from bnrl.compare.progress import TTY_EVERY, Running
 from bnrl.compare.records import result_problem
 from bnrl.compare.results import (
@@ -47,6 +50,9 @@ from bnrl.compare.results import (
 )
 from bnrl.peers import PEERS
 from bnrl.training import checkpoint, train, train_group
+
+XLA_CACHE = "xla-cache"
+"""The directory in ``OUT`` where local workers share their XLA executables (safe to delete)."""
 
 
 def run_grid(specs: list[RunSpec], out: Path, workers: int, backend: str = "local",
@@ -313,9 +319,12 @@ def _start_worker(unit: list[RunSpec]) -> subprocess.Popen:
                "results": [str(_handoff_file(spec)) for spec in unit],
                "parent": os.getpid(), "path": sys.path}
     run_py = Path(bnrl.__file__).with_name("run.py")
+    env = os.environ if unit[0].out is None else with_xla_cache(
+        os.environ, Path(unit[0].out) / XLA_CACHE)
     with open(log, "wb") as out:  # a log stream, not a result: no atomic write
         return subprocess.Popen([sys.executable, "-c", _WORKER, str(run_py), json.dumps(payload)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
 
 
 def worker_main(payload: dict) -> None:

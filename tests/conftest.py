@@ -8,9 +8,21 @@ state a new build gives.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
-from bnrl.agents import agent_class, config_from_dict, make_agent
+from bnrl.common.xla_cache import with_xla_cache
+
+# XLA's persistent compilation cache, shared by the suite's processes (issue 24 item 6): many
+# tests compile an update that another test, process or seed compiled already; each later
+# compile loads the executable (common/xla_cache.py says why that changes no number). Set before
+# TensorFlow is imported (it reads TF_XLA_FLAGS once); xdist workers and subprocesses inherit it.
+os.environ.update(with_xla_cache(os.environ, Path(tempfile.gettempdir()) / "bnrl-tests-xla"))
+
+from bnrl.agents import agent_class, config_from_dict, make_agent  # noqa: E402
 
 
 class AgentCache:
