@@ -12,7 +12,6 @@ Public API (Dopamine's): ``act``, ``observe``, ``train_step``, ``save``, ``resto
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from bnrl.agents.runner import UpdateRunner
 from bnrl.agents.update import Batch, target_update_ops
 from bnrl.common.errors import NonFiniteValue, first_nonfinite
 from bnrl.common.files import atomic_write
-from bnrl.networks import new_graph_session, tf
+from bnrl.networks import new_graph_session, session_callable, tf
 from bnrl.networks.inference import NumpyForward, Unsupported
 
 
@@ -157,14 +156,13 @@ class Agent:
         # inter-op pool (RunOptions.inter_op_thread_pool = -1): benchmarks/README.md has the
         # latency before and after. Only for acting: the update gains from the pool's parallelism.
         options = tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
-        act = self.sess.make_callable(self.act_output, [self.obs_ph], accept_options=True)
+        act = session_callable(self.sess, self.act_output, [self.obs_ph], options)
         self._explore_fn = self._observe_fn = None
         if self.obs_stats_update is not None:
-            self._explore_fn = functools.partial(self.sess.make_callable(
-                self.act_explore_output, [self.obs_ph], accept_options=True), options=options)
-            self._observe_fn = functools.partial(self.sess.make_callable(
-                self.obs_stats_update, [self.obs_ph], accept_options=True), options=options)
-        act = functools.partial(act, options=options)
+            self._explore_fn = session_callable(self.sess, self.act_explore_output,
+                                                [self.obs_ph], options)
+            self._observe_fn = session_callable(self.sess, self.obs_stats_update,
+                                                [self.obs_ph], options)
         self._acts = {self.act_output.name: act}
         if self.obs_stats_update is not None:
             self._acts[self.act_explore_output.name] = self._explore_fn

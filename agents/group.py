@@ -25,7 +25,7 @@ import numpy as np
 
 from bnrl.agents.agent import Agent
 from bnrl.agents.algorithm import Algorithm
-from bnrl.networks import new_graph_session, tf
+from bnrl.networks import new_graph_session, session_callable, tf
 
 
 class AgentGroup:
@@ -86,13 +86,13 @@ class AgentGroup:
     # ------------------------------------------------------------------------------ one run
     def _run(self, key, parts: list[tuple[list, list]], feeds: list[list]) -> list[list]:
         """One ``sess.run`` of every part's fetches fed every part's arrays; each part's results.
-        Callables are cached by ``key`` (``make_callable`` adds no ops: a finalized graph takes
+        Callables are cached by ``key`` (a callable adds no ops: a finalized graph takes
         a new subset of members when one drops out)."""
         fn = self._calls.get(key)
         if fn is None:
             fetches = [f for part_fetches, _ in parts for f in part_fetches]
             placeholders = [p for _, part_feeds in parts for p in part_feeds]
-            fn = self._calls[key] = self.sess.make_callable(fetches, placeholders)
+            fn = self._calls[key] = session_callable(self.sess, fetches, placeholders)
         out = fn(*[array for arrays in feeds for array in arrays])
         results, start = [], 0
         for part_fetches, _ in parts:

@@ -19,7 +19,13 @@ import numpy as np
 
 from bnrl.agents.algorithm import Algorithm
 from bnrl.agents.update import Batch, Update, after
-from bnrl.networks import batch_statistics_call, bn_diagnostics, check_wiring, tf
+from bnrl.networks import (
+    batch_statistics_call,
+    bn_diagnostics,
+    check_wiring,
+    session_callable,
+    tf,
+)
 
 
 class UpdateRunner:
@@ -201,10 +207,10 @@ class UpdateRunner:
         for phase in self.train_ops:
             for log in (False, True):
                 names, fetches, feeds = self.update_call(phase, log)
-                self._train_fns[phase, log] = names, sess.make_callable(fetches, feeds)
+                self._train_fns[phase, log] = names, session_callable(sess, fetches, feeds)
         self._many_fn = None
         if self.multi is not None:
-            self._many_fn = sess.make_callable(*self.many_call())
+            self._many_fn = session_callable(sess, *self.many_call())
         self._read_counter = sess.make_callable(self.num_updates)
         self.sync()
 

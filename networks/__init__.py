@@ -3,7 +3,13 @@
 Importing this package makes sure Keras 2 (tf-keras) is the Keras in use (see ``backend``).
 """
 
-from bnrl.networks.backend import KerasVersionError, keras, new_graph_session, tf
+from bnrl.networks.backend import (
+    KerasVersionError,
+    keras,
+    new_graph_session,
+    session_callable,
+    tf,
+)
 from bnrl.networks.batchnorm import (
     WiringError,
     batch_statistics_call,
@@ -42,6 +48,7 @@ __all__ = [
     "batch_statistics_call",
     "bn_diagnostics", "bn_layers", "check_wiring", "collect_updates", "collection_updates",
     "critic", "deterministic_actor", "gaussian_actor", "keras", "minimize_with_updates", "mlp",
-    "new_graph_session", "pick_encoder", "q_network", "simba_body", "squashed_gaussian", "tf",
+    "new_graph_session", "pick_encoder", "q_network", "session_callable", "simba_body",
+    "squashed_gaussian", "tf",
     "training_call", "with_updates",
 ]

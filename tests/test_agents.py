@@ -439,7 +439,7 @@ def test_acting_runs_on_the_callers_thread_with_the_same_actions():
     """act() runs its ops on the calling thread (RunOptions.inter_op_thread_pool = -1, for
     latency) and returns what a plain session run of the acting output returns."""
     agent = _build("sac", dict(hidden=(16,), actor_hidden=(16,), learning_starts=0))
-    assert agent._act_fn.keywords["options"].inter_op_thread_pool == -1
+    assert agent._act_fn.options.inter_op_thread_pool == -1
     obs = _obs(np.random.default_rng(1), 4)
     for o in obs:
         plain = agent.sess.run(agent.act_output, {agent.obs_ph: o[None]})[0]
