@@ -57,7 +57,7 @@ def add_benchmark_commands(sub, positive_int) -> None:
         "finished run leaves a result file in OUT/results/. With no arguments: the quick "
         f"benchmark ({','.join(QUICK['agents'])} on {','.join(QUICK['envs'])}, "
         f"{' vs '.join(QUICK['variants'])}, {QUICK['seeds']} seeds, {QUICK['steps']} steps, "
-        "about 8 minutes on 2 cores). Re-running the same command skips finished runs.")
+        "about 5 minutes on 2 cores). Re-running the same command skips finished runs.")
     bench.add_argument("--suite", help=f"a suite of configs/suites.yaml "
                        f"({', '.join(load_suites())}): its "
                        "envs, their step budgets and the agents that fit them; --env picks some "

@@ -23,7 +23,8 @@ from bnrl.compare.variants import builtin_variants
 
 QUICK = dict(agents=["sac"], envs=["Pendulum-v1"], variants=["none", "batch"], seeds=3,
              steps=6000)
-"""The embedded quick benchmark: 8 minutes on a quiet 2-core AMD EPYC (483 s measured)."""
+"""The embedded quick benchmark: 5 minutes on a quiet 2-core AMD EPYC (281 s measured; 483 s
+before the callables skipped ``Session.run``)."""
 
 
 def grid_record(cells, variants, baseline: str, seeds: int, config_text: str | None,
