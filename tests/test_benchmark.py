@@ -363,6 +363,25 @@ def test_a_run_killed_by_sigkill_fails_alone(config_file, capsys, tmp_path):
     os.close(files.lock_directory(killed["run_dir"]))  # its lock died with it: resumable
 
 
+def test_a_grouped_worker_killed_by_sigkill_records_each_of_its_seeds(config_file, capsys,
+                                                                      tmp_path):
+    """--seeds-per-process 2: seed 1's env kills the process both seeds train in; each seed is
+    recorded failed with the cause, in its own record (issue 29 item 3)."""
+    from tests import _failing_env
+
+    out = tmp_path / "out"
+    argv = _grid_args(out, config_file, "--seeds-per-process", "2", variants="none", seeds=2,
+                      steps=200, env=KILLING_ENV)
+    rc, _, _ = _bench(capsys, argv)
+    assert rc == 1
+    runs = _runs(out)
+    assert [(r["seed"], r["status"]) for r in runs] == [(0, "failed"), (1, "failed")]
+    for r in runs:
+        assert r["error"].startswith("worker process killed by SIGKILL"), r["error"]
+        assert _failing_env.KILL_LINE in r["error"]
+        os.close(files.lock_directory(r["run_dir"]))  # its lock died with it: resumable
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
