@@ -203,9 +203,14 @@ def check_distinct(specs: list[RunSpec]) -> None:
                             "same; drop one of them or give it settings that differ")
 
 
+def threads_per_process(processes: int) -> int:
+    """TensorFlow threads for each of ``processes`` running at once: the cores, shared."""
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
 def specs_of(grid: dict, out: Path, config_file=None, workers: int = 1) -> list[RunSpec]:
     """Every run of a recorded grid, each with the settings hash it must have."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = threads_per_process(workers)
     specs = []
     for cell in grid["cells"]:
         for variant in grid["variants"]:

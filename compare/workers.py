@@ -35,6 +35,7 @@ from bnrl.common.files import atomic_write
 from bnrl.common.processes import die_with_parent
 from bnrl.common.quiet import quiet_tensorflow
 from bnrl.common.xla_cache import with_xla_cache
+from bnrl.compare.grid import threads_per_process
 from bnrl.compare.progress import TTY_EVERY, Running
 from bnrl.compare.records import result_problem
 from bnrl.compare.results import (
@@ -113,8 +114,7 @@ def _share_cores(units: list[list[RunSpec]], workers: int) -> list[list[RunSpec]
     """``units`` with the machine's cores split among the processes that will run at once: a
     grid of fewer units than ``workers`` (a 5-seed cell grouped in one process, one run left to
     resume) would otherwise train on ``cores // workers`` threads and leave cores idle."""
-    busy = min(workers, len(units))
-    threads = max(1, (os.cpu_count() or 1) // max(1, busy))
+    threads = threads_per_process(min(workers, len(units)))
     return [[dataclasses.replace(spec, threads=max(spec.threads, threads)) for spec in unit]
             for unit in units]
 
