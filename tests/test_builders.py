@@ -294,6 +294,7 @@ def test_squashed_gaussian_log_prob_matches_numpy():
     noise = rng.randn(n, ACT)
     g = tf.Graph()
     with g.as_default():
+        tf.compat.v1.set_random_seed(0)  # the in-graph noise below, drawn the same every run
         dist = _placeholder(2 * ACT)
         eps = _placeholder(ACT)
         action, log_prob, det = nw.squashed_gaussian(dist, eps)
@@ -308,7 +309,9 @@ def test_squashed_gaussian_log_prob_matches_numpy():
     np.testing.assert_allclose(got_det, np.tanh(mean), rtol=0, atol=1e-6)
     assert np.all(np.abs(got_action) < 1.0)
     assert s_action.shape == (n, ACT) and s_lp.shape == (n,)
-    assert np.all(np.abs(s_action) < 1.0) and np.all(np.isfinite(s_lp))
+    # <= 1: TensorFlow's float32 tanh is exactly +-1 from |x| = 7.9 on, which a mean of 4 and a
+    # std of 1.6 reach (an unseeded draw here once did); the log-probability stays finite there.
+    assert np.all(np.abs(s_action) <= 1.0) and np.all(np.isfinite(s_lp))
 
 
 def test_squashed_gaussian_on_actor_output():

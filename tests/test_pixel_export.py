@@ -81,9 +81,13 @@ def test_the_export_acts_like_the_agent(exported):
     q = agent.sess.run(agent.act_output, {agent.obs_ph: obs})
     np.testing.assert_allclose(out["q_values"], q, atol=1e-5, rtol=0)
     assert np.ptp(q) > 0
-    for i in (0, 37, 99):  # BN frozen: a batch of one gives its row of the batch
+    # BN frozen: a batch of one gives its row of the batch. 1e-5, as against the graph above:
+    # oneDNN picks its convolution kernel by batch size, and a different kernel sums in another
+    # order (1.07e-6 seen on an AMD EPYC). A batch of one normalized by its own statistics
+    # instead of the moving ones (the statistics moved, above) would be far outside it.
+    for i in (0, 37, 99):
         single = _signature(export_dir)(observation=tf.constant(obs[i:i + 1]))
-        np.testing.assert_allclose(single["q_values"].numpy()[0], out["q_values"][i], atol=1e-6)
+        np.testing.assert_allclose(single["q_values"].numpy()[0], out["q_values"][i], atol=1e-5)
 
 
 def test_evaluate_runs_the_image_export_like_its_run(exported, capsys):
