@@ -1,10 +1,12 @@
 """``AgentGroup``: the seeds of one setting trained side by side, one ``sess.run`` per step.
 
-Every seed run alone pays TensorFlow's fixed cost of a call (about 0.6 ms plain, 1.3 ms with XLA:
+Every seed run alone pays TensorFlow's cost of a call (about 0.6 ms plain, 1.3 ms with XLA:
 benchmarks/README.md) on every update; small Q-networks take about as long again to update. A
 group puts K agents, identical but for their seed, into one graph and session, and runs all K
-updates (or acts) in one ``sess.run``, so that cost is paid once per step and the inter-op pool
-runs the K subgraphs side by side, as JAX users ``vmap`` over seeds (PureJaxRL, PQN). Issue 29.
+updates (or acts) in one ``sess.run``, as JAX users ``vmap`` over seeds (PureJaxRL, PQN). Issue
+29. Measured, that cost grows with the ops a call runs, so one call for K seeds costs about what
+K calls cost, and grouping gains nothing on 2 cores (benchmarks/README.md, "Seeds trained
+grouped"): the benchmark's default stays one seed per process.
 
 Grouping changes no number. Each member is an ``Agent`` built into the shared graph
 (``Agent(graph=...)``) and keeps everything a single agent keeps: its own update counter (which
