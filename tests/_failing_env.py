@@ -79,9 +79,13 @@ class BrokenConstructorEnv(FailingEnv):
         raise ValueError("this env's constructor fails")
 
 
+# Entry points by name, not by class: were this file also imported under another module name
+# (``_failing_env``), the registry would still make ``tests._failing_env``'s classes, the ones a
+# test monkeypatches.
+_MODULE = "tests._failing_env"
 if ENV_ID not in gym.registry:
-    gym.register(id=ENV_ID, entry_point=FailingEnv, max_episode_steps=50)
+    gym.register(id=ENV_ID, entry_point=f"{_MODULE}:FailingEnv", max_episode_steps=50)
 if KILLING_ENV_ID not in gym.registry:
-    gym.register(id=KILLING_ENV_ID, entry_point=SelfKillingEnv, max_episode_steps=50)
+    gym.register(id=KILLING_ENV_ID, entry_point=f"{_MODULE}:SelfKillingEnv", max_episode_steps=50)
 if "BnrlBrokenConstructor-v0" not in gym.registry:
-    gym.register(id="BnrlBrokenConstructor-v0", entry_point=BrokenConstructorEnv)
+    gym.register(id="BnrlBrokenConstructor-v0", entry_point=f"{_MODULE}:BrokenConstructorEnv")

@@ -383,11 +383,18 @@ def test_a_grouped_worker_killed_by_sigkill_records_each_of_its_seeds(config_fil
 
 
 def _alive(pid: int) -> bool:
+    """Whether any thread of process ``pid`` still runs (and so may still hold its files).
+
+    A killed process's leader turns zombie as soon as *it* has exited, while its other threads
+    (TensorFlow runs dozens) may still be tearing down and holding the descriptors, the run
+    directory's lock among them. Ended threads other than the leader leave ``task/`` at once.
+    """
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return False
-    return state not in ("Z", "X")  # a zombie has ended; only its parent's reaping is left
+    return state not in ("Z", "X") or threads > 1  # a lone zombie only awaits its reaping
 
 
 def test_killing_the_benchmark_kills_its_workers_and_a_second_one_is_refused(config_file,

@@ -215,7 +215,7 @@ def test_grouped_runs_write_what_single_runs_write(tmp_path):
 def test_one_seeds_env_failure_stays_its_own(tmp_path):
     """The env of seed 1 raises at its 120th step (tests/_failing_env.py): that run ends with
     train's one line (env, step, what it keeps), the other seeds finish."""
-    import _failing_env
+    from tests import _failing_env
 
     from bnrl.common.errors import EnvFailed
     from bnrl.training.config import RunConfig
