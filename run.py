@@ -3,7 +3,7 @@
     python run.py train --agent sac --env Pendulum-v1 --critic-norm batch --steps 20000
     python run.py evaluate --run runs/sac-Pendulum-v1-batch-s0 --episodes 10
     python run.py export --run runs/sac-Pendulum-v1-batch-s0 --out policies/sac-pendulum
-    python run.py benchmark            # the quick BN vs no-BN benchmark (about 5 minutes)
+    python run.py benchmark            # the quick BN vs no-BN benchmark (about 4 minutes)
     python run.py report bench_out/quick
     python run.py tune --agent sac --env Pendulum-v1 --variant batch --n-trials 50
 

@@ -57,7 +57,8 @@ def add_benchmark_commands(sub, positive_int) -> None:
         "finished run leaves a result file in OUT/results/. With no arguments: the quick "
         f"benchmark ({','.join(QUICK['agents'])} on {','.join(QUICK['envs'])}, "
         f"{' vs '.join(QUICK['variants'])}, {QUICK['seeds']} seeds, {QUICK['steps']} steps, "
-        "about 5 minutes on 2 cores). Re-running the same command skips finished runs.")
+        "configs/quick.yaml, about 4 minutes on 2 cores). Re-running the same command skips "
+        "finished runs.")
     bench.add_argument("--suite", help=f"a suite of configs/suites.yaml "
                        f"({', '.join(load_suites())}): its "
                        "envs, their step budgets and the agents that fit them; --env picks some "
@@ -87,9 +88,11 @@ def add_benchmark_commands(sub, positive_int) -> None:
                        "at the variant's settings, as variant PEER-VARIANT (sbx: SBX's SAC, TD3 "
                        "and CrossQ; needs the sbx extra); settings it cannot take are listed in "
                        "the report, variants it cannot run are left out with a warning")
-    bench.add_argument("--seeds", type=positive_int, help="seeds per variant (default 3)")
+    bench.add_argument("--seeds", type=positive_int,
+                       help=f"seeds per variant (default {QUICK['seeds']})")
     bench.add_argument("--steps", type=positive_int,
-                       help=f"env steps per run (default: the suite's, else {DEFAULT_STEPS})")
+                       help=f"env steps per run (default: the suite's; with --agent or --env "
+                       f"{DEFAULT_STEPS}; else the quick benchmark's {QUICK['steps']})")
     bench.add_argument("--eval-every", type=positive_int, help="env steps between evaluations")
     bench.add_argument("--n-envs", type=positive_int,
                        help="sub-envs of each run's vector env (train --n-envs)")
@@ -98,7 +101,9 @@ def add_benchmark_commands(sub, positive_int) -> None:
                        "bench_out/benchmark)")
     bench.add_argument("--workers", type=positive_int, default=None,
                        help="parallel runs (default: number of cores)")
-    bench.add_argument("--config", help="YAML with `train:` and `agent:` sections for every run")
+    bench.add_argument("--config", help="YAML with `train:` and `agent:` sections for every run, "
+                       "over the env presets (default: configs/quick.yaml without --suite, "
+                       "--agent and --env)")
     bench.add_argument("--extend", action="store_true",
                        help="grow an existing benchmark in --out with new agents/envs/variants/"
                        "seeds or a new step budget")
@@ -165,7 +170,7 @@ def _defined_variants(args) -> tuple[dict, list[str]]:
     return defined, own
 
 
-def _cells(args, quick: bool) -> tuple[dict, list[str], dict, str | None]:
+def _cells(args) -> tuple[dict, list[str], dict, str | None]:
     """``({env: [agents]}, envs, {env: steps}, note)`` of the grid the arguments describe;
     ``note`` names the suite's envs that no agent of --agent fits (left out), or is None."""
     for agent in args.agent or []:
@@ -174,7 +179,7 @@ def _cells(args, quick: bool) -> tuple[dict, list[str], dict, str | None]:
                             f"{', '.join(AGENTS)}")
     if not args.suite:
         envs = args.env or QUICK["envs"]
-        steps = args.steps or (QUICK["steps"] if quick else DEFAULT_STEPS)
+        steps = args.steps or (DEFAULT_STEPS if args.agent or args.env else QUICK["steps"])
         return ({e: args.agent or QUICK["agents"] for e in envs}, envs,
                 {e: steps for e in envs}, None)
     chosen = suite(args.suite)
@@ -223,7 +228,11 @@ def cmd_benchmark(args) -> int:
     quick = all(not getattr(args, k) for k in (
         "suite", "agent", "env", "variants", "variant", "variants_file", "seeds", "steps",
         "sweep"))
-    agents, envs, steps, left_out = _cells(args, quick)
+    agents, envs, steps, left_out = _cells(args)
+    # The quick cell (no --suite, --agent or --env) keeps the quick settings and budget whatever
+    # else is given, so that `benchmark --seeds 10` is the quick benchmark with more seeds.
+    config = args.config or (None if args.suite or args.agent or args.env
+                             else QUICK["config_file"])
     defined, own = _defined_variants(args)
     names = args.variants or (["none", *[n for n in own if n != "none"]] if own
                               else QUICK["variants"])
@@ -232,16 +241,16 @@ def cmd_benchmark(args) -> int:
         variants, baseline = vs.sweep_points(variants, baseline, *vs.parse_sweep(args.sweep))
     without_peer = []
     if args.peer:
-        variants, without_peer = _with_peer(args.peer, agents, variants, steps, args.config,
+        variants, without_peer = _with_peer(args.peer, agents, variants, steps, config,
                                             args.eval_every, args.n_envs)
     seeds = args.seeds or QUICK["seeds"]
     out = Path(args.out or ("bench_out/quick" if quick else
                             f"bench_out/{args.suite}" if args.suite else "bench_out/benchmark"))
-    if args.config and not Path(args.config).is_file():
-        raise UserError(f"config file not found: {args.config}")
+    if config and not Path(config).is_file():
+        raise UserError(f"config file not found: {config}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a directory")
-    _check_runs(agents, variants, args.config, steps, args.eval_every, args.n_envs)
+    _check_runs(agents, variants, config, steps, args.eval_every, args.n_envs)
     if left_out:  # said once every argument is known to be good
         print(f"bnrl: warning: {left_out}", file=sys.stderr)
     for note in without_peer:
@@ -256,7 +265,8 @@ def cmd_benchmark(args) -> int:
     except OSError as exc:
         raise UserError(f"cannot create --out {out}: {exc.strerror}") from None
     try:
-        return _benchmark(args, out, agents, envs, variants, baseline, seeds, steps, workers)
+        return _benchmark(args, out, agents, envs, variants, baseline, seeds, steps, config,
+                          workers)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             "benchmark interrupted; finished runs are kept and interrupted ones continue from "
@@ -268,10 +278,10 @@ def cmd_benchmark(args) -> int:
         os.close(lock)
 
 
-def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps,
+def _benchmark(args, out: Path, agents, envs, variants, baseline, seeds, steps, config,
                workers) -> int:
     """Plan, run and report the grid in ``out`` (locked by the caller)."""
-    specs = plan(out, agents, envs, variants, seeds, steps, args.config, args.extend, workers,
+    specs = plan(out, agents, envs, variants, seeds, steps, config, args.extend, workers,
                  args.eval_every, baseline, args.n_envs)
     started = time.time()
     progress = None if args.quiet else GridProgress(len(specs), workers)

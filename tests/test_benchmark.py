@@ -973,12 +973,20 @@ def test_ray_backend_runs_the_grid(local_ray, config_file, capsys, monkeypatch, 
 # --------------------------------------------------------------------------- #
 def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
     specs = grid.plan(tmp_path / "direct", **grid.QUICK)
-    assert len(specs) == 6
-    assert {(s.agent, s.env, s.steps) for s in specs} == {("sac", "Pendulum-v1", 6000)}
-    assert [(s.variant, s.seed) for s in specs] == [
-        (v, k) for v in ("none", "batch") for k in range(3)]
+    variants = ("none", "batch_naive", "batch")
+    assert len(specs) == 15
+    assert {(s.agent, s.env, s.steps) for s in specs} == {("td3", "Pendulum-v1", 6000)}
+    assert sorted((s.variant, s.seed) for s in specs) == sorted(
+        (v, k) for v in variants for k in range(5))
+    quick_yaml = Path(grid.QUICK["config_file"])
+    assert quick_yaml == Path(bnrl.configs.__file__).resolve().with_name("quick.yaml")
+    # Its settings reach the runs: 128-unit layers over the TD3 preset of Pendulum-v1.
+    config = results.resolve_spec(specs[0])
+    assert list(config.agent_config.hidden) == [128, 128] == list(config.agent_config.actor_hidden)
+    assert config.eval_every == 1000 and config.agent_config.action_noise_std == 0.1
 
-    # `run.py benchmark` with no arguments plans exactly that grid in bench_out/quick.
+    # `run.py benchmark` with no arguments plans exactly that grid in bench_out/quick, and
+    # `--seeds 6` the same cell and settings with one more seed.
     monkeypatch.chdir(tmp_path)
     seen = {}
 
@@ -995,13 +1003,21 @@ def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
     rc, stdout, _ = _bench(capsys, ["benchmark"])
     assert rc == 0
     assert seen["out"] == Path("bench_out/quick") and seen["backend"] == "local"
-    assert [(s.agent, s.env, s.variant, s.seed, s.steps, s.eval_every, s.config_file)
-            for s in seen["specs"]] == [
-        ("sac", "Pendulum-v1", v, k, 6000, None, None) for v in ("none", "batch")
-        for k in range(3)]
-    assert "benchmark: 6 runs in bench_out/quick" in stdout
-    assert json.loads((tmp_path / "bench_out/quick/grid.json").read_text())["cells"] == [
-        {"agent": "sac", "env": "Pendulum-v1", "steps": 6000}]
+    assert sorted((s.agent, s.env, s.variant, s.seed, s.steps, s.eval_every, s.config_file)
+                  for s in seen["specs"]) == sorted(
+        ("td3", "Pendulum-v1", v, k, 6000, None, str(quick_yaml)) for v in variants
+        for k in range(5))
+    assert "benchmark: 15 runs in bench_out/quick" in stdout
+    recorded = json.loads((tmp_path / "bench_out/quick/grid.json").read_text())
+    assert recorded["cells"] == [{"agent": "td3", "env": "Pendulum-v1", "steps": 6000}]
+    assert recorded["config"] == quick_yaml.read_text()
+
+    rc, stdout, err = _bench(capsys, ["benchmark", "--seeds", "6", "--out", "more"])
+    assert rc == 0 and "benchmark: 18 runs in more" in stdout, err
+    assert {s.config_file for s in seen["specs"]} == {str(quick_yaml)}
+    # Another cell is the presets' own: the quick settings are TD3-on-Pendulum settings.
+    rc, _, err = _bench(capsys, ["benchmark", "--agent", "sac", "--steps", "6000", "--out", "sac"])
+    assert rc == 0 and {s.config_file for s in seen["specs"]} == {None}, err
 
 
 # --------------------------------------------------------------------------- #

@@ -28,7 +28,8 @@ from _cli import run_captured as _main
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = [REPO / "docs" / "benchmark-mujoco", REPO / "docs" / "benchmark-mujoco" /
-             "learning-starts"]
+             "learning-starts", REPO / "docs" / "benchmark-minatar" / "breakout-dqn",
+             REPO / "docs" / "benchmark-quick"]
 NONE, BATCH = {"critic_norm": "none"}, {"critic_norm": "batch"}
 
 
@@ -165,10 +166,12 @@ def test_differences_a_variant_makes_are_its_own(tmp_path):
 
 @pytest.mark.parametrize("committed", COMMITTED, ids=lambda p: p.name)
 def test_the_committed_grids_are_comparable(committed):
-    """SAC vs CrossQ (another agent, its own presets) and the BN variants of docs/, whose older
-    result files hold unresolved ``auto`` settings, pass the rule unchanged."""
+    """SAC vs CrossQ (another agent, its own presets), the BN variants of docs/, whose older
+    result files hold unresolved ``auto`` settings, and the grids run with a --config file pass
+    the rule unchanged, every committed result file with them."""
     found = collect.collect(committed)
-    assert found.incomparable == [] and len(found.runs) >= 18
+    assert found.incomparable == []
+    assert len(found.runs) == len(list((committed / "results").rglob("*.json"))) >= 12
 
 
 def test_a_run_without_a_finite_result_is_a_failed_run(tmp_path):
