@@ -33,6 +33,7 @@ from bnrl.peers import PEERS
 from bnrl.training.runs import check_run
 
 DEFAULT_STEPS = 20_000
+DEFAULT_VARIANTS = ["none", "batch"]
 """Step budget of a grid given without --suite or --steps."""
 _ALLOW_HELP = ("report runs that are not comparable anyway (other step budgets, bnrl versions "
                "or settings than the variant's own), listing what differs at the report's top")
@@ -69,8 +70,10 @@ def add_benchmark_commands(sub, positive_int) -> None:
     bench.add_argument("--variants", type=_csv,
                        help="comma list of variant names: built-in "
                        f"{','.join(_builtin_names())}, or defined by --variant or "
-                       "--variants-file (default none,batch; none plus the defined ones when "
-                       "--variant or --variants-file is given)")
+                       f"--variants-file (default: {','.join(DEFAULT_VARIANTS)}, the quick "
+                       f"benchmark's {','.join(QUICK['variants'])} without --suite, --agent and "
+                       "--env; none plus the defined ones when --variant or --variants-file is "
+                       "given)")
     bench.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                        help="define a variant inline, e.g. copy:critic_norm=batch,target_bn=copy "
                        "or crossq256:agent=crossq,hidden=[256,256] (repeatable; agent= trains "
@@ -229,13 +232,15 @@ def cmd_benchmark(args) -> int:
         "suite", "agent", "env", "variants", "variant", "variants_file", "seeds", "steps",
         "sweep"))
     agents, envs, steps, left_out = _cells(args)
-    # The quick cell (no --suite, --agent or --env) keeps the quick settings and budget whatever
-    # else is given, so that `benchmark --seeds 10` is the quick benchmark with more seeds.
-    config = args.config or (None if args.suite or args.agent or args.env
-                             else QUICK["config_file"])
+    # The quick cell (no --suite, --agent or --env) keeps the quick settings, budget and variants
+    # whatever else is given, so that `benchmark --seeds 10` is the quick benchmark with more
+    # seeds. Other cells get the presets and none vs batch (batch_naive is TD3's and SAC's: it
+    # sets the actor loss's mode, which DQN and PQN have not).
+    quick_cell = not (args.suite or args.agent or args.env)
+    config = args.config or (QUICK["config_file"] if quick_cell else None)
     defined, own = _defined_variants(args)
     names = args.variants or (["none", *[n for n in own if n != "none"]] if own
-                              else QUICK["variants"])
+                              else QUICK["variants"] if quick_cell else DEFAULT_VARIANTS)
     variants, baseline = vs.select(names, defined, args.baseline)
     if args.sweep:
         variants, baseline = vs.sweep_points(variants, baseline, *vs.parse_sweep(args.sweep))

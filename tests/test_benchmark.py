@@ -1015,9 +1015,13 @@ def test_quick_default_plans_the_quick_grid(capsys, monkeypatch, tmp_path):
     rc, stdout, err = _bench(capsys, ["benchmark", "--seeds", "6", "--out", "more"])
     assert rc == 0 and "benchmark: 18 runs in more" in stdout, err
     assert {s.config_file for s in seen["specs"]} == {str(quick_yaml)}
-    # Another cell is the presets' own: the quick settings are TD3-on-Pendulum settings.
-    rc, _, err = _bench(capsys, ["benchmark", "--agent", "sac", "--steps", "6000", "--out", "sac"])
-    assert rc == 0 and {s.config_file for s in seen["specs"]} == {None}, err
+    # Another cell is the presets' own, none vs batch: the quick settings are TD3-on-Pendulum
+    # settings, and batch_naive sets an actor's mode, which DQN has not.
+    rc, _, err = _bench(capsys, ["benchmark", "--agent", "dqn", "--env", "CartPole-v1", "--steps",
+                                 "6000", "--out", "dqn"])
+    assert rc == 0, err
+    assert {(s.agent, s.variant, s.config_file) for s in seen["specs"]} == {
+        ("dqn", "none", None), ("dqn", "batch", None)}
 
 
 # --------------------------------------------------------------------------- #
