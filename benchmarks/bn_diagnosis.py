@@ -59,6 +59,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bnrl.agents import ACTION_SPACES, make_agent  # noqa: E402
 from bnrl.common.files import atomic_write  # noqa: E402
 from bnrl.envs import make_env  # noqa: E402
+from bnrl.envs.evaluate import EVAL_SEED_OFFSET  # noqa: E402
 from bnrl.networks import bn_layers, keras, tf  # noqa: E402
 from bnrl.training.cadence import Cadence  # noqa: E402
 from bnrl.training.config import resolve  # noqa: E402
@@ -302,7 +303,7 @@ def train_variant(agent_name: str, env_id: str, seed: int, steps: int, settings:
                      agent_overrides=settings)
     agent_config = config.agent_config
     env = make_env(env_id, seed, agent=agent_name, agents=ACTION_SPACES)
-    eval_env = make_env(env_id, seed + 10_000, agent=agent_name, agents=ACTION_SPACES)
+    eval_env = make_env(env_id, seed + EVAL_SEED_OFFSET, agent=agent_name, agents=ACTION_SPACES)
     rollout_env = make_env(env_id, seed + 30_000, agent=agent_name, agents=ACTION_SPACES)
     rollout_env.reset(seed=seed + 30_000)
     agent = make_agent(agent_name, env.observation_space, env.action_space, agent_config, seed)
@@ -315,7 +316,7 @@ def train_variant(agent_name: str, env_id: str, seed: int, steps: int, settings:
     checks: dict = {"target_copy_max_error": 0.0}
     records, evals = [], []
     obs, _ = env.reset(seed=seed)
-    eval_env.reset(seed=seed + 10_000)
+    eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
     start = time.time()
     cadence = Cadence.of(agent_config, log_every=1)
     for step in range(1, steps + 1):
