@@ -387,10 +387,18 @@ def _aggregate_lines(agent: str, by_env: dict, variants: list[str], baseline: st
         return [*lines, f"- {agent}: only one variant, `{baseline}`: nothing to compare it "
                 "with (a benchmark compares variants with a baseline: give --variants two or "
                 "more).", ""]
+    # An env without scores is answered on its own, in returns: its section's tests, here too.
+    for env in unscored:
+        lines += ["", f"On {env}, against `{baseline}`, in returns (the tests of its section "
+                  "below, Holm-adjusted over that env's tests):", ""]
+        lines += _env_comparisons(by_env[env], variants, baseline, None)
     all_envs = _scored_envs(by_env, [baseline], scores)
     if not all_envs:
-        return [*lines, f"- {agent}: no env with normalization scores and successful "
-                f"`{baseline}` runs: nothing to aggregate.", ""]
+        return [*lines, ""] if unscored else [
+            *lines, f"- {agent}: no env with normalization scores and successful "
+            f"`{baseline}` runs: nothing to aggregate.", ""]
+    if unscored:
+        lines += ["", "Across the envs with normalization scores:", ""]
     for variant in variants[1:]:
         envs = _scored_envs(by_env, [baseline, variant], scores)
         if not envs:
@@ -761,24 +769,33 @@ def _cell_section(
                 _fmt(_mean(r.get("updates_per_second") for r in ok))]
         lines.append("| " + " | ".join(row) + " |")
 
-    others = [v for v in variants if v != baseline and v in by_variant]
-    if others:
+    if any(v != baseline and v in by_variant for v in variants):
         lines += ["", f"Against `{baseline}` (final return; indented, learning speed: the area "
                   "under the evaluation curve; p Holm-adjusted over this env's tests):", ""]
-    base = finals.get(baseline, np.empty(0))
+    return [*lines, *_env_comparisons(by_variant, variants, baseline, scores), ""]
+
+
+def _env_comparisons(by_variant: dict[str, list[Run]], variants: list[str], baseline: str,
+                     scores: EnvScores | None) -> list[str]:
+    """Each variant against ``baseline`` on one env, in returns: the final return and, indented,
+    the AUC, each with its verdict, p Holm-adjusted over the env's tests."""
+    def successful(variant: str, measure) -> np.ndarray:
+        return _finite(measure(r) for r in by_variant.get(variant, []) if _is_ok(r))
+
+    base = successful(baseline, _final_return)
     margin = _tie_margin(scores) if scores is not None else 0.0
     tests: list[str | _Test] = []
-    for variant in others:
-        f = finals[variant]
+    for variant in [v for v in variants if v != baseline and v in by_variant]:
+        f = successful(variant, _final_return)
         if not f.size or not base.size:
             missing = variant if not f.size else baseline
             tests.append(f"- `{variant}`: cannot compare, no successful `{missing}` runs")
             continue
         tests.append(_pairwise(f"- `{variant}`: ", f, base, margin))
-        x, y = aucs[variant], aucs.get(baseline, np.empty(0))
+        x, y = successful(variant, _auc), successful(baseline, _auc)
         if x.size and y.size:
             tests.append(_pairwise("  - learning speed (AUC): ", x, y, margin, _SPEED_WORDS))
-    return [*lines, *_settle(tests), ""]
+    return _settle(tests)
 
 
 def _tie_margin(scores: EnvScores) -> float:

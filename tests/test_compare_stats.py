@@ -265,6 +265,40 @@ def test_learning_speed_is_judged_apart_from_the_final_score(tmp_path: Path) -> 
         "env has runs of both with two or more evaluations")
 
 
+def test_an_env_without_scores_is_answered_in_returns(tmp_path: Path) -> None:
+    """MinAtar has no normalization scores: its env stays out of the aggregate, and the answer
+    gives that env's own tests in returns (the lines of its section), before the aggregate of
+    the envs that have scores."""
+    unscored = "MinAtar/Breakout-v1"
+    assert unscored not in env_scores()
+    runs = [_run(v, s, level, env=unscored, start=0.0)  # levels far apart beside the noise
+            for v, level in (("none", 1000.0), ("batch", 10.0)) for s in range(5)]
+    text = write_report(runs, tmp_path).read_text()
+    answer = text.split("## Answer", 1)[1].split("## Grid", 1)[0]
+    section = text.split(f"### sac / {unscored}", 1)[1].split("## Failed runs", 1)[0]
+    p = 2 / math.comb(10, 5)  # 5 vs 5 separated; Holm over the env's two tests doubles it
+    worse = (f"- `batch`: P(improvement) 0.00 [0.00, 0.00], exact p = {p:.3f}, Holm-adjusted p "
+             f"= {2 * p:.3f} (5 vs 5 runs): worse\n  - learning speed (AUC): P(improvement) "
+             f"0.00 [0.00, 0.00], exact p = {p:.3f}, Holm-adjusted p = {2 * p:.3f} (5 vs 5 "
+             "runs): slower\n")
+    assert worse in section and worse in answer
+    assert (f"On {unscored}, against `none`, in returns (the tests of its section below, "
+            "Holm-adjusted over that env's tests):") in answer
+    assert "nothing to aggregate" not in answer and "Across the envs" not in answer
+
+    # With an env that has scores, the aggregate follows, as its own family of tests.
+    env, start, *levels = _ENVS[0]
+    runs += [_run(v, s, level, env=env, start=start)
+             for v, level in zip(("none", "batch"), levels, strict=True) for s in range(5)]
+    text = write_report(runs, tmp_path).read_text()
+    answer = text.split("## Answer", 1)[1].split("## Grid", 1)[0]
+    assert worse in answer
+    assert answer.index(worse) < answer.index("Across the envs with normalization scores:")
+    assert _answer_line(text, "batch").endswith(
+        f"exact permutation p = {p:.3f}, Holm-adjusted p = {2 * p:.3f}: **better** (1 env, 5 vs 5 "
+        "runs)")
+
+
 def test_runs_that_all_end_at_the_ceiling_tie(tmp_path: Path, monkeypatch) -> None:
     """The committed grid's InvertedDoublePendulum-v5: every run ends at ~9,355, batch's 0.1%
     higher. Those are ties, not a verdict; without the margin they would read as "better"."""
