@@ -29,7 +29,7 @@ from _cli import run_captured as _main
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = [REPO / "docs" / "benchmark-mujoco", REPO / "docs" / "benchmark-mujoco" /
              "learning-starts", REPO / "docs" / "benchmark-minatar" / "breakout-dqn",
-             REPO / "docs" / "benchmark-quick"]
+             REPO / "docs" / "benchmark-minatar" / "pqn", REPO / "docs" / "benchmark-quick"]
 NONE, BATCH = {"critic_norm": "none"}, {"critic_norm": "batch"}
 
 
