@@ -33,8 +33,10 @@ from bnrl.peers import PEERS
 from bnrl.training.runs import check_run
 
 DEFAULT_STEPS = 20_000
+"""Step budget of a grid given with --agent or --env but without --suite or --steps."""
 DEFAULT_VARIANTS = ["none", "batch"]
-"""Step budget of a grid given without --suite or --steps."""
+"""Variants of a grid given with --agent, --env or --suite but without --variants (the quick
+cell's are ``QUICK["variants"]``)."""
 _ALLOW_HELP = ("report runs that are not comparable anyway (other step budgets, bnrl versions "
                "or settings than the variant's own), listing what differs at the report's top")
 

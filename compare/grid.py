@@ -28,7 +28,7 @@ QUICK = dict(agents=["td3"], envs=["Pendulum-v1"], variants=["none", "batch_naiv
 """The embedded quick benchmark: BN trained the naive way vs BN done right vs none, on an agent
 where the naive way fails (TD3, docs/bn-critics.md), with the seeds a Holm-adjusted verdict
 needs (5 vs 5: the smallest exact p is 0.008, times the 4 tests of the answer). 4 minutes on a
-quiet 2-core AMD EPYC (docs/benchmark-quick.md)."""
+quiet 2-core AMD EPYC (docs/benchmark-quick/README.md)."""
 
 
 def grid_record(cells, variants, baseline: str, seeds: int, config_text: str | None,

@@ -747,19 +747,15 @@ def _cell_section(
     )
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
-    finals: dict[str, np.ndarray] = {}
-    aucs: dict[str, np.ndarray] = {}
     for variant in variants:
         all_runs = by_variant.get(variant, [])
         ok = [r for r in all_runs if _is_ok(r)]
-        finals[variant] = _finite(_final_return(r) for r in ok)
-        aucs[variant] = _finite(_auc(r) for r in ok)
-        f = finals[variant]
+        f = _finite(_final_return(r) for r in ok)
         iqm_cell = f"{_fmt(iqm(f))} {_ci_text(f, iqm)}" if f.size else _DASH
         row = [f"`{variant}`", f"{len(ok)} / {len(all_runs)}", _fmt(_mean(f)), iqm_cell]
         if scores is not None:
             row.append(_fmt(iqm(scores.normalize(f)), 2) if f.size else _DASH)
-        row.append(_fmt(_mean(aucs[variant])))
+        row.append(_fmt(_mean(_finite(_auc(r) for r in ok))))
         if threshold is not None:
             hits = [steps_to_threshold(*_curve(r), threshold) for r in ok]
             reached = [h for h in hits if h is not None]
