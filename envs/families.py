@@ -23,6 +23,14 @@ FIRE on reset (SB3's ``FireResetEnv``) is not applied: Machado et al. 2018 recom
 game-specific resets. A game that waits for FIRE (Breakout) then runs until v5's limit of 108k
 frames (27k steps) under a greedy policy that never picks it; Pong does not wait.
 ``max_episode_steps`` counts agent steps (4 frames each), as for every other env.
+
+``MinAtar/<Game>-v1`` is the env minatar registers, with one addition: a limit of
+``MINATAR_MAX_EPISODE_STEPS`` steps when none is given. minatar registers none, and a greedy
+Seaquest policy that never dives is never hit and never runs out of oxygen, so its evaluation
+episode would never end. 27,000 is Dopamine's ``Runner.max_steps_per_episode``, under which its
+MinAtar experiments ran (Obando-Ceron & Castro 2021, "Revisiting Rainbow"); Freeway ends itself at
+2,500 steps, and Breakout, Asterix and SpaceInvaders episodes of the scores in bnrl's committed
+MinAtar grids end thousands of steps before it.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ FRAME_STACK = 4
 FRAME_SKIP = 4
 NOOP_MAX = 30
 SCREEN_SIZE = 84
+MINATAR_MAX_EPISODE_STEPS = 27_000
 
 
 class MissingExtra(ImportError):
@@ -169,6 +178,20 @@ def _channels_last(env: gym.Env) -> gym.Env:
                        dtype=box.dtype)
     return TransformObservation(env, lambda obs: np.ascontiguousarray(np.moveaxis(obs, 0, -1)),
                                 space)
+
+
+def make_minatar(env_id: str, kwargs: dict[str, Any], make=gym.make) -> gym.Env:
+    """``MinAtar/<Game>-v1`` as minatar registers it, limited to ``MINATAR_MAX_EPISODE_STEPS``
+    steps unless ``kwargs`` sets a limit (module docstring).
+
+    Args:
+      env_id: a ``MinAtar/`` id (``register`` has run).
+      kwargs: further ``gymnasium.make`` arguments (time limit, render mode).
+      make: the ``gymnasium.make`` to call (``envs.make`` passes its error-translating one).
+    """
+    if kwargs.get("max_episode_steps") is None:
+        kwargs = {**kwargs, "max_episode_steps": MINATAR_MAX_EPISODE_STEPS}
+    return make(env_id, kwargs)
 
 
 def make_atari(env_id: str, kwargs: dict[str, Any], training: bool, make=gym.make) -> gym.Env:

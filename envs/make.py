@@ -32,7 +32,7 @@ from gymnasium.wrappers import RescaleAction, TransformAction, TransformObservat
 
 from bnrl.common.errors import EnvFailed, NonFiniteValue, error_line, first_nonfinite, one_line
 from bnrl.common.extras import install_hint
-from bnrl.envs.families import MissingExtra, family, make_atari, register
+from bnrl.envs.families import MissingExtra, family, make_atari, make_minatar, register
 
 __all__ = ["EnvBoundary", "EnvError", "check_agent_env", "env_action_bounds", "make_env"]
 
@@ -184,13 +184,16 @@ def _import_failure(env_id: str, exc: ImportError) -> EnvError:
 
 def _make_raw(env_id: str, kwargs: dict[str, Any], training: bool = False) -> gym.Env:
     """`gymnasium.make` with its many error types translated into one-line EnvErrors; an Atari
-    id gets its preprocessing (``training``: with the training-only wrappers)."""
+    id gets its preprocessing (``training``: with the training-only wrappers), a MinAtar id its
+    default time limit."""
     try:
         register(env_id)
     except MissingExtra as e:
         raise EnvError(str(e)) from None
     if family(env_id) == "atari":
         return make_atari(env_id, kwargs, training, make=_make_one)
+    if family(env_id) == "minatar":
+        return make_minatar(env_id, kwargs, make=_make_one)
     return _make_one(env_id, kwargs)
 
 

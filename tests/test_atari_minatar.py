@@ -17,7 +17,7 @@ from gymnasium.wrappers import AtariPreprocessing, ClipReward, FrameStackObserva
 from bnrl.common.errors import UserError
 from bnrl.common.extras import install_hint
 from bnrl.envs import EnvError, make_env
-from bnrl.envs.families import EpisodicLife
+from bnrl.envs.families import MINATAR_MAX_EPISODE_STEPS, EpisodicLife
 from bnrl.training import runs
 from bnrl.training.config import RunConfig, resolve
 from bnrl.training.runs import make_run_env
@@ -59,6 +59,25 @@ def test_minatar_as_it_is():
     assert obs.dtype == bool and obs.shape == (10, 10, 4)
     assert env.action_space == gym.spaces.Discrete(3)
     env.close()
+
+
+def test_a_minatar_episode_that_never_ends_is_truncated():
+    """Seaquest's sub left at the surface is never hit and never runs out of oxygen: without the
+    default limit an evaluation of that greedy policy would never return."""
+    pytest.importorskip("minatar")
+    env = make_env("MinAtar/Seaquest-v1", 0, agent="dqn", agents=AGENTS)
+    env.reset()
+    for step in range(1, MINATAR_MAX_EPISODE_STEPS + 1):
+        _, _, terminated, truncated, _ = env.step(0)
+        assert not terminated
+        if truncated:
+            break
+    assert step == MINATAR_MAX_EPISODE_STEPS == 27_000 and truncated
+    env.close()
+    limited = make_env("MinAtar/Seaquest-v1", 0, agent="dqn", agents=AGENTS, max_episode_steps=5)
+    limited.reset()
+    assert [limited.step(0)[3] for _ in range(5)] == [False] * 4 + [True]
+    limited.close()
 
 
 def test_vector_agents_refuse_image_envs_in_one_line():
