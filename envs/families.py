@@ -28,9 +28,10 @@ frames (27k steps) under a greedy policy that never picks it; Pong does not wait
 ``MINATAR_MAX_EPISODE_STEPS`` steps when none is given. minatar registers none, and a greedy
 Seaquest policy that never dives is never hit and never runs out of oxygen, so its evaluation
 episode would never end. 27,000 is Dopamine's ``Runner.max_steps_per_episode``, under which its
-MinAtar experiments ran (Obando-Ceron & Castro 2021, "Revisiting Rainbow"); Freeway ends itself at
-2,500 steps, and Breakout, Asterix and SpaceInvaders episodes of the scores in bnrl's committed
-MinAtar grids end thousands of steps before it.
+MinAtar experiments ran (Obando-Ceron & Castro 2021, "Revisiting Rainbow"). Freeway ends itself at
+2,500 steps; the longest episode measured, a 652-point Breakout episode of a 10M-step PQN policy,
+lasted 7,980 steps (docs/pqn.md). gymnax's ports, which the PQN paper's code runs, end episodes
+at 1,000 steps, which would cap such a policy near 80 points.
 """
 
 from __future__ import annotations
