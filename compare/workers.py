@@ -240,7 +240,8 @@ def _train_peer(spec: RunSpec, config) -> tuple[dict, dict]:
     job = {"peer": spec.peer, "agent": config.agent, "kwargs": kwargs, "env": config.env,
            "seed": config.seed, "steps": config.steps, "eval_every": config.eval_every,
            "eval_episodes": config.eval_episodes, "max_episode_steps": config.max_episode_steps,
-           "check_finite": config.check_finite, "threads": spec.threads,
+           "check_finite": config.check_finite, "checkpoint_every": config.checkpoint_every,
+           "threads": spec.threads,
            "run_dir": spec.run_dir, "label": f"{config.agent}/{config.env}/s{config.seed}",
            "result": str(result), "parent": os.getpid(), "path": sys.path,
            "init": str(package), "root": str(package.parent)}

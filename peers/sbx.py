@@ -12,7 +12,10 @@ tried, but a process of its own also keeps the two libraries' thread pools and m
 The run is evaluated as ``training.loop`` evaluates bnrl's: the deterministic policy, over
 ``eval_episodes`` episodes of one eval env made with the run's seed + ``EVAL_SEED_OFFSET`` and
 reset with that seed once, every ``eval_every`` env steps and at the end, by the same
-``envs.evaluate``.
+``envs.evaluate``. Every ``checkpoint_every`` env steps and at the end the run saves SBX's model,
+its replay buffer and the evaluations so far (``checkpoint/``, replaced atomically); a rerun of
+an interrupted run, or of a finished one with a larger budget, goes on from there as bnrl's runs
+do, its episode in progress started anew.
 """
 
 from __future__ import annotations
@@ -191,10 +194,10 @@ def versions() -> dict:
     return found
 
 
-def model(agent: str, kwargs: dict, env, seed: int):
+def model(agent: str, kwargs: dict, env, seed: int, saved: Path | None = None):
     """SBX's model of ``agent`` with ``arguments``' keyword arguments on ``env`` (an env or an
-    id); the caller has blocked TensorFlow (``block_tensorflow``) and set JAX's threads
-    (``jax_threads``)."""
+    id), or the one ``save``d to ``saved`` on ``env``; the caller has blocked TensorFlow
+    (``block_tensorflow``) and set JAX's threads (``jax_threads``)."""
     # SBX, SB3 and numpy's noise are the sbx extra's: imported only where a peer runs.
     import numpy as np
     import sbx
@@ -205,7 +208,10 @@ def model(agent: str, kwargs: dict, env, seed: int):
     noise = kwargs.pop("action_noise", None)
     # device="cpu": SB3 would probe CUDA (a warning on a machine without it); SBX runs on JAX's
     # default device either way.
-    made = classes[agent]("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
+    if saved is None:
+        made = classes[agent]("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
+    else:
+        made = classes[agent].load(saved, env=env, device="cpu")
     if noise is not None:  # of the model's action space: env may be an id
         shape = made.action_space.shape
         made.action_noise = NormalActionNoise(np.zeros(shape), noise["normal"] * np.ones(shape))
@@ -243,15 +249,22 @@ def run(job: dict) -> dict:
     ``training.loop``'s (``summary.json`` in the run directory too).
 
     ``job``: ``agent``, ``kwargs`` (``arguments``), the run's ``env``, ``seed``, ``steps``,
-    ``eval_every``, ``eval_episodes``, ``max_episode_steps``, ``check_finite``, ``threads``,
-    ``run_dir`` and the progress ``label``.
+    ``eval_every``, ``eval_episodes``, ``max_episode_steps``, ``check_finite``,
+    ``checkpoint_every``, ``threads``, ``run_dir`` and the progress ``label``.
     """
     from stable_baselines3.common.callbacks import BaseCallback
 
     run_dir = Path(job["run_dir"])
-    if run_dir.exists():  # an interrupted attempt: SBX runs have no checkpoints to resume from
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    saved = latest_checkpoint(run_dir)
+    if saved is None:
+        if run_dir.exists():  # an attempt interrupted before its first checkpoint
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        state = {"eval_steps": [], "eval_returns": [], "train_time_s": 0.0, "wall_time_s": 0.0,
+                 "resumes": 0}
+    else:
+        state = json.loads((saved / "state.json").read_text(encoding="utf-8"))
+        state["resumes"] += 1
     atomic_write(run_dir / "peer.json", json.dumps(
         {"peer": NAME, "agent": job["agent"], "kwargs": job["kwargs"]}, indent=1))
     agent, env_id, seed = job["agent"], job["env"], job["seed"]
@@ -263,10 +276,14 @@ def run(job: dict) -> dict:
                                     max_episode_steps=job["max_episode_steps"]),
                            env_id, check_finite=job["check_finite"])
     eval_env.reset(seed=seed + EVAL_SEED_OFFSET)
-    sbx_model = model(agent, job["kwargs"], env, seed)
+    sbx_model = model(agent, job["kwargs"], env, seed,
+                      None if saved is None else saved / "model.zip")
+    if saved is not None:
+        sbx_model.load_replay_buffer(saved / "replay.pkl")
+        print(f"resumed {run_dir} from step {sbx_model.num_timesteps}", flush=True)
     steps, every = job["steps"], job["eval_every"]
-    evaluations = {"eval_steps": [], "eval_returns": []}
-    train_time = [0.0]
+    evaluations = {"eval_steps": state["eval_steps"], "eval_returns": state["eval_returns"]}
+    train_time = [state["train_time_s"]]
     train = sbx_model.train
 
     def timed_train(*args, **kwargs):
@@ -288,28 +305,72 @@ def run(job: dict) -> dict:
             evaluations["eval_returns"].append(mean)
             print(f"[{job['label']}] step {point}/{steps} eval={mean:.1f}", flush=True)
 
+    started = time.time()
+    saved_at = [sbx_model.num_timesteps]
+
+    def checkpoint_due(reached: int) -> None:
+        """Save at the first rollout start past each multiple of ``checkpoint_every``."""
+        if reached < steps and reached // job["checkpoint_every"] > (
+                saved_at[0] // job["checkpoint_every"]):
+            save_checkpoint(run_dir, sbx_model, {
+                **state, **evaluations, "train_time_s": train_time[0],
+                "wall_time_s": state["wall_time_s"] + time.time() - started})
+            saved_at[0] = reached
+
     class Evaluations(BaseCallback):
         def _on_rollout_start(self) -> None:
             evaluate_due(self.num_timesteps)
+            checkpoint_due(self.num_timesteps)
 
         def _on_step(self) -> bool:
             return True
 
-    started = time.time()
-    sbx_model.learn(steps, callback=Evaluations())
+    # SB3 counts on from the loaded model's steps and resets the env for a new episode.
+    sbx_model.learn(steps - sbx_model.num_timesteps, callback=Evaluations(),
+                    reset_num_timesteps=saved is None)
     evaluate_due(sbx_model.num_timesteps)
-    wall = time.time() - started
+    wall = state["wall_time_s"] + time.time() - started
+    # A last checkpoint at the end, as bnrl's runs leave one: a larger budget (--extend) goes on
+    # from here.
+    save_checkpoint(run_dir, sbx_model, {**state, **evaluations, "train_time_s": train_time[0],
+                                         "wall_time_s": wall})
     updates = int(getattr(sbx_model, "_n_updates", 0))
     summary = {"agent": agent, "env": env_id, "seed": seed, "peer": NAME,
                "steps": int(sbx_model.num_timesteps), "stopped_by": None, **evaluations,
                "final_return": evaluations["eval_returns"][-1], "wall_time_s": wall,
-               "updates": updates, "resumes": 0,
+               "updates": updates, "resumes": state["resumes"],
                "updates_per_second": updates / train_time[0] if train_time[0] > 0 else 0.0,
                "bn_stats": {}}
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
     env.close()
     eval_env.close()
     return summary
+
+
+def save_checkpoint(run_dir: Path, sbx_model, state: dict) -> None:
+    """SBX's model, its replay buffer and the run's ``state`` as ``run_dir/checkpoint``: written
+    whole beside the previous one, then swapped in by renames (``latest_checkpoint`` takes the
+    previous one if a crash falls between them)."""
+    new, current, old = (run_dir / name for name in ("checkpoint.new", "checkpoint",
+                                                     "checkpoint.old"))
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    sbx_model.save(new / "model.zip")
+    sbx_model.save_replay_buffer(new / "replay.pkl")
+    atomic_write(new / "state.json", json.dumps(state))  # last: it marks the checkpoint whole
+    shutil.rmtree(old, ignore_errors=True)
+    if current.exists():
+        current.rename(old)
+    new.rename(current)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest whole checkpoint of ``run_dir`` (``save_checkpoint``), or None."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (run_dir / name / "state.json").exists():
+            return run_dir / name
+    return None
 
 
 def worker_main(job: dict) -> None:

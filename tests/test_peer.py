@@ -216,6 +216,39 @@ def test_a_tiny_sbx_run_writes_a_result_file_and_a_report_line(monkeypatch, caps
             and "differences from bnrl's settings: weights initialized by flax's" in report)
 
 
+def test_an_sbx_run_goes_on_from_its_checkpoint(tmp_path):
+    """A rerun of an SBX run with a larger budget (what ``--extend`` does; an interrupted run
+    takes the same path from its last periodic checkpoint) loads SBX's model and replay buffer
+    and keeps the evaluations made before."""
+    pytest.importorskip("sbx")
+    config = tmp_path / "config.yaml"
+    config.write_text("train:\n  eval_episodes: 1\n  checkpoint_every: 100\n")
+    run_dir = tmp_path / "run"
+
+    def spec(steps):
+        return results.RunSpec(
+            agent="sac", env="Pendulum-v1", variant="sbx-tiny", seed=0, steps=steps,
+            config_file=str(config), run_dir=str(run_dir), threads=1, eval_every=100,
+            settings={"hidden": [16, 16], "actor_hidden": [16, 16], "learning_starts": 100,
+                      "batch_size": 32, "peer": "sbx"})
+
+    first = workers.run_one(spec(200))
+    assert first["status"] == "ok", first.get("error")
+    assert first["eval_steps"] == [100, 200] and first["resumes"] == 0
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["eval_steps"] == [100, 200] and state["resumes"] == 0
+    assert not (run_dir / "checkpoint.new").exists() and not (run_dir / "checkpoint.old").exists()
+
+    second = workers.run_one(spec(300))
+    assert second["status"] == "ok", second.get("error")
+    assert second["resumes"] == 1 and second["steps"] == 300
+    assert second["eval_steps"] == [100, 200, 300]
+    assert second["eval_returns"][:2] == first["eval_returns"]
+    assert second["wall_time_s"] > first["wall_time_s"]
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["eval_steps"] == [
+        100, 200, 300]
+
+
 def test_a_variant_may_not_set_peer_itself(capsys, tmp_path):
     code, _, err = run_captured(["benchmark", "--agent", "sac", "--env", "Pendulum-v1",
                                  "--variant", "mine:peer=sbx", "--out", tmp_path / "out"],
