@@ -13,7 +13,8 @@ The run is evaluated as ``training.loop`` evaluates bnrl's: the deterministic po
 ``eval_episodes`` episodes of one eval env made with the run's seed + ``EVAL_SEED_OFFSET`` and
 reset with that seed once, every ``eval_every`` env steps and at the end, by the same
 ``envs.evaluate``. Every ``checkpoint_every`` env steps and at the end the run saves SBX's model,
-its replay buffer and the evaluations so far (``checkpoint/``, replaced atomically); a rerun of
+its replay buffer and the evaluations so far (``checkpoint-<step>/``, written whole before the
+previous one goes); a rerun of
 an interrupted run, or of a finished one with a larger budget, goes on from there as bnrl's runs
 do, its episode in progress started anew.
 """
@@ -28,7 +29,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bnrl.common.files import atomic_write
+from bnrl.common.files import atomic_directory, atomic_write
 from bnrl.common.processes import die_with_parent
 from bnrl.envs import EnvBoundary, make_env, training_env
 from bnrl.envs.evaluate import EVAL_SEED_OFFSET, evaluate
@@ -308,13 +309,17 @@ def run(job: dict) -> dict:
     started = time.time()
     saved_at = [sbx_model.num_timesteps]
 
+    def progress() -> dict:
+        """What a checkpoint keeps besides SBX's model and buffer (the evaluation lists are
+        ``state``'s own)."""
+        return {**state, "train_time_s": train_time[0],
+                "wall_time_s": state["wall_time_s"] + time.time() - started}
+
     def checkpoint_due(reached: int) -> None:
         """Save at the first rollout start past each multiple of ``checkpoint_every``."""
         if reached < steps and reached // job["checkpoint_every"] > (
                 saved_at[0] // job["checkpoint_every"]):
-            save_checkpoint(run_dir, sbx_model, {
-                **state, **evaluations, "train_time_s": train_time[0],
-                "wall_time_s": state["wall_time_s"] + time.time() - started})
+            save_checkpoint(run_dir, sbx_model, progress())
             saved_at[0] = reached
 
     class Evaluations(BaseCallback):
@@ -329,11 +334,11 @@ def run(job: dict) -> dict:
     sbx_model.learn(steps - sbx_model.num_timesteps, callback=Evaluations(),
                     reset_num_timesteps=saved is None)
     evaluate_due(sbx_model.num_timesteps)
-    wall = state["wall_time_s"] + time.time() - started
     # A last checkpoint at the end, as bnrl's runs leave one: a larger budget (--extend) goes on
     # from here.
-    save_checkpoint(run_dir, sbx_model, {**state, **evaluations, "train_time_s": train_time[0],
-                                         "wall_time_s": wall})
+    final = progress()
+    save_checkpoint(run_dir, sbx_model, final)
+    wall = final["wall_time_s"]
     updates = int(getattr(sbx_model, "_n_updates", 0))
     summary = {"agent": agent, "env": env_id, "seed": seed, "peer": NAME,
                "steps": int(sbx_model.num_timesteps), "stopped_by": None, **evaluations,
@@ -348,29 +353,23 @@ def run(job: dict) -> dict:
 
 
 def save_checkpoint(run_dir: Path, sbx_model, state: dict) -> None:
-    """SBX's model, its replay buffer and the run's ``state`` as ``run_dir/checkpoint``: written
-    whole beside the previous one, then swapped in by renames (``latest_checkpoint`` takes the
-    previous one if a crash falls between them)."""
-    new, current, old = (run_dir / name for name in ("checkpoint.new", "checkpoint",
-                                                     "checkpoint.old"))
-    shutil.rmtree(new, ignore_errors=True)
-    new.mkdir()
-    sbx_model.save(new / "model.zip")
-    sbx_model.save_replay_buffer(new / "replay.pkl")
-    atomic_write(new / "state.json", json.dumps(state))  # last: it marks the checkpoint whole
-    shutil.rmtree(old, ignore_errors=True)
-    if current.exists():
-        current.rename(old)
-    new.rename(current)
-    shutil.rmtree(old, ignore_errors=True)
+    """SBX's model, its replay buffer and the run's ``state`` as ``run_dir/checkpoint-<step>``,
+    written whole (``atomic_directory``) before the older ones are removed."""
+    path = run_dir / f"checkpoint-{sbx_model.num_timesteps:010d}"
+    if not path.exists():  # a finished run's last one, when a rerun had no step left to take
+        with atomic_directory(path) as tmp:
+            sbx_model.save(tmp / "model.zip")
+            sbx_model.save_replay_buffer(tmp / "replay.pkl")
+            (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    for old in run_dir.glob("checkpoint-*"):
+        if old != path:
+            shutil.rmtree(old)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest whole checkpoint of ``run_dir`` (``save_checkpoint``), or None."""
-    for name in ("checkpoint", "checkpoint.old"):
-        if (run_dir / name / "state.json").exists():
-            return run_dir / name
-    return None
+    """The newest checkpoint of ``run_dir`` (``save_checkpoint``), or None."""
+    found = sorted(run_dir.glob("checkpoint-*"))
+    return found[-1] if found else None
 
 
 def worker_main(job: dict) -> None:

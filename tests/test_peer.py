@@ -235,9 +235,10 @@ def test_an_sbx_run_goes_on_from_its_checkpoint(tmp_path):
     first = workers.run_one(spec(200))
     assert first["status"] == "ok", first.get("error")
     assert first["eval_steps"] == [100, 200] and first["resumes"] == 0
-    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    # One checkpoint left, the last: the periodic one at 100 steps was removed after it.
+    assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-0000000200"]
+    state = json.loads((run_dir / "checkpoint-0000000200" / "state.json").read_text())
     assert state["eval_steps"] == [100, 200] and state["resumes"] == 0
-    assert not (run_dir / "checkpoint.new").exists() and not (run_dir / "checkpoint.old").exists()
 
     second = workers.run_one(spec(300))
     assert second["status"] == "ok", second.get("error")
@@ -245,8 +246,8 @@ def test_an_sbx_run_goes_on_from_its_checkpoint(tmp_path):
     assert second["eval_steps"] == [100, 200, 300]
     assert second["eval_returns"][:2] == first["eval_returns"]
     assert second["wall_time_s"] > first["wall_time_s"]
-    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["eval_steps"] == [
-        100, 200, 300]
+    assert json.loads((run_dir / "checkpoint-0000000300" / "state.json").read_text())[
+        "eval_steps"] == [100, 200, 300]
 
 
 def test_a_variant_may_not_set_peer_itself(capsys, tmp_path):
