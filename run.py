@@ -101,10 +101,11 @@ flags and --set override both (a flag left out overrides nothing). Values are YA
 (3e-4 is a number); aliases (*name) and duplicate keys are not accepted; numbers must be finite.
 An empty or null value (--set KEY=, KEY=null) is refused, except where null means the default:
 actor_learning_rate (learning_rate), target_entropy (-action_dim), xla_single_update (on with
-xla and a BN layer), max_episode_steps (the env's limit); there --set KEY=null overrides a config
-file's value. Run settings without a flag go under `train:` in --config, e.g. check_finite: false
-turns off the check of every observation, reward and action for NaN/inf (on by default; a
-non-finite one, loss or eval return ends the run as failed, exit code 1, naming the step).
+xla and a BN layer, unless a network has convolutions), max_episode_steps (the env's limit);
+there --set KEY=null overrides a config file's value. Run settings without a flag go under
+`train:` in --config, e.g. check_finite: false turns off the check of every observation, reward
+and action for NaN/inf (on by default; a non-finite one, loss or eval return ends the run as
+failed, exit code 1, naming the step).
 Agent settings (--set KEY=VALUE):
   all agents: gamma batch_size buffer_size learning_starts train_freq gradient_steps hidden
               critic_norm critic_input_norm critic_norm_position bn_momentum bn_epsilon

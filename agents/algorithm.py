@@ -51,6 +51,12 @@ class Networks:
         """Every network an update trains (what the wiring check covers)."""
         return self.critics + self.actors
 
+    @property
+    def convolutional(self) -> bool:
+        """Whether a trained network has convolution layers (an image encoder)."""
+        return any(isinstance(layer, keras.layers.Conv2D)
+                   for model in self.trained for layer in model.submodules)
+
 
 class Algorithm:
     """Base of DQN, TD3 (DDPG) and SAC (CrossQ): the networks, the update and the schedule.

@@ -1,11 +1,12 @@
 """Agent settings: one typed config per agent, validated and resolved once.
 
 Each agent's dataclass (``DQNConfig``, ``SACConfig``, ...) extends ``AgentConfig``. Settings left
-at ``auto`` (the BN settings of issues 12 and 27, and ``xla_single_update``) and the ``bn_modes``
-preset (issue 27) are turned into their values once, by ``resolved()``, which also validates every
-field: what an agent is built from, what ``config.yaml`` holds and what ``--resume`` and the
-benchmark's settings hash compare is the resolved config, so nothing downstream guesses an
-``auto``.
+at ``auto`` (the BN settings of issues 12 and 27) and the ``bn_modes`` preset (issue 27) are
+turned into their values once, by ``resolved()``, which also validates every field: what an agent
+is built from, what ``config.yaml`` holds and what ``--resume`` and the benchmark's settings hash
+compare is the resolved config, so nothing downstream guesses an ``auto``. The one setting left
+null there is ``xla_single_update``, a speed setting: whether a network has convolutions depends
+on the observation's shape, so the update runner decides it from the networks it is given.
 """
 
 from __future__ import annotations
@@ -138,13 +139,18 @@ class AgentConfig:
     ``gradient_steps > 1`` a round of K gradient steps is one ``sess.run`` of one ``tf.while_loop``
     (benchmarks/README.md has the speed-up; the compile, once per agent, takes seconds). Results
     equal plain updates to float tolerance, not bit for bit (XLA sums in another order): false
-    runs the same loop without XLA, bit-identical to K single updates, for debugging."""
+    runs the same loop without XLA, bit-identical to K single updates, for debugging. A speed
+    setting: a run may be resumed with the other value."""
     xla_single_update: bool | None = None
     """Also compile each single update (``gradient_steps = 1``, and the logged update of a
     round) with XLA. ``null`` (default): exactly when ``xla`` is on and a network has BN layers
-    (BN or Batch Renorm): measured 1.5-1.7x more updates/s for SAC, TD3 and CrossQ with a BN
-    critic, and 0.8-0.98x without BN, where every call's copies of the variables it writes
-    outweigh what XLA fuses (benchmarks/README.md). ``true`` needs ``xla``."""
+    (BN or Batch Renorm) and no convolutions, decided when the networks are built. Measured on
+    dense networks: 1.5-1.7x more updates/s for SAC, TD3 and CrossQ with a BN critic, and
+    0.8-0.98x without BN, where every call's copies of the variables it writes outweigh what XLA
+    fuses; on convolutional Q-networks with BN, 0.6-0.8x (XLA's CPU convolutions;
+    benchmarks/README.md). ``true`` needs ``xla``. Like ``xla``, it changes speed and float
+    rounding only (the compiled update equals the plain graph's to float tolerance), so a run may
+    be resumed with another value."""
 
     # The BN settings each agent picks for a critic with plain BN (the "auto" values; issue 12).
     bn_defaults: ClassVar[dict[str, str]] = {}
@@ -154,8 +160,7 @@ class AgentConfig:
 
         The ``bn_modes`` preset sets the mode switches it names (``BN_MODES``); the BN settings
         still at ``auto`` take the agent's ``bn_defaults`` when ``critic_norm`` is ``batch`` and
-        the pre-remedy behaviour (``CLASSIC_BN``) otherwise; ``xla_single_update`` becomes true
-        exactly when ``xla`` is on and a network has BN layers. A resolved config resolves to
+        the pre-remedy behaviour (``CLASSIC_BN``) otherwise. A resolved config resolves to
         itself.
 
         Raises:
@@ -181,9 +186,6 @@ class AgentConfig:
                 value = (checked.bn_defaults.get(name, CLASSIC_BN[name])
                          if checked.critic_norm == "batch" else CLASSIC_BN[name])
             values[name] = value
-        if checked.xla_single_update is None:
-            values["xla_single_update"] = checked.xla and any(
-                Norm(kind).is_batch for kind in checked.norm_kinds())
         config = dataclasses.replace(checked, **values)
         config._validate()
         config._resolved = True  # not a field: a copy made with dataclasses.replace resolves anew

@@ -20,6 +20,7 @@ import numpy as np
 from bnrl.agents.algorithm import Algorithm
 from bnrl.agents.update import Batch, Update, after
 from bnrl.networks import (
+    Norm,
     batch_statistics_call,
     bn_diagnostics,
     check_wiring,
@@ -64,12 +65,23 @@ class UpdateRunner:
     def _build_train_ops(self, batch: Batch, noise: dict):
         """One train op per phase of the schedule, with its scalars and its ``Update``; each
         compiled with XLA when ``xla_single_update`` is on."""
-        build = (self._build_compiled_variant if self.config.xla_single_update
+        build = (self._build_compiled_variant if self._compile_single_updates()
                  else self._build_variant)
         ops, scalars, updates = {}, {}, {}
         for phase, steps in self.schedule.phases().items():
             ops[phase], scalars[phase], updates[phase] = build(batch, noise, steps)
         return ops, scalars, updates
+
+    def _compile_single_updates(self) -> bool:
+        """``xla_single_update``, its null decided here, where the networks are known: compiled
+        exactly when ``xla`` is on and a network has BN layers but no convolutions (XLA's CPU
+        convolutions made BN Q-networks on images 1.2-1.6x slower than the plain graph;
+        benchmarks/README.md)."""
+        c = self.config
+        if c.xla_single_update is not None:
+            return c.xla_single_update
+        return (c.xla and any(Norm(kind).is_batch for kind in c.norm_kinds())
+                and not self.algorithm.networks.convolutional)
 
     def _build_compiled_variant(self, batch: Batch, noise: dict, steps: tuple[str, ...]):
         """``_build_variant`` as one XLA-compiled function called on ``batch`` and ``noise``:

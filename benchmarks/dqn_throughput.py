@@ -60,16 +60,20 @@ class Job:
     library: str  # "bnrl", "sb3" or "sbx"
     network: str  # a key of NETWORKS
     norm: str = "none"
+    compiled: bool = False  # bnrl with xla_single_update=true (its default keeps conv nets plain)
 
     @property
     def key(self) -> str:
-        return f"{self.library}/{self.network}/{self.norm}"
+        return f"{self.library}/{self.network}/{self.norm}" + ("+xla" if self.compiled else "")
 
 
-def jobs_of(networks, norms, libraries) -> list[Job]:
-    """bnrl with each norm, then each peer (no normalization: theirs have none), per network."""
+def jobs_of(networks, norms, libraries, compiled_bn: bool = False) -> list[Job]:
+    """bnrl with each norm (and, with ``compiled_bn``, BN's single update XLA-compiled too), then
+    each peer (no normalization: theirs have none), per network."""
     return [job for network in networks for job in (
         [Job("bnrl", network, norm) for norm in norms]
+        + [Job("bnrl", network, norm, compiled=True) for norm in norms
+           if compiled_bn and norm == "batch"]
         + [Job(library, network) for library in libraries])]
 
 
@@ -93,7 +97,8 @@ def bnrl_agent(job: Job, threads: int, gradient_steps: int = 1, n_envs: int = 1)
     config = {"critic_norm": job.norm, "batch_size": BATCH, "learning_rate": LEARNING_RATE,
               "double_q": False, "loss": "huber", "buffer_size": 10_000, "learning_starts": 0,
               "train_freq": TRAIN_FREQ, "gradient_steps": gradient_steps,
-              "intra_op_threads": threads, "inter_op_threads": threads}
+              "intra_op_threads": threads, "inter_op_threads": threads,
+              "xla_single_update": True if job.compiled else None}
     space = getattr(env, "single_observation_space", env.observation_space)
     actions = getattr(env, "single_action_space", env.action_space)
     agent = make_agent("dqn", space, actions, config, seed=0,
@@ -291,6 +296,9 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--compare-sb3", action="store_true")
     parser.add_argument("--compare-sbx", action="store_true")
+    parser.add_argument("--compiled-bn", action="store_true",
+                        help="also time BN with its single update XLA-compiled "
+                        "(xla_single_update=true), against the default plain graph")
     parser.add_argument("--json", default="dqn_throughput.json", help="output file")
     args = parser.parse_args(argv)
     args.networks, args.norms = args.networks.split(","), args.norms.split(",")
@@ -314,7 +322,7 @@ def main(argv=None) -> int:
 
     quiet_tensorflow()
     libraries = [lib for lib in ("sb3", "sbx") if getattr(args, f"compare_{lib}")]
-    jobs = jobs_of(args.networks, args.norms, libraries)
+    jobs = jobs_of(args.networks, args.norms, libraries, args.compiled_bn)
     samples: dict[str, dict[str, list]] = {}
     started = time.time()
     measure_args = (args.threads, args.updates, args.many, args.loop_steps, args.n_envs,
@@ -347,14 +355,16 @@ def _column(s: dict, key: str, n_envs: int) -> list:
 
 
 def ratio_rows(jobs, samples, n_envs: int) -> list[dict]:
-    """bnrl (each norm) against each peer of its network, and each norm against none."""
+    """bnrl (each norm) against each peer of its network, each norm against none, and a
+    compiled BN update against the default one."""
     out = []
     for job in jobs:
         if job.library != "bnrl":
             continue
         mine = samples[job.key]
-        others = [j for j in jobs if j.network == job.network
-                  and (j.library != "bnrl" or (j.norm == "none" and job.norm != "none"))]
+        others = [j for j in jobs if j.network == job.network and (
+            j.library != "bnrl" or (j.norm == "none" and job.norm != "none")
+            or (job.compiled and j.norm == job.norm and not j.compiled))]
         for other in others:
             theirs = samples[other.key]
             out.append({"bnrl": job.key, "against": other.key, **{
@@ -370,7 +380,8 @@ def print_tables(jobs, samples, results, n_envs: int) -> None:
     for job in jobs:
         s = samples[job.key]
         cells = [_spread(v) if v else "-" for v in (_column(s, k, n_envs) for k in COLUMNS)]
-        print(f"| {job.library} | {job.network} | {job.norm} | {' | '.join(cells)} |")
+        norm = job.norm + (", XLA single update" if job.compiled else "")
+        print(f"| {job.library} | {job.network} | {norm} | {' | '.join(cells)} |")
     print("\nratios, median of per-round ratios [min-max] (issue 26 targets: updates/s >= 1.2x "
           "SBX; BN within 15% of none)")
     print(f"| bnrl | against | updates, 1 per call | many per call | per CPU-s | loop, 1 env | "

@@ -50,6 +50,20 @@ def test_each_norm_is_compared_with_the_peers_and_with_none(dq):
     assert batch["loop_n_per_s"] == (1.0, 1.0, 1.0) and batch["many_per_s"] is None
 
 
+def test_a_compiled_bn_row_is_compared_with_the_default_one(dq):
+    jobs = dq.jobs_of(["minatar"], ["none", "batch"], [], compiled_bn=True)
+    assert [j.key for j in jobs] == ["bnrl/minatar/none", "bnrl/minatar/batch",
+                                     "bnrl/minatar/batch+xla"]
+    samples = {j.key: {"updates_per_s": [10.0, 20.0]} for j in jobs}
+    samples["bnrl/minatar/batch+xla"]["updates_per_s"] = [5.0, 10.0]
+    rows = {(r["bnrl"], r["against"]): r for r in dq.ratio_rows(jobs, samples, 4)}
+    assert set(rows) == {("bnrl/minatar/batch", "bnrl/minatar/none"),
+                         ("bnrl/minatar/batch+xla", "bnrl/minatar/none"),
+                         ("bnrl/minatar/batch+xla", "bnrl/minatar/batch")}
+    assert rows[("bnrl/minatar/batch+xla", "bnrl/minatar/batch")]["updates_per_s"] == (
+        0.5, 0.5, 0.5)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--networks", "mujoco"], "unknown network 'mujoco'"),
     (["--norms", "group"], "unknown norm 'group'"),

@@ -271,11 +271,11 @@ def test_a_null_setting_overrides_the_config_file(tmp_path, monkeypatch):
     td3, sac = tmp_path / "td3.yaml", tmp_path / "sac.yaml"
     td3.write_text("train: {agent: td3}\nagent: {actor_learning_rate: 1e-4}\n")
     sac.write_text("agent: {target_entropy: -3.0, xla_single_update: true}\n")
-    # (file, setting, the file's value, what null resolves to: xla_single_update's auto is off
-    # without a BN layer)
+    # (file, setting, the file's value, what null resolves to: each stays null in the resolved
+    # config, decided where it is used)
     for user, key, given, default in ((td3, "actor_learning_rate", 1e-4, None),
                                       (sac, "target_entropy", -3.0, None),
-                                      (sac, "xla_single_update", True, False)):
+                                      (sac, "xla_single_update", True, None)):
         assert run.main(["train", "--config", str(user), "--quiet"]) == 0
         assert getattr(seen[-1].agent_config, key) == given, key
         assert run.main(["train", "--config", str(user), "--set", f"{key}=null", "--quiet"]) == 0

@@ -39,12 +39,15 @@ MAX_CONFIG_BYTES = 1 << 20
 """Config files are a few lines; a bigger one is not a bnrl config."""
 
 RESUMABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "check_finite",
-             "vector_env", "agent_config.intra_op_threads", "agent_config.inter_op_threads")
+             "vector_env", "agent_config.intra_op_threads", "agent_config.inter_op_threads",
+             "agent_config.xla", "agent_config.xla_single_update")
 """Settings ``--resume`` may change: when to stop (``steps``, never below the checkpoint's
 step), bookkeeping, the env-boundary check (it only decides whether a run with a non-finite
-value stops; a run that finishes has the same numbers either way), sync or async sub-envs and
-the thread pools (speed only). Every other setting must equal the saved one, or the resumed
-run would silently be a different experiment."""
+value stops; a run that finishes has the same numbers either way), sync or async sub-envs, the
+thread pools and whether updates are XLA-compiled (speed only: a compiled update equals the
+plain graph's to float tolerance, tests/test_multi_update.py). Every other setting must equal
+the saved one, or the resumed run would silently be a different experiment. None of them is in
+a benchmark run's settings hash."""
 
 DEFAULT_AGENT, DEFAULT_ENV = "sac", "Pendulum-v1"
 
