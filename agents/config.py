@@ -147,7 +147,7 @@ class AgentConfig:
     (BN or Batch Renorm) and no convolutions, decided when the networks are built. Measured on
     dense networks: 1.5-1.7x more updates/s for SAC, TD3 and CrossQ with a BN critic, and
     0.8-0.98x without BN, where every call's copies of the variables it writes outweigh what XLA
-    fuses; on convolutional Q-networks with BN, 0.6-0.8x (XLA's CPU convolutions;
+    fuses; on convolutional Q-networks with BN, 0.7-0.9x (XLA's CPU convolutions;
     benchmarks/README.md). ``true`` needs ``xla``. Like ``xla``, it changes speed and float
     rounding only (the compiled update equals the plain graph's to float tolerance), so a run may
     be resumed with another value."""

@@ -75,7 +75,7 @@ class UpdateRunner:
     def _compile_single_updates(self) -> bool:
         """``xla_single_update``, its null decided here, where the networks are known: compiled
         exactly when ``xla`` is on and a network has BN layers but no convolutions (XLA's CPU
-        convolutions made BN Q-networks on images 1.2-1.6x slower than the plain graph;
+        convolutions made BN Q-networks on images 1.1-1.4x slower than the plain graph;
         benchmarks/README.md)."""
         c = self.config
         if c.xla_single_update is not None:

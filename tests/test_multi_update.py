@@ -270,7 +270,7 @@ def test_single_updates_are_compiled_by_default_exactly_with_bn_layers(agents, c
 def test_single_updates_of_a_convolutional_bn_network_stay_plain_by_default(
         observation, setting, expected):
     """``xla_single_update: null`` leaves a BN Q-network with convolutions (MinAtar's grid) in
-    the plain graph, where its update measured 1.2-1.6x faster; ``true`` still compiles it,
+    the plain graph, where its update measured 1.1-1.4x faster; ``true`` still compiles it,
     and a dense BN Q-network is compiled as any BN network is."""
     import gymnasium as gym
 
