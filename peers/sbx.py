@@ -14,9 +14,8 @@ The run is evaluated as ``training.loop`` evaluates bnrl's: the deterministic po
 reset with that seed once, every ``eval_every`` env steps and at the end, by the same
 ``envs.evaluate``. Every ``checkpoint_every`` env steps and at the end the run saves SBX's model,
 its replay buffer and the evaluations so far (``checkpoint-<step>/``, written whole before the
-previous one goes); a rerun of
-an interrupted run, or of a finished one with a larger budget, goes on from there as bnrl's runs
-do, its episode in progress started anew.
+previous one goes); a rerun of an interrupted run, or of a finished one with a larger budget,
+goes on from there as bnrl's runs do, its episode in progress started anew.
 """
 
 from __future__ import annotations

@@ -131,6 +131,25 @@ def test_check_finite_is_a_resumable_run_setting_outside_the_settings_hash():
     assert "check_finite" in config.RESUMABLE
 
 
+def test_the_xla_switches_are_resumable_and_outside_the_settings_hash():
+    """``xla`` and ``xla_single_update`` change speed and float rounding only: a run resumes
+    with other values, and a benchmark run made with them counts as the same settings."""
+    import dataclasses
+
+    from bnrl.compare.results import deciding_settings, settings_hash
+
+    compiled, plain = config.resolve("sac", "Pendulum-v1"), config.resolve("sac", "Pendulum-v1")
+    plain.agent_config = dataclasses.replace(plain.agent_config, xla=False,
+                                             xla_single_update=False).resolved()
+    assert compiled.agent_config.xla and compiled.agent_config.xla_single_update is None
+    assert config.changed_settings(compiled, plain) == []
+    assert (settings_hash(deciding_settings(compiled))
+            == settings_hash(deciding_settings(plain)))
+    other = config.resolve("sac", "Pendulum-v1")
+    other.agent_config = dataclasses.replace(other.agent_config, tau=0.01).resolved()
+    assert config.changed_settings(compiled, other) != []  # a deciding setting still counts
+
+
 def test_env_boundary_names_a_non_finite_action_and_an_inf_observation():
     import gymnasium as gym
 
