@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="agent setting, repeatable (see below)")
     train.add_argument("--eval-every", type=_positive_int, help="env steps between evaluations")
     train.add_argument("--eval-episodes", type=_positive_int, help="episodes per evaluation")
+    train.add_argument("--eval-epsilon", type=float, metavar="P",
+                       help="dqn, pqn: evaluate epsilon-greedily, a random action with "
+                       "probability P (default 0: greedy; Dopamine's Atari evaluation: 0.001)")
     train.add_argument("--checkpoint-every", type=_positive_int,
                        help="env steps between checkpoints")
     train.add_argument("--log-every", type=_positive_int,
@@ -226,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="episodes (default 10)")
     evaluate.add_argument("--seed", type=_non_negative_int,
                           help="env seed (default: the run's seed + 20000)")
+    evaluate.add_argument("--epsilon", type=float, metavar="P",
+                          help="dqn, pqn: a random action with probability P at each step "
+                          "(default: the run's eval_epsilon, 0 unless set)")
     evaluate.add_argument("--render-video", action="store_true",
                           help="also record the first episode as RUN/eval.mp4 (gymnasium's "
                           "RecordVideo; needs moviepy: pip install 'bnrl[video]')")
@@ -252,7 +258,7 @@ def cmd_train(args) -> int:
     if args.critic_norm is not None:
         agent_overrides["critic_norm"] = args.critic_norm
     train_overrides = dict(steps=args.steps, seed=args.seed, eval_every=args.eval_every,
-                           eval_episodes=args.eval_episodes,
+                           eval_episodes=args.eval_episodes, eval_epsilon=args.eval_epsilon,
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                            max_episode_steps=args.max_episode_steps, n_envs=args.n_envs,
                            vector_env=args.vector_env)
@@ -294,7 +300,7 @@ def _resolve_train(args, train_overrides: dict, agent_overrides: dict):
 
 
 def cmd_evaluate(args) -> int:
-    result = evaluate_run(args.run, args.episodes, args.render_video, args.seed)
+    result = evaluate_run(args.run, args.episodes, args.render_video, args.seed, args.epsilon)
     print(f"mean return {result.mean:.2f} +- {result.std:.2f} over {result.episodes} episodes "
           f"of {result.checkpoint}")
     if result.video is not None:

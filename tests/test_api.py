@@ -109,6 +109,27 @@ def test_the_run_evaluates_exports_and_gives_its_agent_and_a_temporary_logdir_go
     assert not directory.exists()
 
 
+def test_an_epsilon_greedy_run_evaluates_with_its_epsilon_and_so_does_evaluate(tmp_path):
+    """``eval_epsilon`` reaches the loop's evaluations and ``evaluate``'s default. At 1 every
+    action is drawn from the evaluation's generator, so the returns are computed here by
+    replaying the eval env and those draws, the policy never consulted."""
+    from bnrl.envs.evaluate import EVAL_SEED_OFFSET, evaluate
+    from bnrl.training.runs import make_run_env
+
+    run = bnrl.train("dqn", "CartPole-v1", steps=200, settings=TINY, eval_epsilon=1.0, **QUICK)
+    eval_seed = run.config.seed + EVAL_SEED_OFFSET
+    env = make_run_env(run.config, eval_seed)
+    env.reset(seed=eval_seed)  # the loop's first reset; later episodes continue the env
+    assert run.eval_returns == [evaluate(None, env, 1, 1.0, (eval_seed, step))[0]
+                                for step in (100, 200)]
+    env = make_run_env(run.config, 7)
+    random_play = evaluate(None, env, 3, 1.0, 7)
+    assert run.evaluate(episodes=3, seed=7)[:2] == random_play
+    greedy = run.evaluate(episodes=3, seed=7, epsilon=0.0)[:2]
+    assert greedy != random_play and greedy == bnrl.evaluate(run.dir, 3, seed=7, epsilon=0)[:2]
+    run.close()
+
+
 def test_bad_api_input_is_a_one_line_user_error(tmp_path):
     with pytest.raises(UserError, match="callbacks must be bnrl.Callback objects, not function"):
         bnrl.train("dqn", "CartPole-v1", callbacks=[lambda *a: None])

@@ -255,3 +255,61 @@ def test_module_that_registers_other_id(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     message = _one_line_error("_custom_env:Missing-v0")
     assert "did not register" in message
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+class _Corridor(gym.Env):
+    """Records the actions it receives; an episode is ``length`` steps, the reward the action."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(4)
+
+    def __init__(self, length: int):
+        self.length, self.actions, self.t = length, [], 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.actions.append(int(action))
+        self.t += 1
+        return np.zeros(1, np.float32), float(action), self.t == self.length, False, {}
+
+
+class _Always:
+    """A policy that takes action 3, counting its calls; ``explore`` must be False."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def act(self, obs, explore):
+        assert explore is False
+        self.calls += 1
+        return 3
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.3, 1.0])
+def test_an_epsilon_greedy_evaluation_takes_the_drawn_random_actions(epsilon: float) -> None:
+    """Each step draws one uniform from a generator seeded with ``action_seed``, and below
+    ``epsilon`` a uniformly random action from it instead of the policy's."""
+    from bnrl.envs.evaluate import evaluate
+
+    env, policy = _Corridor(length=20), _Always()
+    mean, std = evaluate(policy, env, 3, epsilon, action_seed=(7, 100))
+    rng = np.random.default_rng((7, 100))
+    expected, greedy = [], 0
+    for _ in range(3 * 20):
+        if epsilon and rng.random() < epsilon:
+            expected.append(int(rng.integers(4)))
+        else:
+            expected.append(3)
+            greedy += 1
+    assert env.actions == expected and policy.calls == greedy
+    returns = np.array(expected, float).reshape(3, 20).sum(axis=1)
+    assert (mean, std) == (returns.mean(), returns.std())
+    # The three cases are what they claim: greedy only, random only, and a mix.
+    assert {0.0: greedy == 60, 1.0: greedy == 0}.get(epsilon, 0 < greedy < 60)

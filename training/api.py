@@ -29,9 +29,10 @@ def train(agent: str = "sac", env: str = "Pendulum-v1", *, steps: int | None = N
           seed: int = 0, settings: dict | None = None, config: str | Path | None = None,
           logdir: str | Path | None = None, resume: bool = False, callbacks=(),
           progress_bar: bool = False, eval_every: int | None = None,
-          eval_episodes: int | None = None, checkpoint_every: int | None = None,
-          log_every: int | None = None, max_episode_steps: int | None = None,
-          n_envs: int | None = None, vector_env: str | None = None) -> Run:
+          eval_episodes: int | None = None, eval_epsilon: float | None = None,
+          checkpoint_every: int | None = None, log_every: int | None = None,
+          max_episode_steps: int | None = None, n_envs: int | None = None,
+          vector_env: str | None = None) -> Run:
     """Train ``agent`` on ``env``, as ``run.py train`` does; returns the finished ``Run``.
 
     Args:
@@ -48,8 +49,9 @@ def train(agent: str = "sac", env: str = "Pendulum-v1", *, steps: int | None = N
       callbacks: ``bnrl.Callback`` objects, called at each evaluation and checkpoint; one that
         returns False stops the run (``bnrl.StopOnReturn``, ``bnrl.StopOnNoImprovement``).
       progress_bar: a tqdm bar on a terminal (plain lines in a log); silent by default.
-      eval_every, eval_episodes, checkpoint_every, log_every, max_episode_steps, n_envs,
-        vector_env: as the ``run.py train`` flags of the same names (default: the preset's).
+      eval_every, eval_episodes, eval_epsilon, checkpoint_every, log_every,
+        max_episode_steps, n_envs, vector_env: as the ``run.py train`` flags of the same names
+        (default: the preset's).
 
     Raises:
       UserError: a bad setting, env or directory (one line), before anything is written.
@@ -65,7 +67,7 @@ def train(agent: str = "sac", env: str = "Pendulum-v1", *, steps: int | None = N
         raise UserError("resume=True needs the logdir of the run to continue")
     run_config = resolve(agent, env, config, dict(
         steps=steps, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
-        checkpoint_every=checkpoint_every, log_every=log_every,
+        eval_epsilon=eval_epsilon, checkpoint_every=checkpoint_every, log_every=log_every,
         max_episode_steps=max_episode_steps, n_envs=n_envs, vector_env=vector_env),
         settings or {})
     scratch = None if logdir is not None else Path(tempfile.mkdtemp(prefix="bnrl-run-"))
@@ -81,11 +83,12 @@ def train(agent: str = "sac", env: str = "Pendulum-v1", *, steps: int | None = N
 
 
 def evaluate(run: str | Path, episodes: int = 10, seed: int | None = None,
-             render_video: bool = False) -> RunEvaluation:
+             render_video: bool = False, epsilon: float | None = None) -> RunEvaluation:
     """Evaluate a run directory's latest checkpoint, or a policy written by ``export``, as
     ``run.py evaluate`` does: the deterministic policy's mean and std return over ``episodes``
-    episodes (env seed: the run's + 20000 unless given), and which checkpoint that was."""
-    return evaluate_run(run, episodes, render_video, seed)
+    episodes (env seed: the run's + 20000 unless given; epsilon-greedy with ``epsilon``, by
+    default the run's ``eval_epsilon``), and which checkpoint that was."""
+    return evaluate_run(run, episodes, render_video, seed, epsilon)
 
 
 class Run:
@@ -136,9 +139,9 @@ class Run:
         return self._agent
 
     def evaluate(self, episodes: int = 10, seed: int | None = None,
-                 render_video: bool = False) -> RunEvaluation:
+                 render_video: bool = False, epsilon: float | None = None) -> RunEvaluation:
         """``bnrl.evaluate`` of this run (a video goes to ``RUN/eval.mp4``)."""
-        return evaluate_run(self.dir, episodes, render_video, seed)
+        return evaluate_run(self.dir, episodes, render_video, seed, epsilon)
 
     def export(self, out: str | Path) -> dict:
         """Write the policy as a SavedModel in the new directory ``out`` (``run.py export``);

@@ -18,7 +18,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation of the greedy policy (``eval_episodes`` episodes on the eval env)."""
+    """One evaluation of the greedy policy (``eval_episodes`` episodes on the eval env;
+    epsilon-greedy with ``eval_epsilon``)."""
 
     step: int
     """Env steps trained when it ran."""

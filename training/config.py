@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from bnrl import configs  # presets ship as package data
-from bnrl.agents import AgentConfig, agent_class, config_from_dict
+from bnrl.agents import ACTION_SPACES, AgentConfig, agent_class, config_from_dict
 from bnrl.agents.config import coerce_setting
 from bnrl.common.errors import UserError, one_line
 from bnrl.envs import VECTOR_MODES
@@ -171,6 +171,11 @@ class RunConfig:
     """Env steps between evaluations with the deterministic policy."""
     eval_episodes: int = 10
     """Episodes per evaluation."""
+    eval_epsilon: float = 0.0
+    """Q-network agents (dqn, pqn): the probability of a uniformly random action at each
+    evaluation step (0: greedy, as SB3's deterministic evaluation; Mnih et al. 2015 evaluate
+    Atari with 0.05, Dopamine with 0.001, which ends the episodes of a greedy policy stuck where
+    its action changes nothing)."""
     checkpoint_every: int = 10_000
     """Env steps between checkpoints (and one at the end)."""
     keep_checkpoints: int = 3
@@ -223,6 +228,7 @@ class RunConfig:
         if not 1 <= self.n_envs <= MAX_ENVS:
             raise UserError(f"--n-envs must be in [1, {MAX_ENVS}], got {self.n_envs}")
         self.agent_config = self._resolved_agent_config()
+        check_epsilon(self.agent, self.eval_epsilon, "eval_epsilon")
         try:
             self.agent_config.check_n_envs(self.n_envs)
         except ValueError as exc:
@@ -268,6 +274,17 @@ class RunConfig:
         flat = {k: v for k, v in data.items() if k != "agent_config"}
         flat.update({f"agent_config.{k}": v for k, v in data["agent_config"].items()})
         return flat
+
+
+def check_epsilon(agent: str, epsilon: float, name: str) -> None:
+    """An evaluation's epsilon (``name``: the setting or flag that gave it) is in [0, 1], and 0
+    for an agent with continuous actions; UserError, one line."""
+    if not 0 <= epsilon <= 1:
+        raise UserError(f"{name} must be in [0, 1], got {epsilon}")
+    if epsilon and ACTION_SPACES[agent] != "discrete":
+        discrete = ", ".join(a for a, space in ACTION_SPACES.items() if space == "discrete")
+        raise UserError(f"{name} applies to agents with discrete actions ({discrete}); "
+                        f"{agent} evaluates its deterministic action: leave it at 0")
 
 
 _RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent_config"}

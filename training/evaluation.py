@@ -16,6 +16,7 @@ from bnrl.common.extras import install_hint
 from bnrl.common.files import fsync_dir, fsync_file, temporary_directory
 from bnrl.envs.evaluate import evaluate
 from bnrl.training import checkpoint
+from bnrl.training.config import check_epsilon
 from bnrl.training.export import ExportedPolicy, is_export
 from bnrl.training.runs import build_agent, make_run_env, open_run
 
@@ -32,14 +33,16 @@ class RunEvaluation(NamedTuple):
 
 
 def evaluate_run(run_dir, episodes: int, render_video: bool = False,
-                 seed: int | None = None) -> RunEvaluation:
+                 seed: int | None = None, epsilon: float | None = None) -> RunEvaluation:
     """Evaluate the latest checkpoint of a run, or a policy written by ``bnrl export``.
 
     Args:
       run_dir: a run directory, or an export directory (it holds ``bnrl_policy.json``).
       episodes: episodes to run.
       render_video: also record the first episode as ``run_dir/eval.mp4`` (needs moviepy).
-      seed: env seed; default the run's seed + 20000.
+      seed: env seed; default the run's seed + 20000. Also seeds the random actions.
+      epsilon: epsilon-greedy evaluation (Q-network agents); default the run's
+        ``eval_epsilon``.
 
     Returns:
       mean and std of the returns, and which checkpoint they are of.
@@ -72,6 +75,10 @@ def evaluate_run(run_dir, episodes: int, render_video: bool = False,
         else:
             source = f"{ckpt} (env step {checkpoint.step_of(ckpt)})"
         eval_seed = config.seed + 20_000 if seed is None else seed
+        if epsilon is None:
+            epsilon = config.eval_epsilon
+        else:
+            check_epsilon(config.agent, epsilon, "--epsilon")
         if render_video:
             # rgb_array frames only: no window, no sound (SDL would print errors on a headless
             # box).
@@ -88,9 +95,10 @@ def evaluate_run(run_dir, episodes: int, render_video: bool = False,
                 raise
         try:
             if video is None:
-                mean, std = evaluate(policy, env, episodes)
+                mean, std = evaluate(policy, env, episodes, epsilon, eval_seed)
             else:
-                mean, std = _evaluate_recording(policy, env, episodes, video, work)
+                mean, std = _evaluate_recording(policy, env, episodes, epsilon, eval_seed,
+                                                video, work)
         except RunFailed as exc:
             raise type(exc)(f"evaluation of {run_dir} stopped: {exc}") from exc
         finally:
@@ -120,8 +128,8 @@ def _require_moviepy() -> None:
                         f"{install_hint('video')}") from None
 
 
-def _evaluate_recording(policy, env, episodes: int, video: Path,
-                        work: Path) -> tuple[float, float]:
+def _evaluate_recording(policy, env, episodes: int, epsilon: float, action_seed: int,
+                        video: Path, work: Path) -> tuple[float, float]:
     """``evaluate`` with gymnasium's ``RecordVideo`` recording the first episode to ``video``.
 
     RecordVideo writes into ``work``, a temporary directory beside ``video``; the finished MP4 is
@@ -130,7 +138,7 @@ def _evaluate_recording(policy, env, episodes: int, video: Path,
     recorder = RecordVideo(env, str(work / "video"), episode_trigger=lambda e: e == 0,
                            name_prefix="eval", disable_logger=True)
     try:
-        result = evaluate(policy, recorder, episodes)
+        result = evaluate(policy, recorder, episodes, epsilon, action_seed)
         if recorder.recording:  # RecordVideo writes at the next reset; one episode has none
             recorder.stop_recording()
     except gym_error.DependencyNotInstalled as exc:

@@ -477,7 +477,9 @@ class _Run:
         evaluated = _reached(step, n, config.eval_every) or step >= config.steps
         if evaluated:
             try:
-                mean, std = evaluate(self.agent, self.eval_env, config.eval_episodes)
+                mean, std = evaluate(self.agent, self.eval_env, config.eval_episodes,
+                                     config.eval_epsilon,
+                                     action_seed=(config.seed + EVAL_SEED_OFFSET, step))
             except RunFailed as exc:
                 raise _stopped(exc, f"in the evaluation at env step {step}") from exc
             self.logger.eval_return(step, mean, std)
