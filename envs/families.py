@@ -21,7 +21,8 @@ one of SB3's ``AtariWrapper`` steps where gymnasium has none):
 
 FIRE on reset (SB3's ``FireResetEnv``) is not applied: Machado et al. 2018 recommend against
 game-specific resets. A game that waits for FIRE (Breakout) then runs until v5's limit of 108k
-frames (27k steps) under a greedy policy that never picks it; Pong does not wait.
+frames (27k steps) under a greedy policy that never picks it (an evaluation with
+``eval_epsilon`` > 0 ends them); Pong does not wait.
 ``max_episode_steps`` counts agent steps (4 frames each), as for every other env.
 
 ``MinAtar/<Game>-v1`` is the env minatar registers, with one addition: a limit of
