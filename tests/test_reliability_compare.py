@@ -29,7 +29,8 @@ from _cli import run_captured as _main
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = [REPO / "docs" / "benchmark-mujoco", REPO / "docs" / "benchmark-mujoco" /
              "learning-starts", REPO / "docs" / "benchmark-minatar" / "breakout-dqn",
-             REPO / "docs" / "benchmark-minatar" / "pqn", REPO / "docs" / "benchmark-quick"]
+             REPO / "docs" / "benchmark-minatar" / "pqn", REPO / "docs" / "benchmark-minatar" /
+             "pqn-10m", REPO / "docs" / "benchmark-quick"]
 NONE, BATCH = {"critic_norm": "none"}, {"critic_norm": "batch"}
 
 
@@ -171,7 +172,7 @@ def test_the_committed_grids_are_comparable(committed):
     the rule unchanged, every committed result file with them."""
     found = collect.collect(committed)
     assert found.incomparable == []
-    assert len(found.runs) == len(list((committed / "results").rglob("*.json"))) >= 12
+    assert len(found.runs) == len(list((committed / "results").rglob("*.json"))) >= 6
 
 
 def test_a_run_without_a_finite_result_is_a_failed_run(tmp_path):
