@@ -190,8 +190,12 @@ class UpdateRunner:
     def _build_diagnostics(self) -> dict:
         """BN diagnostics per phase, read after that phase's step, with the gap between Q
         with batch statistics and with moving statistics on the rows the critic's training-mode
-        pass saw (the joint batch with ``critic_batch=joint``), read after its critic step."""
+        pass saw (the joint batch with ``critic_batch=joint``), read after its critic step.
+        A Q-network acting greedily (DQN, PQN) also gets the share of those rows whose greedy
+        action is the same with both: it acts on moving statistics, so where action gaps are
+        small next to the gap, it acts on another Q-function than the one it trains."""
         networks = self.algorithm.networks
+        greedy = self.algorithm.head_class.action_space == "discrete"
         diagnostics = {}
         for phase, op in self.train_ops.items():
             diag = dict(bn_diagnostics(networks.critics, "Q", after=op))
@@ -204,6 +208,9 @@ class UpdateRunner:
                     q_batch = batch_statistics_call(networks.critics[0], update.critic_inputs)
                     q_moving = networks.critics[0](update.critic_inputs, training=False)
                 diag["bn_Q_train_eval_gap"] = tf.reduce_mean(tf.abs(q_batch - q_moving))
+                if greedy:
+                    same = tf.equal(tf.argmax(q_batch, axis=1), tf.argmax(q_moving, axis=1))
+                    diag["bn_Q_greedy_agreement"] = tf.reduce_mean(tf.cast(same, tf.float32))
             diagnostics[phase] = diag
         return diagnostics
 

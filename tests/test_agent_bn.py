@@ -514,7 +514,8 @@ def test_log_returns_post_step_diagnostics(bn_agent):
         expected = _expected_diagnostics(agent, agent.networks.critics, "Q")
         expected.update(_expected_diagnostics(agent, agent.networks.actors, "pi"))
         got_keys = {k for k in out if k.startswith("bn")}
-        assert got_keys == set(expected) | {"bn_Q_train_eval_gap"}
+        greedy = {"bn_Q_greedy_agreement"} if agent.name == "dqn" else set()
+        assert got_keys == set(expected) | {"bn_Q_train_eval_gap"} | greedy
         for key in ("bn_Q_gamma", "bn_Q_beta", "bn_Q_moving_mean", "bn_Q_moving_variance"):
             assert key in out
         if agent.networks.actors:

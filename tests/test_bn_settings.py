@@ -175,12 +175,14 @@ def test_training_mode_bootstrap_uses_the_joint_batch_statistics():
 def test_train_eval_gap_is_measured_on_the_training_pass_rows():
     """bn_Q_train_eval_gap after a joint-pass DQN step: mean |Q(batch statistics) - Q(moving
     statistics)| over the 2B rows of the joint pass (not over (s, a) alone), from the post-step
-    weights, computed here with numpy."""
+    weights, computed here with numpy; and bn_Q_greedy_agreement, the share of those rows whose
+    argmax is the same with both."""
     config = dict(SMALL, hidden=(8,), critic_input_norm=False, critic_batch="joint",
                   target="polyak", bootstrap_mode="training")
     agent = _build("dqn", config)
     batch = _batch(np.random.default_rng(6), agent)
-    gap = agent.update(batch, log=True)["bn_Q_train_eval_gap"]
+    logged = agent.update(batch, log=True)
+    gap = logged["bn_Q_train_eval_gap"]
     dense, bn, out = (agent.algorithm.q.get_layer(n) for n in ("q_dense0", "q_bn0", "q_out"))
     assert dense.bias is None  # a Dense followed by BN has none
     k0, gamma, beta, mean, var, k1, b1 = agent.sess.run(
@@ -198,6 +200,9 @@ def test_train_eval_gap_is_measured_on_the_training_pass_rows():
     obs_only = np.abs(q(batch["obs"], lambda x: x.mean(0), lambda x: x.var(0))
                       - q(batch["obs"], lambda x: mean, lambda x: var)).mean()
     assert abs(obs_only - gap) > 1e-3 * gap  # the (s, a) rows alone give another gap
+    agreement = np.mean(q_batch.argmax(1) == q_moving.argmax(1))
+    assert 0 < agreement < 1  # after one step the two modes pick some actions differently
+    assert logged["bn_Q_greedy_agreement"] == pytest.approx(agreement)
     agent.close()
 
 

@@ -71,6 +71,18 @@ def _cli(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 
+def _layout_tags(run_dir: Path) -> dict[str, list[list[str]]]:
+    """The CUSTOM SCALARS layout a run wrote: category title -> the tags of each chart."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    event, = acc.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    return {c.title: [list(chart.multiline.tag) for chart in c.chart] for c in layout.category}
+
+
 def _scalars(run_dir: Path):
     """The EventAccumulator of a run (it honours SessionLog.START purges, like TensorBoard)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -143,6 +155,7 @@ def test_sac_batch_norm_critic_writes_the_exact_tags(sac_bn_run):
                 "charts/env_steps_per_second"}
     assert required <= tags, f"missing {sorted(required - tags)}"
     assert not any(t.startswith("bn_pi") for t in tags), "no actor BN was asked for"
+    assert "bn_Q_greedy_agreement" not in tags  # a critic of (s, a) picks no action
 
     per_layer = [t for t in tags if t.startswith("bn/")]
     layers: dict[str, set[str]] = {}
@@ -178,10 +191,14 @@ def test_dqn_logs_q_loss_and_bn_q_tags(tmp_path):
                   "--set", "gradient_steps=1", "--set", "exploration_steps=100"])
     tags = set(_scalars(run_dir).Tags()["scalars"])
     required = {"losses/q_loss", "bn_Q_gamma", "bn_Q_beta", "bn_Q_moving_mean",
-                "bn_Q_moving_variance", "bn_Q_train_eval_gap", "eval/mean_return",
-                "charts/episodic_return", "charts/updates_per_second"}
+                "bn_Q_moving_variance", "bn_Q_train_eval_gap", "bn_Q_greedy_agreement",
+                "eval/mean_return", "charts/episodic_return", "charts/updates_per_second"}
     assert required <= tags, f"missing {sorted(required - tags)}"
     assert any(re.fullmatch(r"bn/Q/[^/]+/moving_mean", t) for t in tags), sorted(tags)
+    agreement = [e.value for e in _scalars(run_dir).Scalars("bn_Q_greedy_agreement")]
+    assert all(0 <= v <= 1 for v in agreement), agreement
+    layout = _layout_tags(run_dir)
+    assert ["^bn_Q_greedy_agreement$"] in layout["BN of the critic / Q-network (bn_Q_*)"]
 
 
 @pytest.fixture(scope="module")

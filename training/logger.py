@@ -84,10 +84,12 @@ class ScalarLogger:
         (writer or self._writer).add_event(event_pb2.Event(wall_time=time.time(), step=step,
                                                            summary=summary))
 
-    def session_start(self, hparams: dict, trial: str, bn_networks: dict[str, str]) -> None:
+    def session_start(self, hparams: dict, trial: str, bn_networks: dict[str, str],
+                      greedy: bool = False) -> None:
         """Record the run's settings (``flatten_settings``) for the HPARAMS dashboard, as trial
         ``trial``, and the CUSTOM SCALARS layout of ``bn_networks`` (diagnostics prefix -> what
-        it is, e.g. ``{"Q": "critic"}``: the networks with BN layers).
+        it is, e.g. ``{"Q": "critic"}``: the networks with BN layers); ``greedy``: the
+        Q-network acts greedily, so it logs ``bn_Q_greedy_agreement``.
 
         Written at every (re)start and flushed at once; TensorBoard keeps the first one a run
         directory holds, so a resumed run stays one session: ``hparams`` must not hold what a
@@ -96,7 +98,7 @@ class ScalarLogger:
         summary = hparams_summary.hparams_pb(hparams, trial_id=trial)
         self._session.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
         self._session.flush()
-        layout = _layout(bn_networks)
+        layout = _layout(bn_networks, greedy)
         tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
                                         string_val=[layout.SerializeToString()])
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=(
@@ -152,7 +154,7 @@ class ScalarLogger:
         self._session.close()
 
 
-def _layout(bn_networks: dict[str, str]) -> layout_pb2.Layout:
+def _layout(bn_networks: dict[str, str], greedy: bool) -> layout_pb2.Layout:
     """CUSTOM SCALARS: the return and losses, then per network with BN its seed-2 diagnostics and
     its train/eval gap (an absent tag draws nothing)."""
     def chart(title, *tags):
@@ -171,6 +173,9 @@ def _layout(bn_networks: dict[str, str]) -> layout_pb2.Layout:
         if prefix == "Q":
             charts.insert(0, chart("bn_Q_train_eval_gap: |Q(batch stats) - Q(moving stats)|",
                                    "bn_Q_train_eval_gap"))
+            if greedy:
+                charts.insert(1, chart("bn_Q_greedy_agreement: same greedy action with batch "
+                                       "and moving stats", "bn_Q_greedy_agreement"))
         categories.append(layout_pb2.Category(title=f"BN of the {name} (bn_{prefix}_*)",
                                               chart=charts))
     return layout_pb2.Layout(category=categories)

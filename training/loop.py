@@ -582,7 +582,8 @@ def _start(config: RunConfig, held: RunDirectory, threads: int | None, replay: b
             {k: v for k, v in settings.items() if k not in RESUMABLE}, trial=str(run_dir),
             bn_networks={prefix: name for prefix, name, kind in (
                 ("Q", "critic / Q-network", ac.critic_norm),
-                ("pi", "actor", getattr(ac, "actor_norm", "none"))) if Norm(kind).is_batch})
+                ("pi", "actor", getattr(ac, "actor_norm", "none"))) if Norm(kind).is_batch},
+            greedy=agent.head.action_space == "discrete")
     except BaseException:
         _close_quietly(*reversed(made))
         raise
