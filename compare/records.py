@@ -6,7 +6,8 @@ Each run record (one per agent x env x variant x seed) is a dict::
      "run_dir", "eval_steps", "eval_returns", "final_return", "auc",
      "wall_time_s", "updates_per_second", "resumes",
      "bn_stats": {"steps", "bn_Q_moving_mean", "bn_Q_moving_variance",
-                  "bn_Q_train_eval_gap"},   # {} without a BN critic
+                  "bn_Q_train_eval_gap",    # {} without a BN critic
+                  "bn_Q_greedy_agreement"}, # DQN and PQN, from bnrl 0.3 on
      # written by bnrl >= 0.2 (compare.results): what made the run
      "run_agent", "steps", "bnrl_version", "settings_hash", "settings", "variant_settings",
      # a peer library's run (``benchmark --peer``): its arguments, what it does differently

@@ -37,10 +37,13 @@ from bnrl.compare.stats import (
 from bnrl.compare.suites import EnvScores, env_scores
 from bnrl.compare.variants import point_name, split_point
 
-BN_KEYS = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
+BN_KEYS = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap",
+           "bn_Q_greedy_agreement")
 BN_LABELS = {"bn_Q_moving_mean": "L2 norm of moving mean\n(mean over BN layers)",
              "bn_Q_moving_variance": "L2 norm of moving variance\n(mean over BN layers)",
-             "bn_Q_train_eval_gap": "mean |Q(batch stats) - Q(moving stats)|"}
+             "bn_Q_train_eval_gap": "mean |Q(batch stats) - Q(moving stats)|",
+             "bn_Q_greedy_agreement": "share of states whose greedy action\nis the same "
+                                      "in both modes"}
 # Fixed colours so a variant looks the same in every subplot and figure.
 _COLORS = {"none": "0.25", "batch": "tab:blue", "batch_renorm": "tab:orange",
            "layer": "tab:green", "crossq": "tab:red", "batch_naive": "tab:purple"}
@@ -259,12 +262,18 @@ def _bn_series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     return steps[:n][order], values[:n][order]
 
 
+def bn_keys(runs: list[Run]) -> list[str]:
+    """The ``BN_KEYS`` some run kept, in order: a column of bn_stats.png each (the greedy
+    agreement only for Q-networks acting greedily)."""
+    return [key for key in BN_KEYS if any(key in (r.get("bn_stats") or {}) for r in runs)]
+
+
 def _plot_bn_stats(
     groups: dict[tuple[str, str], dict[str, list[Run]]],
     variants: list[str],
     path: Path,
 ) -> bool:
-    """BN moving statistics vs steps: rows agent x env, columns ``BN_KEYS``.
+    """BN moving statistics vs steps: rows agent x env, columns the ``BN_KEYS`` runs kept.
 
     Always writes the file (a placeholder if no run logged BN stats), so the
     set of outputs does not depend on the grid.
@@ -284,10 +293,11 @@ def _plot_bn_stats(
         _save_figure(fig, path)
         return False
 
-    fig = _new_figure(4.4 * len(BN_KEYS), 3.0 * len(rows))
-    axes = fig.subplots(len(rows), len(BN_KEYS), squeeze=False)
+    keys = bn_keys([r for _, by_v in rows for rs in by_v.values() for r in rs])
+    fig = _new_figure(4.4 * len(keys), 3.0 * len(rows))
+    axes = fig.subplots(len(rows), len(keys), squeeze=False)
     for i, ((agent, env), by_variant) in enumerate(rows):
-        for j, key in enumerate(BN_KEYS):
+        for j, key in enumerate(keys):
             ax = axes[i][j]
             for variant in variants:
                 color = _color(variant, variants)
@@ -864,7 +874,8 @@ def _method_note(has_bn: bool) -> list[str]:
         "evaluation steps within the span every seed covers; the band is the pointwise "
         f"{pct} percentile-bootstrap CI of the mean over seeds.",
         "- **bn_stats.png**: "
-        + ("critic BN moving mean, moving variance and train/eval output gap per BN run."
+        + ("critic BN moving mean, moving variance and train/eval output gap per BN run (and "
+           "the greedy agreement of Q-networks that log it)."
            if has_bn else "no run logged BN statistics, so it only holds a placeholder."),
         "- Failed and missing runs are excluded from all statistics and counted above; runs "
         "of one variant made with different settings or bnrl versions are never reported "

@@ -199,6 +199,29 @@ def test_dqn_logs_q_loss_and_bn_q_tags(tmp_path):
     assert all(0 <= v <= 1 for v in agreement), agreement
     layout = _layout_tags(run_dir)
     assert ["^bn_Q_greedy_agreement$"] in layout["BN of the critic / Q-network (bn_Q_*)"]
+    # Kept for the benchmark's bn_stats.png, one value per logged step.
+    kept = json.loads((run_dir / "summary.json").read_text())["bn_stats"]
+    assert kept["bn_Q_greedy_agreement"] == pytest.approx(agreement)
+    assert len(kept["steps"]) == len(agreement)
+
+
+def test_bn_history_aligns_a_scalar_first_logged_after_a_resume():
+    """A run resumed from a checkpoint of a bnrl that did not log bn_Q_greedy_agreement keeps
+    it aligned with the steps (NaN before); a scalar a run never logs is not kept."""
+    from bnrl.training.loop import _keep_bn_history
+
+    old = {"bn_Q_moving_mean": 1.0, "bn_Q_moving_variance": 2.0, "bn_Q_train_eval_gap": 0.5}
+    history = {"steps": []}
+    _keep_bn_history(history, old, 10)
+    _keep_bn_history(history, {"losses/q_loss": 1.0}, 15)  # no BN scalars: nothing kept
+    _keep_bn_history(history, dict(old, bn_Q_greedy_agreement=0.75), 20)
+    assert history["steps"] == [10, 20]
+    assert history["bn_Q_train_eval_gap"] == [0.5, 0.5]
+    assert math.isnan(history["bn_Q_greedy_agreement"][0])
+    assert history["bn_Q_greedy_agreement"][1] == 0.75
+    critic = {"steps": []}
+    _keep_bn_history(critic, old, 10)
+    assert set(critic) == {"steps", *old}
 
 
 @pytest.fixture(scope="module")

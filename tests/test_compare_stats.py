@@ -17,6 +17,7 @@ from bnrl.compare import (
     steps_to_threshold,
     write_report,
 )
+from bnrl.compare.report import bn_keys
 from bnrl.compare.suites import env_scores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -349,6 +350,17 @@ def test_a_partial_grid_is_never_averaged_silently(tmp_path: Path) -> None:
     assert _answer_line(text, "batch").endswith(
         "(1 env, 3 vs 3 runs; without MountainCarContinuous-v0, where one of them has no "
         "successful run)")
+
+
+def test_bn_figure_has_a_column_per_statistic_the_runs_kept(tmp_path: Path) -> None:
+    critic = [_run("batch", s, -170.0) for s in range(2)]
+    assert bn_keys(critic) == ["bn_Q_moving_mean", "bn_Q_moving_variance",
+                               "bn_Q_train_eval_gap"]
+    q_network = [dict(r, bn_stats=dict(r["bn_stats"], bn_Q_greedy_agreement=[0.5] * 11))
+                 for r in critic]
+    assert bn_keys(q_network)[-1] == "bn_Q_greedy_agreement"
+    write_report([*[_run("none", s, -600.0) for s in range(2)], *q_network], tmp_path)
+    assert (tmp_path / "bn_stats.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_write_report_without_bn_or_successful_runs(tmp_path: Path) -> None:

@@ -50,8 +50,10 @@ from bnrl.training.runs import (
     make_train_envs,
 )
 
-# Scalars kept in summary.json for the benchmark's bn_stats.png.
-_BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap")
+# Scalars kept in summary.json for the benchmark's bn_stats.png (the greedy agreement: DQN and PQN
+# only, so it is kept only by runs that log it).
+_BN_HISTORY = ("bn_Q_moving_mean", "bn_Q_moving_variance", "bn_Q_train_eval_gap",
+               "bn_Q_greedy_agreement")
 
 
 class Progress:
@@ -715,11 +717,21 @@ def _log_update(logger, scalars: dict, step: int, state: dict, since_log: dict, 
     scalars["charts/env_steps_per_second"] = (step - since_log["step"]) / elapsed
     since_log.update(time=now, step=step, updates=updates)
     logger.scalars(scalars, step)
-    history = state["bn_history"]
-    if "bn_Q_moving_mean" in scalars:
-        history["steps"].append(step)
-        for name in _BN_HISTORY:
-            history.setdefault(name, []).append(scalars.get(name, float("nan")))
+    _keep_bn_history(state["bn_history"], scalars, step)
+
+
+def _keep_bn_history(history: dict, scalars: dict, step: int) -> None:
+    """Append a logged step's ``_BN_HISTORY`` scalars to ``history`` (``steps`` and one list
+    per scalar a run logs, each aligned with ``steps``)."""
+    if "bn_Q_moving_mean" not in scalars:
+        return
+    history["steps"].append(step)
+    for name in _BN_HISTORY:
+        if name in scalars or name in history:
+            # NaN before its first point in a run resumed from a checkpoint of a bnrl that did
+            # not log it yet.
+            kept = history.setdefault(name, [float("nan")] * (len(history["steps"]) - 1))
+            kept.append(scalars.get(name, float("nan")))
 
 
 def _summary(config: RunConfig, agent, state: dict, wall: float, train_time: float, step: int,
