@@ -1,4 +1,4 @@
-"""Does a BN Q-network act on the Q-function it learns? A probe of one DQN or PQN checkpoint.
+"""Does a BN Q-network act on the Q-function it learns? A probe of one DQN checkpoint.
 
     python benchmarks/bn_acting.py RUN_DIR [--checkpoint STEP] [--batches 30]
 
@@ -45,9 +45,10 @@ from bnrl.training.runs import build_agent, make_run_env, open_run  # noqa: E402
 def probe(run_dir: Path, step: int | None, batches: int) -> list[str]:
     config, latest = open_run(run_dir)
     path = latest if step is None else checkpoint.checkpoint_dir(run_dir) / f"step-{step:09d}"
-    if config.agent not in ("dqn", "pqn"):
-        raise UserError(f"{run_dir} is a {config.agent} run: the probe is for Q-networks that "
-                        "act greedily (dqn, pqn)")
+    if config.agent != "dqn":
+        raise UserError(f"{run_dir} is a {config.agent} run: the probe draws batches from a "
+                        "dqn run's replay buffer (pqn keeps none; other agents act with no "
+                        "argmax)")
     if not path.is_dir():
         raise UserError(f"no checkpoint {path}: use one of "
                         f"{[checkpoint.step_of(p) for p in checkpoint.list_checkpoints(run_dir)]}")

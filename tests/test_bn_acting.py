@@ -48,7 +48,7 @@ def test_the_probe_prints_each_bn_layer_and_three_agreements(bn_acting, tmp_path
 
 
 @pytest.mark.parametrize("case, message", [
-    ("sac", "is a sac run: the probe is for Q-networks"),
+    ("sac", "is a sac run: the probe draws batches from a dqn run's replay buffer"),
     ("none", "has no BN layer"),
     ("step", "no checkpoint"),
 ])
