@@ -279,7 +279,7 @@ def _plot_bn_stats(
     set of outputs does not depend on the grid.
 
     Returns:
-        Whether any run had BN statistics.
+        The statistics drawn, one column each (empty when no run had BN statistics).
     """
     rows = [
         (key, {v: [r for r in rs if _is_ok(r) and r.get("bn_stats")] for v, rs in by_v.items()})
@@ -291,7 +291,7 @@ def _plot_bn_stats(
         fig = _new_figure(6.0, 2.0)
         fig.text(0.5, 0.5, "no BN variant in this benchmark", ha="center", va="center")
         _save_figure(fig, path)
-        return False
+        return []
 
     keys = bn_keys([r for _, by_v in rows for rs in by_v.values() for r in rs])
     fig = _new_figure(4.4 * len(keys), 3.0 * len(rows))
@@ -320,7 +320,7 @@ def _plot_bn_stats(
                  "train/eval gap is in return units: large when it is near the gaps between "
                  "actions' Q values (docs/bn-critics.md)", fontsize=10)
     _save_figure(fig, path)
-    return True
+    return keys
 
 
 # --------------------------------------------------------------------------- #
@@ -817,7 +817,7 @@ def _pairwise(head: str, x: np.ndarray, y: np.ndarray, margin: float,
     return _Test(head, stats, f" ({x.size} vs {y.size} runs): ", words=words, p_name="exact p")
 
 
-def _method_note(has_bn: bool) -> list[str]:
+def _method_note(bn_drawn: list[str]) -> list[str]:
     pct = f"{CONFIDENCE:.0%}"
     return [
         "## Method",
@@ -874,9 +874,10 @@ def _method_note(has_bn: bool) -> list[str]:
         "evaluation steps within the span every seed covers; the band is the pointwise "
         f"{pct} percentile-bootstrap CI of the mean over seeds.",
         "- **bn_stats.png**: "
-        + ("critic BN moving mean, moving variance and train/eval output gap per BN run (and "
-           "the greedy agreement of Q-networks that log it)."
-           if has_bn else "no run logged BN statistics, so it only holds a placeholder."),
+        + (("critic BN moving mean, moving variance and train/eval output gap per BN run"
+            + (", and the share of states whose greedy action is the same with batch and "
+               "moving statistics" if "bn_Q_greedy_agreement" in bn_drawn else "") + ".")
+           if bn_drawn else "no run logged BN statistics, so it only holds a placeholder."),
         "- Failed and missing runs are excluded from all statistics and counted above; runs "
         "of one variant made with different settings or bnrl versions are never reported "
         "together (result files carry a settings hash and the version).",
@@ -946,7 +947,7 @@ def _write_report(runs: list[Run], out: Path, baseline: str | None, missing: lis
             settings.setdefault(str(r["variant"]), r["variant_settings"])
 
     _plot_curves(groups, order, thresholds, out / "curves.png")
-    has_bn = _plot_bn_stats(groups, order, out / "bn_stats.png")
+    bn_drawn = _plot_bn_stats(groups, order, out / "bn_stats.png")
     _plot_aggregates(groups, order, baseline, scores, out / "aggregate.png",
                      out / "profiles.png")
 
@@ -977,7 +978,7 @@ def _write_report(runs: list[Run], out: Path, baseline: str | None, missing: lis
         for r in failed
     ] or ["None."]
     lines.append("")
-    lines += _method_note(has_bn)
+    lines += _method_note(bn_drawn)
 
     report = out / "report.md"
     atomic_write(report, "\n".join(lines))

@@ -359,8 +359,14 @@ def test_bn_figure_has_a_column_per_statistic_the_runs_kept(tmp_path: Path) -> N
     q_network = [dict(r, bn_stats=dict(r["bn_stats"], bn_Q_greedy_agreement=[0.5] * 11))
                  for r in critic]
     assert bn_keys(q_network)[-1] == "bn_Q_greedy_agreement"
-    write_report([*[_run("none", s, -600.0) for s in range(2)], *q_network], tmp_path)
+    greedy = "and the share of states whose greedy action is the same"
+    text = write_report([*[_run("none", s, -600.0) for s in range(2)], *q_network],
+                        tmp_path).read_text()
     assert (tmp_path / "bn_stats.png").read_bytes()[:8] == PNG_MAGIC
+    assert greedy in text  # the method note names the column
+    text = write_report([*[_run("none", s, -600.0) for s in range(2)], *critic],
+                        tmp_path / "critic").read_text()
+    assert "train/eval output gap per BN run." in text and greedy not in text
 
 
 def test_write_report_without_bn_or_successful_runs(tmp_path: Path) -> None:
